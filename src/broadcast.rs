@@ -1,0 +1,931 @@
+//! The broadcast log: every published event, encoded once, in a bounded history shared by all subscribers.
+//!
+//! An event is turned into its final wire bytes (the SSE frame inside its HTTP chunk) when it is
+//! published and stored once, however many topics it has. A subscriber holds only a [`Cursor`]: the
+//! sequence number of the next event it needs and how many bytes of that event it has already sent.
+//! Writing to it gathers slices straight out of the log, so a backlog of any length leaves in one
+//! vectored write and an idle subscriber costs a few dozen bytes here.
+//!
+//! Each topic keeps an index of its events' sequence numbers, so a subscriber to a few topics out of
+//! many never walks the others' events. The log does no I/O and never reads the clock: the wall-clock
+//! time that seeds ids is passed in.
+//!
+//! The interface the server uses is narrow on purpose (publish, acquire/release a topic, resume,
+//! gather/advance, backlog/lost); a file- or Redis-backed history plugs in behind the same calls.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io::IoSlice;
+
+use crate::http::chunk;
+use crate::sse;
+
+/// The id of a published event: a decimal `u64`, strictly increasing across all topics.
+///
+/// Ids follow the wall clock in microseconds (`max(previous + 1, now)`), so a restarted server gives
+/// out ids above every id of its earlier runs without storing anything, and they stay below 2^53 (until
+/// the year 2255), so JavaScript reads them exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId(u64);
+
+impl EventId {
+    /// The id as a number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A topic interned in the log; valid while the topic is acquired or has retained events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicId(u32);
+
+impl TopicId {
+    /// The index of the topic in dense per-topic tables (such as the server's subscriber lists).
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// The topics a subscriber listens to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Every topic: the stream carries every event.
+    All,
+    /// One topic, the common case, kept inline.
+    One(TopicId),
+    /// Several distinct topics, sorted.
+    Many(Box<[TopicId]>),
+}
+
+impl Selection {
+    /// The topic ids named by the selection (none for [`Selection::All`]).
+    pub fn topics(&self) -> &[TopicId] {
+        match self {
+            Selection::All => &[],
+            Selection::One(t) => std::slice::from_ref(t),
+            Selection::Many(ts) => ts,
+        }
+    }
+}
+
+/// A subscriber's position: the next event it needs and the bytes of that event already written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// The sequence number from which the subscriber needs events (the first of its topics at or
+    /// after it is the next to send).
+    seq: u64,
+    /// Bytes of that next event already written (a frame cut by a short write).
+    offset: usize,
+}
+
+impl Cursor {
+    /// Whether the last write stopped inside a frame, whose rest must go out before anything else.
+    pub fn mid_frame(&self) -> bool {
+        self.offset > 0
+    }
+}
+
+/// How events are framed on a subscriber's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// HTTP/1.1: each frame inside its chunk.
+    Chunked,
+    /// HTTP/1.0: bare frames, the body ends when the connection closes.
+    Raw,
+}
+
+/// What [`Broadcast::resume`] found for a subscriber that is starting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// Where its stream starts.
+    pub cursor: Cursor,
+    /// `Some((last_event_id, oldest_retained))` when events it may need have left the history.
+    pub gap: Option<(u64, u64)>,
+}
+
+/// The fields of an event to publish, already validated.
+#[derive(Debug, Clone, Copy)]
+pub struct NewEvent<'a> {
+    /// The topics it belongs to (at least one; duplicates are ignored).
+    pub topics: &'a [&'a str],
+    /// The `event:` type, if any.
+    pub event_type: Option<&'a str>,
+    /// The `retry:` field in milliseconds, if any.
+    pub retry_ms: Option<u64>,
+    /// The data.
+    pub data: &'a str,
+}
+
+/// Why an event was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishError {
+    /// The encoded event alone is larger than the whole history may hold.
+    TooLarge,
+}
+
+struct Entry {
+    id: u64,
+    seq: u64,
+    /// The topics the event belongs to, sorted and distinct.
+    topics: Box<[TopicId]>,
+    /// Chunk header, frame, CRLF.
+    wire: Box<[u8]>,
+    /// Where the bare frame starts inside `wire`.
+    frame_start: u8,
+}
+
+impl Entry {
+    fn bytes(&self, framing: Framing) -> &[u8] {
+        match framing {
+            Framing::Chunked => &self.wire,
+            Framing::Raw => &self.wire[usize::from(self.frame_start)..self.wire.len() - 2],
+        }
+    }
+}
+
+/// Per-topic index: the sequence numbers of the topic's retained events, and what it has lost.
+struct TopicLog {
+    name: Box<str>,
+    /// `(seq, bytes of this topic's events up to and including it)`, ascending.
+    events: VecDeque<(u64, u64)>,
+    /// Wire bytes of every event ever indexed here (the running total behind `events`).
+    total_bytes: u64,
+    /// Subscribers holding the topic.
+    refs: u32,
+    /// Highest id of this topic that left the history (or might have, for ids from before this log).
+    evicted_max_id: u64,
+    /// Highest sequence number of this topic that left the history; `None` if none did.
+    evicted_max_seq: Option<u64>,
+}
+
+/// Size limits of the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Events kept at most.
+    pub events: usize,
+    /// Wire bytes kept at most.
+    pub bytes: usize,
+}
+
+/// The bounded, shared history of published events with a per-topic index.
+pub struct Broadcast {
+    limits: Limits,
+    ring: VecDeque<Entry>,
+    /// Sequence number of `ring[0]` (or of the next event when the ring is empty).
+    first_seq: u64,
+    /// Wire bytes held by `ring`.
+    bytes: usize,
+    /// Running total of wire bytes of every event ever stored; `ring_cum[i]` is the total up to
+    /// `ring[i]` inclusive, kept inline for the every-topic backlog.
+    total_bytes: u64,
+    ring_cum: VecDeque<u64>,
+    /// The lowest id the next event may have.
+    next_id: u64,
+    /// Highest id that left the history, any topic. It starts at the id below the first one this log
+    /// may give out: ids up to there may have come from an earlier run, and are gone.
+    evicted_max_id: u64,
+    /// Highest id evicted from a topic whose index has since been dropped.
+    forgotten_max_id: u64,
+    topics: Vec<Option<TopicLog>>,
+    free_topics: Vec<u32>,
+    names: HashMap<Box<str>, TopicId>,
+    /// Scratch space for encoding, reused across publishes.
+    scratch: Vec<u8>,
+}
+
+/// Slices gathered for one vectored write at most; Linux's `IOV_MAX` is 1024, and past a few dozen
+/// frames the write is large enough that more slices buy nothing.
+pub const MAX_SLICES: usize = 64;
+
+/// What [`Broadcast::gather`] put into the slice array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gathered {
+    /// Slices filled.
+    pub slices: usize,
+    /// Bytes in them.
+    pub bytes: usize,
+    /// Sequence number of the last event gathered.
+    last_seq: u64,
+}
+
+impl Broadcast {
+    /// An empty log whose first id will be at least `start_id` (the wall clock in microseconds, or the
+    /// id after the highest one a durable history holds).
+    pub fn new(limits: Limits, start_id: u64) -> Self {
+        let start_id = start_id.max(1);
+        Broadcast {
+            limits,
+            ring: VecDeque::new(),
+            first_seq: 0,
+            bytes: 0,
+            total_bytes: 0,
+            ring_cum: VecDeque::new(),
+            next_id: start_id,
+            evicted_max_id: start_id - 1,
+            forgotten_max_id: start_id - 1,
+            topics: Vec::new(),
+            free_topics: Vec::new(),
+            names: HashMap::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Events retained.
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// Whether no event is retained.
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    /// Wire bytes retained.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The newest id given out (or the floor, before the first publish).
+    pub fn newest_id(&self) -> u64 {
+        self.next_id - 1
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.first_seq + self.ring.len() as u64
+    }
+
+    fn entry(&self, seq: u64) -> &Entry {
+        &self.ring[(seq - self.first_seq) as usize]
+    }
+
+    fn topic(&self, id: TopicId) -> &TopicLog {
+        self.topics[id.index()].as_ref().expect("topic ids held by callers stay valid")
+    }
+
+    fn topic_mut(&mut self, id: TopicId) -> &mut TopicLog {
+        self.topics[id.index()].as_mut().expect("topic ids held by callers stay valid")
+    }
+
+    /// The topic id for `name`, creating its (empty) index if needed.
+    fn intern(&mut self, name: &str) -> TopicId {
+        if let Some(&id) = self.names.get(name) {
+            return id;
+        }
+        let log = TopicLog {
+            name: name.into(),
+            events: VecDeque::new(),
+            total_bytes: 0,
+            refs: 0,
+            // A topic that had an index before and lost it must not forget that it lost events.
+            evicted_max_id: self.forgotten_max_id,
+            evicted_max_seq: None,
+        };
+        let id = match self.free_topics.pop() {
+            Some(slot) => {
+                self.topics[slot as usize] = Some(log);
+                TopicId(slot)
+            }
+            None => {
+                self.topics.push(Some(log));
+                TopicId(u32::try_from(self.topics.len() - 1).expect("fewer than 2^32 topics"))
+            }
+        };
+        self.names.insert(name.into(), id);
+        id
+    }
+
+    fn drop_topic_if_unused(&mut self, id: TopicId) {
+        let log = self.topic(id);
+        if log.refs == 0 && log.events.is_empty() {
+            let log = self.topics[id.index()].take().expect("checked above");
+            self.forgotten_max_id = self.forgotten_max_id.max(log.evicted_max_id);
+            self.names.remove(&log.name);
+            self.free_topics.push(id.0);
+        }
+    }
+
+    /// Resolves subscriber topic names into a [`Selection`], holding each topic until
+    /// [`Broadcast::release`]. No names means every topic.
+    pub fn acquire(&mut self, names: &[&str]) -> Selection {
+        let mut ids: Vec<TopicId> = names.iter().map(|n| self.intern(n)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for &id in &ids {
+            self.topic_mut(id).refs += 1;
+        }
+        match ids.len() {
+            0 => Selection::All,
+            1 => Selection::One(ids[0]),
+            _ => Selection::Many(ids.into_boxed_slice()),
+        }
+    }
+
+    /// Lets go of a selection made by [`Broadcast::acquire`].
+    pub fn release(&mut self, selection: &Selection) {
+        for &id in selection.topics() {
+            self.topic_mut(id).refs -= 1;
+            self.drop_topic_if_unused(id);
+        }
+    }
+
+    /// Encodes and stores an event, evicting the oldest ones past the limits.
+    ///
+    /// `now_micros` is the wall clock; the id is `max(previous + 1, now_micros)`. Returns the id and the
+    /// event's topics, whose subscribers the caller wakes.
+    pub fn publish(
+        &mut self,
+        event: &NewEvent<'_>,
+        now_micros: u64,
+    ) -> Result<(EventId, &[TopicId]), PublishError> {
+        let id = self.next_id.max(now_micros);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        sse::encode_frame(
+            &sse::Fields {
+                id: Some(id),
+                event_type: event.event_type,
+                retry_ms: event.retry_ms,
+                data: event.data,
+            },
+            &mut scratch,
+        );
+        let mut wire = Vec::with_capacity(scratch.len() + chunk::MAX_CHUNK_OVERHEAD);
+        chunk::push_chunk_header(scratch.len(), &mut wire);
+        let frame_start = u8::try_from(wire.len()).expect("a chunk header is at most 18 bytes");
+        wire.extend_from_slice(&scratch);
+        wire.extend_from_slice(b"\r\n");
+        self.scratch = scratch;
+        if wire.len() > self.limits.bytes {
+            return Err(PublishError::TooLarge);
+        }
+
+        let mut topics: Vec<TopicId> = event.topics.iter().map(|n| self.intern(n)).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        let seq = self.next_seq();
+        let size = wire.len() as u64;
+        for &t in &topics {
+            let log = self.topic_mut(t);
+            log.total_bytes += size;
+            let total = log.total_bytes;
+            log.events.push_back((seq, total));
+        }
+        self.total_bytes += size;
+        self.ring_cum.push_back(self.total_bytes);
+        self.bytes += wire.len();
+        self.ring.push_back(Entry {
+            id,
+            seq,
+            topics: topics.into_boxed_slice(),
+            wire: wire.into_boxed_slice(),
+            frame_start,
+        });
+        self.next_id = id + 1;
+        while self.ring.len() > self.limits.events || self.bytes > self.limits.bytes {
+            self.evict_oldest();
+        }
+        let entry = self.ring.back().expect("the new event fits the limits alone");
+        Ok((EventId(id), &entry.topics))
+    }
+
+    fn evict_oldest(&mut self) {
+        let entry = self.ring.pop_front().expect("evicting from a non-empty history");
+        self.ring_cum.pop_front();
+        self.first_seq += 1;
+        self.bytes -= entry.wire.len();
+        self.evicted_max_id = entry.id;
+        for &t in entry.topics.iter() {
+            let log = self.topic_mut(t);
+            let front = log.events.pop_front();
+            debug_assert_eq!(front.map(|(s, _)| s), Some(entry.seq));
+            log.evicted_max_id = entry.id;
+            log.evicted_max_seq = Some(entry.seq);
+            self.drop_topic_if_unused(t);
+        }
+    }
+
+    /// Where a subscriber with `last_event_id` starts, and whether it must be told of a gap.
+    ///
+    /// Without an id, or with one above the newest given out, it starts live. Otherwise it starts at
+    /// the first retained event above the id; if any event of its topics above the id has left the
+    /// history (or may have existed before this log), the gap is reported with the oldest id retained
+    /// in those topics (the next id to be given out when none is).
+    pub fn resume(&self, selection: &Selection, last_event_id: Option<u64>) -> Resume {
+        let live = Resume { cursor: Cursor { seq: self.next_seq(), offset: 0 }, gap: None };
+        let Some(last) = last_event_id else { return live };
+        if last > self.newest_id() {
+            return live;
+        }
+        let seq = self.first_seq + self.ring.partition_point(|e| e.id <= last) as u64;
+        let cursor = Cursor { seq, offset: 0 };
+        let lost_up_to = match selection {
+            Selection::All => self.evicted_max_id,
+            _ => selection.topics().iter().map(|&t| self.topic(t).evicted_max_id).max().unwrap_or(0),
+        };
+        let gap = (lost_up_to > last).then(|| {
+            let oldest = match selection {
+                Selection::All => self.ring.front().map(|e| e.id),
+                _ => selection
+                    .topics()
+                    .iter()
+                    .filter_map(|&t| self.topic(t).events.front().map(|&(s, _)| self.entry(s).id))
+                    .min(),
+            };
+            (last, oldest.unwrap_or(self.next_id))
+        });
+        Resume { cursor, gap }
+    }
+
+    /// Whether an event the cursor still needs has left the history (the subscriber must go).
+    pub fn lost(&self, selection: &Selection, cursor: &Cursor) -> bool {
+        if cursor.seq >= self.first_seq {
+            return false;
+        }
+        match selection {
+            Selection::All => true,
+            _ => selection
+                .topics()
+                .iter()
+                .any(|&t| self.topic(t).evicted_max_seq.is_some_and(|s| s >= cursor.seq)),
+        }
+    }
+
+    /// Unsent wire bytes ahead of the cursor in its topics.
+    ///
+    /// For several topics this is the sum over them, which counts an event in two of them twice: an
+    /// upper bound, cheap to compute, and only ever early in cutting a lagging subscriber.
+    pub fn backlog(&self, selection: &Selection, cursor: &Cursor) -> u64 {
+        let before = match selection {
+            Selection::All => {
+                if cursor.seq <= self.first_seq {
+                    self.ring_cum
+                        .front()
+                        .zip(self.ring.front())
+                        .map_or(self.total_bytes, |(c, e)| c - e.wire.len() as u64)
+                } else {
+                    self.ring_cum
+                        .get((cursor.seq - self.first_seq - 1) as usize)
+                        .copied()
+                        .unwrap_or(self.total_bytes)
+                }
+            }
+            _ => {
+                return selection
+                    .topics()
+                    .iter()
+                    .map(|&t| {
+                        let log = self.topic(t);
+                        let at = lower_bound_from_back(&log.events, cursor.seq);
+                        let before = if at == 0 {
+                            log.events
+                                .front()
+                                .map_or(log.total_bytes, |&(s, cum)| cum - self.entry(s).wire.len() as u64)
+                        } else {
+                            log.events[at - 1].1
+                        };
+                        log.total_bytes - before
+                    })
+                    .sum::<u64>()
+                    .saturating_sub(cursor.offset as u64);
+            }
+        };
+        (self.total_bytes - before).saturating_sub(cursor.offset as u64)
+    }
+
+    /// Calls `each` with the sequence numbers of the retained events the cursor still needs, in order,
+    /// until it returns `false`.
+    fn for_each_pending(&self, selection: &Selection, cursor: &Cursor, mut each: impl FnMut(u64) -> bool) {
+        let from = cursor.seq.max(self.first_seq);
+        match selection {
+            Selection::All => {
+                for seq in from..self.next_seq() {
+                    if !each(seq) {
+                        return;
+                    }
+                }
+            }
+            Selection::One(t) => {
+                let events = &self.topic(*t).events;
+                let at = lower_bound_from_back(events, from);
+                for &(seq, _) in events.range(at..) {
+                    if !each(seq) {
+                        return;
+                    }
+                }
+            }
+            Selection::Many(ts) => {
+                // A k-way merge over the topics' indexes; an event in several of them is sent once.
+                let mut heads: Vec<(usize, &VecDeque<(u64, u64)>)> = ts
+                    .iter()
+                    .map(|&t| {
+                        let events = &self.topic(t).events;
+                        (lower_bound_from_back(events, from), events)
+                    })
+                    .collect();
+                loop {
+                    let Some(next) = heads.iter().filter_map(|(at, ev)| ev.get(*at).map(|&(s, _)| s)).min()
+                    else {
+                        return;
+                    };
+                    for (at, events) in heads.iter_mut() {
+                        if events.get(*at).is_some_and(|&(s, _)| s == next) {
+                            *at += 1;
+                        }
+                    }
+                    if !each(next) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fills `slices` with the wire bytes the cursor still needs (the first one cut by its offset), up
+    /// to the array's length and about `max_bytes`. The caller writes them and reports back through
+    /// [`Broadcast::advance`].
+    pub fn gather<'a>(
+        &'a self,
+        selection: &Selection,
+        cursor: &Cursor,
+        framing: Framing,
+        slices: &mut [IoSlice<'a>],
+        max_bytes: usize,
+    ) -> Gathered {
+        let mut gathered = Gathered { slices: 0, bytes: 0, last_seq: cursor.seq };
+        if slices.is_empty() {
+            return gathered;
+        }
+        self.for_each_pending(selection, cursor, |seq| {
+            let mut bytes = self.entry(seq).bytes(framing);
+            if seq == cursor.seq {
+                bytes = &bytes[cursor.offset.min(bytes.len())..];
+            }
+            slices[gathered.slices] = IoSlice::new(bytes);
+            gathered.slices += 1;
+            gathered.bytes += bytes.len();
+            gathered.last_seq = seq;
+            gathered.slices < slices.len() && gathered.bytes < max_bytes
+        });
+        gathered
+    }
+
+    /// Moves the cursor past `written` bytes of what [`Broadcast::gather`] returned as `gathered`.
+    pub fn advance(
+        &self,
+        selection: &Selection,
+        cursor: &mut Cursor,
+        framing: Framing,
+        gathered: &Gathered,
+        written: usize,
+    ) {
+        if written == 0 {
+            return;
+        }
+        if written >= gathered.bytes {
+            *cursor = Cursor { seq: gathered.last_seq + 1, offset: 0 };
+            return;
+        }
+        // A short write: walk the same events again to find where it stopped.
+        let mut left = written;
+        let start = *cursor;
+        self.for_each_pending(selection, &start, |seq| {
+            let len = self.entry(seq).bytes(framing).len();
+            let offset = if seq == start.seq { start.offset } else { 0 };
+            let remaining = len - offset.min(len);
+            if left >= remaining {
+                left -= remaining;
+                *cursor = Cursor { seq: seq + 1, offset: 0 };
+                left > 0
+            } else {
+                *cursor = Cursor { seq, offset: offset + left };
+                false
+            }
+        });
+    }
+
+    /// Whether the cursor has nothing left to send.
+    pub fn caught_up(&self, selection: &Selection, cursor: &Cursor) -> bool {
+        let mut any = false;
+        self.for_each_pending(selection, cursor, |_| {
+            any = true;
+            false
+        });
+        !any
+    }
+}
+
+/// The index of the first entry with a sequence number at or above `seq`.
+///
+/// Subscribers are nearly always at or near the newest event, so the search gallops from the back
+/// (O(log distance)) instead of bisecting the whole index.
+fn lower_bound_from_back(events: &VecDeque<(u64, u64)>, seq: u64) -> usize {
+    let len = events.len();
+    let mut step = 1;
+    let mut hi = len;
+    while hi > 0 {
+        let probe = hi.saturating_sub(step);
+        if events[probe].0 < seq {
+            // The answer lies in (probe, hi].
+            let lo = probe + 1;
+            let (mut low, mut high) = (lo, hi);
+            while low < high {
+                let mid = low + (high - low) / 2;
+                if events[mid].0 < seq {
+                    low = mid + 1;
+                } else {
+                    high = mid;
+                }
+            }
+            return low;
+        }
+        hi = probe;
+        step *= 2;
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BIG: Limits = Limits { events: 1000, bytes: 1 << 30 };
+
+    fn log(limits: Limits) -> Broadcast {
+        Broadcast::new(limits, 100)
+    }
+
+    fn publish(log: &mut Broadcast, topics: &[&str], data: &str) -> u64 {
+        let event = NewEvent { topics, event_type: None, retry_ms: None, data };
+        log.publish(&event, 0).expect("fits").0.get()
+    }
+
+    /// Everything the cursor would receive, as text, delivered through gather/advance.
+    fn drain(log: &Broadcast, selection: &Selection, cursor: &mut Cursor, framing: Framing) -> String {
+        let mut out = Vec::new();
+        loop {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let gathered = log.gather(selection, cursor, framing, &mut slices, usize::MAX);
+            if gathered.slices == 0 {
+                break;
+            }
+            for s in &slices[..gathered.slices] {
+                out.extend_from_slice(s);
+            }
+            log.advance(selection, cursor, framing, &gathered, gathered.bytes);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    fn ids_in(text: &str) -> Vec<u64> {
+        text.lines().filter_map(|l| l.strip_prefix("id: ")).map(|v| v.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn ids_follow_the_clock_and_strictly_increase() {
+        let mut log = Broadcast::new(BIG, 1_000);
+        let event = NewEvent { topics: &["a"], event_type: None, retry_ms: None, data: "x" };
+        assert_eq!(log.publish(&event, 0).unwrap().0.get(), 1_000);
+        assert_eq!(log.publish(&event, 500).unwrap().0.get(), 1_001, "a clock behind never repeats an id");
+        assert_eq!(log.publish(&event, 5_000).unwrap().0.get(), 5_000, "ids jump ahead with the clock");
+        assert_eq!(log.publish(&event, 5_000).unwrap().0.get(), 5_001);
+    }
+
+    #[test]
+    fn stores_chunked_and_raw_frames() {
+        let mut log = log(BIG);
+        let sel = log.acquire(&["a"]);
+        let start = log.resume(&sel, None).cursor;
+        let id = publish(&mut log, &["a"], "hi");
+        let frame = format!("id: {id}\ndata: hi\n\n");
+        let mut cursor = start;
+        assert_eq!(
+            drain(&log, &sel, &mut cursor, Framing::Chunked),
+            format!("{:x}\r\n{frame}\r\n", frame.len())
+        );
+        let mut cursor = start;
+        assert_eq!(drain(&log, &sel, &mut cursor, Framing::Raw), frame);
+        assert!(log.caught_up(&sel, &cursor));
+    }
+
+    #[test]
+    fn evicts_by_count() {
+        let mut log = log(Limits { events: 3, bytes: 1 << 20 });
+        let ids: Vec<u64> = (0..5).map(|i| publish(&mut log, &["a"], &i.to_string())).collect();
+        assert_eq!(log.len(), 3);
+        let sel = log.acquire(&["a"]);
+        let mut resume = log.resume(&sel, Some(ids[0]));
+        assert_eq!(resume.gap, Some((ids[0], ids[2])));
+        assert_eq!(ids_in(&drain(&log, &sel, &mut resume.cursor, Framing::Raw)), &ids[2..]);
+    }
+
+    #[test]
+    fn evicts_by_bytes() {
+        let frame_len = {
+            let mut probe = log(BIG);
+            let before = probe.bytes();
+            publish(&mut probe, &["a"], "0123456789");
+            probe.bytes() - before
+        };
+        let mut log = log(Limits { events: 100, bytes: frame_len * 2 + frame_len / 2 });
+        let ids: Vec<u64> = (0..4).map(|_| publish(&mut log, &["a"], "0123456789")).collect();
+        assert_eq!(log.len(), 2);
+        assert!(log.bytes() <= frame_len * 2 + frame_len / 2);
+        let sel = log.acquire(&[]);
+        assert_eq!(log.resume(&sel, Some(ids[1])).gap, None, "nothing above ids[1] was lost");
+        let mut resume = log.resume(&sel, Some(ids[0]));
+        assert_eq!(resume.gap, Some((ids[0], ids[2])), "ids[1] was lost");
+        assert_eq!(ids_in(&drain(&log, &sel, &mut resume.cursor, Framing::Raw)), &ids[2..]);
+    }
+
+    #[test]
+    fn refuses_an_event_larger_than_the_history() {
+        let mut log = log(Limits { events: 10, bytes: 64 });
+        let event = NewEvent { topics: &["a"], event_type: None, retry_ms: None, data: &"x".repeat(100) };
+        assert_eq!(log.publish(&event, 0).err(), Some(PublishError::TooLarge));
+        assert!(log.is_empty());
+    }
+
+    #[test]
+    fn resume_inside_the_window_has_no_gap() {
+        let mut log = log(BIG);
+        let ids: Vec<u64> = (0..5).map(|i| publish(&mut log, &["a"], &i.to_string())).collect();
+        let sel = log.acquire(&["a"]);
+        let mut resume = log.resume(&sel, Some(ids[2]));
+        assert_eq!(resume.gap, None);
+        assert_eq!(ids_in(&drain(&log, &sel, &mut resume.cursor, Framing::Chunked)), &ids[3..]);
+    }
+
+    #[test]
+    fn resume_at_newest_or_above_is_live() {
+        let mut log = log(BIG);
+        let id = publish(&mut log, &["a"], "x");
+        let sel = log.acquire(&["a"]);
+        for last in [Some(id), Some(id + 1), Some(u64::MAX), None] {
+            let mut resume = log.resume(&sel, last);
+            assert_eq!(resume.gap, None, "{last:?}");
+            assert_eq!(drain(&log, &sel, &mut resume.cursor, Framing::Raw), "", "{last:?}");
+        }
+    }
+
+    #[test]
+    fn resume_from_before_this_log_reports_a_gap() {
+        let mut log = log(BIG);
+        let sel = log.acquire(&["a"]);
+        assert_eq!(log.resume(&sel, Some(150)).gap, None, "an id above the newest given out (99) is live");
+        assert_eq!(
+            log.resume(&sel, Some(5)).gap,
+            Some((5, 100)),
+            "nothing retained: the next id is the oldest"
+        );
+        let id = publish(&mut log, &["a"], "x");
+        let mut resume = log.resume(&sel, Some(5));
+        assert_eq!(resume.gap, Some((5, id)), "ids 6..=99 may have come from an earlier run");
+        assert_eq!(ids_in(&drain(&log, &sel, &mut resume.cursor, Framing::Raw)), vec![id]);
+        assert_eq!(log.resume(&sel, Some(99)).gap, None, "the floor itself is known");
+    }
+
+    #[test]
+    fn gap_is_per_topic() {
+        let mut log = log(Limits { events: 2, bytes: 1 << 20 });
+        let b0 = publish(&mut log, &["b"], "b0");
+        let a0 = publish(&mut log, &["a"], "a0");
+        let _a1 = publish(&mut log, &["a"], "a1"); // evicts b0
+        let a_sel = log.acquire(&["a"]);
+        assert_eq!(log.resume(&a_sel, Some(b0)).gap, None, "topic a lost nothing above b0");
+        let b_sel = log.acquire(&["b"]);
+        let oldest_next = log.newest_id() + 1;
+        assert_eq!(log.resume(&b_sel, Some(b0 - 1)).gap, Some((b0 - 1, oldest_next)));
+        let _ = a0;
+    }
+
+    #[test]
+    fn a_dropped_topic_index_does_not_forget_its_losses() {
+        let mut log = log(Limits { events: 1, bytes: 1 << 20 });
+        let b0 = publish(&mut log, &["b"], "b0");
+        publish(&mut log, &["a"], "a0"); // evicts b0; topic b has no events and no subscribers
+        let sel = log.acquire(&["b"]);
+        assert!(log.resume(&sel, Some(b0 - 1)).gap.is_some());
+    }
+
+    #[test]
+    fn merges_several_topics_in_id_order_once_each() {
+        let mut log = log(BIG);
+        let sel = log.acquire(&["a", "b"]);
+        let mut cursor = log.resume(&sel, None).cursor;
+        let mut expected = Vec::new();
+        expected.push(publish(&mut log, &["a"], "1"));
+        publish(&mut log, &["c"], "not mine");
+        expected.push(publish(&mut log, &["b"], "2"));
+        expected.push(publish(&mut log, &["a", "b"], "both"));
+        expected.push(publish(&mut log, &["b"], "3"));
+        expected.push(publish(&mut log, &["a"], "4"));
+        assert_eq!(ids_in(&drain(&log, &sel, &mut cursor, Framing::Raw)), expected);
+    }
+
+    #[test]
+    fn every_topic_selection_sees_everything() {
+        let mut log = log(BIG);
+        let sel = log.acquire(&[]);
+        assert_eq!(sel, Selection::All);
+        let mut cursor = log.resume(&sel, None).cursor;
+        let ids: Vec<u64> = ["a", "b", "c"].iter().map(|t| publish(&mut log, &[t], t)).collect();
+        assert_eq!(ids_in(&drain(&log, &sel, &mut cursor, Framing::Raw)), ids);
+    }
+
+    #[test]
+    fn short_writes_resume_mid_frame() {
+        let mut log = log(BIG);
+        let sel = log.acquire(&["a"]);
+        let start = log.resume(&sel, None).cursor;
+        for i in 0..10 {
+            publish(&mut log, &["a"], &format!("event number {i}"));
+        }
+        let mut whole = start;
+        let expected = drain(&log, &sel, &mut whole, Framing::Chunked);
+        // Write 7 bytes at a time and check the bytes come out identical.
+        let mut cursor = start;
+        let mut out = Vec::new();
+        loop {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let gathered = log.gather(&sel, &cursor, Framing::Chunked, &mut slices, usize::MAX);
+            if gathered.slices == 0 {
+                break;
+            }
+            let flat: Vec<u8> = slices[..gathered.slices].iter().flat_map(|s| s.iter().copied()).collect();
+            let n = flat.len().min(7);
+            out.extend_from_slice(&flat[..n]);
+            log.advance(&sel, &mut cursor, Framing::Chunked, &gathered, n);
+        }
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
+
+    #[test]
+    fn backlog_counts_unsent_bytes() {
+        let mut log = log(BIG);
+        let one = log.acquire(&["a"]);
+        let all = log.acquire(&[]);
+        let many = log.acquire(&["a", "b"]);
+        let c_one = log.resume(&one, None).cursor;
+        let c_all = log.resume(&all, None).cursor;
+        let c_many = log.resume(&many, None).cursor;
+        assert_eq!(log.backlog(&one, &c_one), 0);
+        let before = log.bytes();
+        publish(&mut log, &["a"], "x");
+        let a_len = (log.bytes() - before) as u64;
+        publish(&mut log, &["b"], "y");
+        let total = log.bytes() as u64;
+        assert_eq!(log.backlog(&one, &c_one), a_len);
+        assert_eq!(log.backlog(&all, &c_all), total);
+        assert_eq!(log.backlog(&many, &c_many), total);
+        let mut moved = c_one;
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let gathered = log.gather(&one, &moved, Framing::Chunked, &mut slices, usize::MAX);
+        log.advance(&one, &mut moved, Framing::Chunked, &gathered, 3);
+        assert_eq!(log.backlog(&one, &moved), a_len - 3);
+    }
+
+    #[test]
+    fn lost_when_the_next_needed_event_is_evicted() {
+        let mut log = log(Limits { events: 2, bytes: 1 << 20 });
+        let a = log.acquire(&["a"]);
+        let b = log.acquire(&["b"]);
+        let all = log.acquire(&[]);
+        let ca = log.resume(&a, None).cursor;
+        let cb = log.resume(&b, None).cursor;
+        let call = log.resume(&all, None).cursor;
+        publish(&mut log, &["a"], "1");
+        publish(&mut log, &["a"], "2");
+        assert!(!log.lost(&a, &ca) && !log.lost(&b, &cb) && !log.lost(&all, &call));
+        publish(&mut log, &["a"], "3");
+        assert!(log.lost(&a, &ca), "a's first event left");
+        assert!(!log.lost(&b, &cb), "b needed nothing that left");
+        assert!(log.lost(&all, &call));
+    }
+
+    #[test]
+    fn topics_are_freed_when_unused() {
+        let mut log = log(Limits { events: 1, bytes: 1 << 20 });
+        let sel = log.acquire(&["a"]);
+        publish(&mut log, &["a"], "1");
+        publish(&mut log, &["b"], "2"); // evicts a's event
+        log.release(&sel);
+        assert!(!log.names.contains_key("a"));
+        assert!(log.names.contains_key("b"), "b still has a retained event");
+    }
+
+    #[test]
+    fn gallop_matches_bisect() {
+        let events: VecDeque<(u64, u64)> = (0..100u64).map(|i| (i * 3, 0)).collect();
+        for seq in 0..310 {
+            let expected = events.partition_point(|&(s, _)| s < seq);
+            assert_eq!(lower_bound_from_back(&events, seq), expected, "{seq}");
+        }
+        assert_eq!(lower_bound_from_back(&VecDeque::new(), 5), 0);
+    }
+}

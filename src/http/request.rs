@@ -1,0 +1,378 @@
+//! Request heads: parsed with httparse into the few facts ssed acts on, with size caps.
+
+use std::fmt;
+
+/// Largest request head accepted (request line and headers); larger ones get `431`.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Most header lines accepted in one head; more get `431`.
+pub const MAX_HEADERS: usize = 64;
+
+/// The request methods ssed distinguishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `GET`
+    Get,
+    /// `HEAD`: as GET, without a body.
+    Head,
+    /// `POST`
+    Post,
+    /// `OPTIONS`: CORS preflight.
+    Options,
+    /// Anything else (answered `405` on known paths).
+    Other,
+}
+
+/// How the request body is framed (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body.
+    None,
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// The parts of a request head that ssed acts on; everything else is dropped after parsing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// The method.
+    pub method: Method,
+    /// The path, without the query (origin-form; an absolute-form target is reduced to it).
+    pub path: String,
+    /// The raw query string after `?`, if any.
+    pub query: String,
+    /// Whether the request is HTTP/1.0 (close-delimited streams, no keep-alive by default).
+    pub http10: bool,
+    /// Whether the connection should be kept open after the response.
+    pub keep_alive: bool,
+    /// The body framing.
+    pub body: BodyFraming,
+    /// `Expect: 100-continue` was sent.
+    pub expect_continue: bool,
+    /// The `Last-Event-ID` header.
+    pub last_event_id: Option<String>,
+    /// The token of an `Authorization: Bearer` header.
+    pub bearer: Option<String>,
+    /// The value of the `ssed_token` cookie.
+    pub cookie_token: Option<String>,
+    /// The `Origin` header.
+    pub origin: Option<String>,
+    /// `Content-Type` is `application/x-www-form-urlencoded`.
+    pub form: bool,
+}
+
+/// Why a request head was refused; each maps to one status in [`crate::http::response`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// The request line or a header does not parse (`400`).
+    Malformed,
+    /// The head is over [`MAX_HEAD_BYTES`] or has more than [`MAX_HEADERS`] lines (`431`).
+    TooLarge,
+    /// Both `Content-Length` and `Transfer-Encoding` (`400`, RFC 9112 §6.1: request smuggling).
+    LengthAndEncoding,
+    /// A `Content-Length` that is repeated or not a decimal number (`400`).
+    BadLength,
+    /// A transfer coding other than `chunked` (`501`), or chunked on HTTP/1.0 (`400`).
+    BadEncoding,
+    /// An HTTP version other than 1.0 and 1.1 (`505`).
+    Version,
+}
+
+impl fmt::Display for HeadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HeadError::Malformed => "malformed request",
+            HeadError::TooLarge => "request head too large",
+            HeadError::LengthAndEncoding => "both Content-Length and Transfer-Encoding",
+            HeadError::BadLength => "bad Content-Length",
+            HeadError::BadEncoding => "unsupported Transfer-Encoding",
+            HeadError::Version => "unsupported HTTP version",
+        })
+    }
+}
+
+/// Parses one request head from the front of `buf`.
+///
+/// `Ok(None)` means more bytes are needed (the caller caps the wait by time, and the size is capped
+/// here); `Ok(Some((head, n)))` means the head took the first `n` bytes.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let used = match request.parse(buf) {
+        Ok(httparse::Status::Complete(used)) => used,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > MAX_HEAD_BYTES {
+                return Err(HeadError::TooLarge);
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(httparse::Error::Version) => return Err(HeadError::Version),
+        Err(_) => return Err(HeadError::Malformed),
+    };
+    if used > MAX_HEAD_BYTES {
+        return Err(HeadError::TooLarge);
+    }
+    let http10 = match request.version {
+        Some(0) => true,
+        Some(1) => false,
+        _ => return Err(HeadError::Version),
+    };
+    let method = match request.method.unwrap_or("") {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "OPTIONS" => Method::Options,
+        _ => Method::Other,
+    };
+    let target = request.path.unwrap_or("");
+    let (path, query) = split_target(target).ok_or(HeadError::Malformed)?;
+
+    let mut head = Head {
+        method,
+        path: path.to_string(),
+        query: query.to_string(),
+        http10,
+        keep_alive: !http10,
+        body: BodyFraming::None,
+        expect_continue: false,
+        last_event_id: None,
+        bearer: None,
+        cookie_token: None,
+        origin: None,
+        form: false,
+    };
+    let mut content_length = None;
+    let mut transfer_encoding = false;
+    for header in request.headers.iter() {
+        let name = header.name;
+        let value = header.value;
+        if name.eq_ignore_ascii_case("content-length") {
+            if content_length.is_some() {
+                return Err(HeadError::BadLength);
+            }
+            content_length = Some(parse_content_length(value).ok_or(HeadError::BadLength)?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if transfer_encoding {
+                return Err(HeadError::BadEncoding);
+            }
+            transfer_encoding = true;
+            if !trim(value).eq_ignore_ascii_case(b"chunked") {
+                return Err(HeadError::BadEncoding);
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(|&b| b == b',') {
+                let token = trim(token);
+                if token.eq_ignore_ascii_case(b"close") {
+                    head.keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
+                    head.keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            head.expect_continue = trim(value).eq_ignore_ascii_case(b"100-continue");
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            head.last_event_id = Some(String::from_utf8_lossy(trim(value)).into_owned());
+        } else if name.eq_ignore_ascii_case("authorization") {
+            let value = trim(value);
+            if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {
+                head.bearer = Some(String::from_utf8_lossy(trim(&value[7..])).into_owned());
+            }
+        } else if name.eq_ignore_ascii_case("cookie") {
+            if let Some(token) = cookie_value(value, b"ssed_token") {
+                head.cookie_token = Some(String::from_utf8_lossy(token).into_owned());
+            }
+        } else if name.eq_ignore_ascii_case("origin") {
+            head.origin = Some(String::from_utf8_lossy(trim(value)).into_owned());
+        } else if name.eq_ignore_ascii_case("content-type") {
+            let media = value.split(|&b| b == b';').next().unwrap_or(&[]);
+            head.form = trim(media).eq_ignore_ascii_case(b"application/x-www-form-urlencoded");
+        }
+    }
+    head.body = match (content_length, transfer_encoding) {
+        (Some(_), true) => return Err(HeadError::LengthAndEncoding),
+        (Some(0), false) | (None, false) => BodyFraming::None,
+        (Some(n), false) => BodyFraming::Length(n),
+        (None, true) if http10 => return Err(HeadError::BadEncoding),
+        (None, true) => BodyFraming::Chunked,
+    };
+    Ok(Some((head, used)))
+}
+
+/// Reduces a request target to path and query: origin-form as is, absolute-form without its scheme
+/// and authority (RFC 9112 §3.2). `None` for forms ssed does not serve (`*`, authority-form).
+fn split_target(target: &str) -> Option<(&str, &str)> {
+    let origin_form = if target.starts_with('/') {
+        target
+    } else {
+        let rest = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://"))?;
+        match rest.find(['/', '?']) {
+            Some(at) if rest[at..].starts_with('/') => &rest[at..],
+            Some(at) => return Some(("/", &rest[at + 1..])),
+            None => "/",
+        }
+    };
+    let (path, query) = origin_form.split_once('?').unwrap_or((origin_form, ""));
+    // A fragment never reaches a server, but a careless client might send one.
+    let query = query.split('#').next().unwrap_or("");
+    Some((path, query))
+}
+
+fn parse_content_length(value: &[u8]) -> Option<u64> {
+    let value = trim(value);
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = trim(pair);
+        let at = pair.iter().position(|&b| b == b'=')?;
+        (trim(&pair[..at]) == name).then(|| {
+            let value = trim(&pair[at + 1..]);
+            value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value)
+        })
+    })
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &bytes[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> Result<Option<(Head, usize)>, HeadError> {
+        let whole = parse_head(raw.as_bytes());
+        // The same bytes fed one at a time must be Partial until the last one, then the same answer.
+        let bytes = raw.as_bytes();
+        for end in 1..bytes.len() {
+            match parse_head(&bytes[..end]) {
+                Ok(None) => {}
+                Ok(Some((_, used))) => {
+                    assert!(used <= end);
+                    break;
+                }
+                Err(e) => {
+                    assert_eq!(whole.as_ref().err(), Some(&e), "prefix of {raw:?} failed differently");
+                    return whole;
+                }
+            }
+        }
+        whole
+    }
+
+    fn ok(raw: &str) -> Head {
+        parse(raw).unwrap().expect("complete head").0
+    }
+
+    #[test]
+    fn subscribe_head() {
+        let head = ok("GET /events?topic=chat HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 42\r\nOrigin: https://a.example\r\n\r\n");
+        assert_eq!(head.method, Method::Get);
+        assert_eq!(head.path, "/events");
+        assert_eq!(head.query, "topic=chat");
+        assert!(!head.http10 && head.keep_alive);
+        assert_eq!(head.last_event_id.as_deref(), Some("42"));
+        assert_eq!(head.origin.as_deref(), Some("https://a.example"));
+        assert_eq!(head.body, BodyFraming::None);
+    }
+
+    #[test]
+    fn partial_then_complete_reports_length() {
+        let raw = "GET / HTTP/1.1\r\n\r\nPOST";
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\n").unwrap(), None);
+        let (_, used) = parse_head(raw.as_bytes()).unwrap().unwrap();
+        assert_eq!(&raw[used..], "POST");
+    }
+
+    #[test]
+    fn http10_and_connection_tokens() {
+        let head = ok("GET /events HTTP/1.0\r\n\r\n");
+        assert!(head.http10 && !head.keep_alive);
+        assert!(ok("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+        assert!(!ok("GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn body_framing() {
+        assert_eq!(ok("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n").body, BodyFraming::Length(5));
+        assert_eq!(ok("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").body, BodyFraming::None);
+        assert_eq!(ok("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n").body, BodyFraming::Chunked);
+        assert!(ok("POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n").expect_continue);
+    }
+
+    #[test]
+    fn refuses_smuggling_shapes() {
+        let cases = [
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                HeadError::LengthAndEncoding,
+            ),
+            ("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", HeadError::BadLength),
+            ("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n", HeadError::BadLength),
+            ("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", HeadError::BadLength),
+            ("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n", HeadError::BadLength),
+            ("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", HeadError::BadLength),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", HeadError::BadEncoding),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                HeadError::BadEncoding,
+            ),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", HeadError::BadEncoding),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(parse(raw), Err(expected), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_garbage_and_bad_versions() {
+        assert_eq!(parse("GARBAGE\r\n\r\n"), Err(HeadError::Malformed));
+        assert_eq!(parse("GET /x HTTP/1.1\r\nBad Header\r\n\r\n"), Err(HeadError::Malformed));
+        assert_eq!(parse("GET /x HTTP/2.0\r\n\r\n"), Err(HeadError::Version));
+        assert_eq!(parse("GET * HTTP/1.1\r\n\r\n"), Err(HeadError::Malformed));
+    }
+
+    #[test]
+    fn caps_the_head() {
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(parse_head(big.as_bytes()), Err(HeadError::TooLarge));
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: 1\r\n")).collect();
+        assert_eq!(parse_head(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn credentials() {
+        let head =
+            ok("GET / HTTP/1.1\r\nAuthorization: Bearer s3cret\r\nCookie: a=1; ssed_token=tok; b=2\r\n\r\n");
+        assert_eq!(head.bearer.as_deref(), Some("s3cret"));
+        assert_eq!(head.cookie_token.as_deref(), Some("tok"));
+        assert_eq!(ok("GET / HTTP/1.1\r\nAuthorization: Basic abc\r\n\r\n").bearer, None);
+        assert_eq!(ok("GET / HTTP/1.1\r\nCookie: ssed_token_x=1\r\n\r\n").cookie_token, None);
+    }
+
+    #[test]
+    fn form_content_type() {
+        assert!(
+            ok("POST / HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded; charset=utf-8\r\n\r\n")
+                .form
+        );
+        assert!(!ok("POST / HTTP/1.1\r\nContent-Type: text/plain\r\n\r\n").form);
+    }
+
+    #[test]
+    fn absolute_form_targets() {
+        assert_eq!(split_target("http://h:1/events?topic=a"), Some(("/events", "topic=a")));
+        assert_eq!(split_target("http://h"), Some(("/", "")));
+        assert_eq!(split_target("/a?b#c"), Some(("/a", "b")));
+        assert_eq!(split_target("*"), None);
+    }
+}

@@ -1,0 +1,284 @@
+//! Responses: status lines, headers and one-line error bodies; every refusal mapped in one place.
+
+use std::io::Write as _;
+
+use crate::config::Config;
+use crate::http::chunk::ChunkError;
+use crate::http::request::HeadError;
+use crate::http::route::RouteError;
+
+/// Everything that makes ssed refuse a request, mapped to a status by [`Refusal::status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The head did not parse or broke a framing rule.
+    Head(HeadError),
+    /// The route or its parameters were refused.
+    Route(RouteError),
+    /// The chunked body was malformed.
+    Chunked,
+    /// The body is over `--max-body`.
+    BodyTooLarge,
+    /// The head or body did not arrive within `--header-timeout`.
+    Timeout,
+    /// The server is at `--max-connections` (non-subscribe requests).
+    Overloaded,
+    /// The event alone is larger than the history may hold.
+    EventTooLarge,
+}
+
+impl From<HeadError> for Refusal {
+    fn from(e: HeadError) -> Self {
+        Refusal::Head(e)
+    }
+}
+
+impl From<RouteError> for Refusal {
+    fn from(e: RouteError) -> Self {
+        Refusal::Route(e)
+    }
+}
+
+impl From<ChunkError> for Refusal {
+    fn from(e: ChunkError) -> Self {
+        match e {
+            ChunkError::Malformed => Refusal::Chunked,
+            ChunkError::TooLarge => Refusal::BodyTooLarge,
+        }
+    }
+}
+
+impl Refusal {
+    /// The status code, per the contract's error table.
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::Head(HeadError::TooLarge) => 431,
+            Refusal::Head(HeadError::Version) => 505,
+            Refusal::Head(HeadError::BadEncoding) => 501,
+            Refusal::Head(_) => 400,
+            Refusal::Route(RouteError::NotFound) => 404,
+            Refusal::Route(RouteError::MethodNotAllowed(_)) => 405,
+            Refusal::Route(RouteError::Unauthorized) => 401,
+            Refusal::Route(RouteError::BadRequest(_)) => 400,
+            Refusal::Chunked => 400,
+            Refusal::BodyTooLarge | Refusal::EventTooLarge => 413,
+            Refusal::Timeout => 408,
+            Refusal::Overloaded => 503,
+        }
+    }
+
+    /// The one-line body.
+    pub fn reason(&self) -> String {
+        match self {
+            Refusal::Head(e) => e.to_string(),
+            Refusal::Route(e) => e.to_string(),
+            Refusal::Chunked => "malformed chunked body".into(),
+            Refusal::BodyTooLarge => "body over --max-body".into(),
+            Refusal::Timeout => "request not complete within --header-timeout".into(),
+            Refusal::Overloaded => "server at --max-connections; retry later".into(),
+            Refusal::EventTooLarge => "event larger than --history-bytes allows".into(),
+        }
+    }
+
+    /// Whether the connection must close after the answer: when the framing of what follows is
+    /// unknown (a bad head, an unread body) there is no safe place to read the next request from.
+    pub fn closes(&self) -> bool {
+        !matches!(self, Refusal::Route(_) | Refusal::EventTooLarge)
+    }
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// The interim answer to `Expect: 100-continue` (RFC 9110 §10.1.1).
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Appends the CORS headers for a request from `origin`: none unless the origin is allowed.
+///
+/// A listed origin is echoed with credentials allowed (so cookies carry `ssed_token`); `*` allows any
+/// origin but never with credentials, which browsers would refuse anyway.
+pub fn push_cors(config: &Config, origin: Option<&str>, out: &mut Vec<u8>) {
+    let Some(origin) = origin else { return };
+    if config.cors_origins.iter().any(|o| o == origin) {
+        let _ = write!(
+            out,
+            "Access-Control-Allow-Origin: {origin}\r\nAccess-Control-Allow-Credentials: true\r\nVary: Origin\r\n"
+        );
+    } else if config.cors_origins.iter().any(|o| o == "*") {
+        out.extend_from_slice(b"Access-Control-Allow-Origin: *\r\n");
+    }
+}
+
+/// Whether `origin` is allowed by the CORS settings.
+pub fn cors_allowed(config: &Config, origin: Option<&str>) -> bool {
+    origin.is_some_and(|origin| config.cors_origins.iter().any(|o| o == origin || o == "*"))
+}
+
+/// A complete response with a plain-text body.
+///
+/// `body` is sent as is (callers end it with a newline); `head_only` leaves the body out but keeps
+/// its length, as `HEAD` requires.
+pub fn text(status: u16, body: &str, keep_alive: bool, head_only: bool, extra: &[u8], out: &mut Vec<u8>) {
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+        reason_phrase(status),
+        body.len()
+    );
+    out.extend_from_slice(if keep_alive { b"" } else { b"Connection: close\r\n" });
+    out.extend_from_slice(extra);
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
+}
+
+/// A refusal: status, the headers it needs (`Allow`, `WWW-Authenticate`, `Retry-After`), one line.
+pub fn refusal(refusal: &Refusal, keep_alive: bool, cors: &[u8], out: &mut Vec<u8>) {
+    let mut extra = cors.to_vec();
+    match refusal {
+        Refusal::Route(RouteError::MethodNotAllowed(allow)) => {
+            let _ = write!(extra, "Allow: {allow}\r\n");
+        }
+        Refusal::Route(RouteError::Unauthorized) => extra.extend_from_slice(b"WWW-Authenticate: Bearer\r\n"),
+        Refusal::Overloaded => extra.extend_from_slice(b"Retry-After: 5\r\n"),
+        _ => {}
+    }
+    let body = format!("{}\n", refusal.reason());
+    text(refusal.status(), &body, keep_alive && !refusal.closes(), false, &extra, out);
+}
+
+/// The answer to a CORS preflight (`204`); CORS headers only for allowed origins.
+pub fn preflight(config: &Config, origin: Option<&str>, keep_alive: bool, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"HTTP/1.1 204 No Content\r\nAllow: GET, HEAD, POST, OPTIONS\r\n");
+    if cors_allowed(config, origin) {
+        push_cors(config, origin, out);
+        out.extend_from_slice(
+            b"Access-Control-Allow-Methods: GET, POST\r\n\
+              Access-Control-Allow-Headers: Authorization, Content-Type, Last-Event-ID\r\n\
+              Access-Control-Max-Age: 86400\r\n",
+        );
+    }
+    out.extend_from_slice(if keep_alive { b"" } else { b"Connection: close\r\n" });
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The head of an event stream: chunked on HTTP/1.1, close-delimited on HTTP/1.0.
+pub fn stream_head(http10: bool, cors: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n",
+    );
+    out.extend_from_slice(if http10 { b"Connection: close\r\n" } else { b"Transfer-Encoding: chunked\r\n" });
+    out.extend_from_slice(cors);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn as_text(bytes: &[u8]) -> String {
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn error_table_statuses() {
+        let cases = [
+            (Refusal::Head(HeadError::Malformed), 400, true),
+            (Refusal::Head(HeadError::TooLarge), 431, true),
+            (Refusal::Timeout, 408, true),
+            (Refusal::Route(RouteError::NotFound), 404, false),
+            (Refusal::Route(RouteError::MethodNotAllowed("GET")), 405, false),
+            (Refusal::Route(RouteError::BadRequest("bad topic".into())), 400, false),
+            (Refusal::BodyTooLarge, 413, true),
+            (Refusal::Head(HeadError::LengthAndEncoding), 400, true),
+            (Refusal::Route(RouteError::Unauthorized), 401, false),
+            (Refusal::Overloaded, 503, true),
+        ];
+        for (refusal, status, closes) in cases {
+            assert_eq!(refusal.status(), status, "{refusal:?}");
+            assert_eq!(refusal.closes(), closes, "{refusal:?}");
+        }
+    }
+
+    #[test]
+    fn refusal_headers() {
+        let mut out = Vec::new();
+        refusal(&Refusal::Route(RouteError::MethodNotAllowed("GET, HEAD")), true, b"", &mut out);
+        let text = as_text(&out);
+        assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{text}");
+        assert!(text.contains("Allow: GET, HEAD\r\n"));
+        assert!(text.ends_with("\r\n\r\nmethod not allowed\n"));
+        assert!(!text.contains("Connection: close"));
+
+        let mut out = Vec::new();
+        refusal(&Refusal::Route(RouteError::Unauthorized), true, b"", &mut out);
+        assert!(as_text(&out).contains("WWW-Authenticate: Bearer\r\n"));
+
+        let mut out = Vec::new();
+        refusal(&Refusal::Overloaded, true, b"", &mut out);
+        let text = as_text(&out);
+        assert!(text.contains("Retry-After: ") && text.contains("Connection: close"), "{text}");
+    }
+
+    #[test]
+    fn cors_rules() {
+        let config = Config { cors_origins: vec!["https://a.example".into()], ..Config::default() };
+        let mut out = Vec::new();
+        push_cors(&config, Some("https://a.example"), &mut out);
+        let text = as_text(&out);
+        assert!(text.contains("Access-Control-Allow-Origin: https://a.example\r\n"));
+        assert!(text.contains("Access-Control-Allow-Credentials: true\r\n"));
+        let mut out = Vec::new();
+        push_cors(&config, Some("https://evil.example"), &mut out);
+        assert!(out.is_empty());
+
+        let any = Config { cors_origins: vec!["*".into()], ..Config::default() };
+        let mut out = Vec::new();
+        push_cors(&any, Some("https://b.example"), &mut out);
+        assert_eq!(as_text(&out), "Access-Control-Allow-Origin: *\r\n", "never credentials with *");
+
+        let mut out = Vec::new();
+        preflight(&config, Some("https://a.example"), true, &mut out);
+        let text = as_text(&out);
+        assert!(text.starts_with("HTTP/1.1 204"));
+        assert!(text.contains("Access-Control-Allow-Headers: Authorization, Content-Type, Last-Event-ID\r\n"));
+        let mut out = Vec::new();
+        preflight(&config, Some("https://evil.example"), true, &mut out);
+        assert!(!as_text(&out).contains("Access-Control"));
+    }
+
+    #[test]
+    fn stream_heads() {
+        let mut out = Vec::new();
+        stream_head(false, b"", &mut out);
+        let text = as_text(&out);
+        for header in [
+            "Content-Type: text/event-stream",
+            "Cache-Control: no-cache",
+            "X-Accel-Buffering: no",
+            "Transfer-Encoding: chunked",
+        ] {
+            assert!(text.contains(header), "{header}");
+        }
+        let mut out = Vec::new();
+        stream_head(true, b"", &mut out);
+        let text = as_text(&out);
+        assert!(text.contains("Connection: close") && !text.contains("chunked"));
+    }
+}

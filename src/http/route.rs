@@ -1,0 +1,429 @@
+//! Routing: what a parsed request asks for, checked against the configuration, with no I/O.
+
+use std::fmt;
+
+use crate::config::Config;
+use crate::http::request::{Head, Method};
+use crate::sse;
+use crate::topic::{self, TopicError};
+
+/// What a request asks the server to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Open an event stream (or, for `HEAD`, only its headers).
+    Subscribe(Subscribe),
+    /// Publish the body as an event; the body is read next.
+    Publish(PublishTarget),
+    /// `GET /health`.
+    Health,
+    /// `GET /metrics`.
+    Metrics,
+    /// `OPTIONS /events`: CORS preflight.
+    Preflight,
+}
+
+/// A subscribe request, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    /// Topic names; empty means every topic.
+    pub topics: Vec<String>,
+    /// The id to resume after (header first, then query); `None` when absent or not a `u64`.
+    pub last_event_id: Option<u64>,
+    /// Only the headers are wanted (`HEAD`).
+    pub head_only: bool,
+}
+
+/// Where a publish goes, from the query; the body decides the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishTarget {
+    /// Topics named in the query; empty means the body is a Mercure-style form.
+    pub topics: Vec<String>,
+    /// `event=` from the query.
+    pub event_type: Option<String>,
+}
+
+/// A publish request with its body interpreted, ready for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// Topics, at least one, validated.
+    pub topics: Vec<String>,
+    /// Event type, validated.
+    pub event_type: Option<String>,
+    /// `retry:` in milliseconds (form field `retry`).
+    pub retry_ms: Option<u64>,
+    /// The data, UTF-8.
+    pub data: String,
+}
+
+/// Why a request was refused after its head parsed; mapped to statuses in [`crate::http::response`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// Unknown path (`404`).
+    NotFound,
+    /// Known path, other method (`405`), with the `Allow` value.
+    MethodNotAllowed(&'static str),
+    /// Missing or wrong token (`401`).
+    Unauthorized,
+    /// A bad topic, event type, data or field (`400`), with the reason.
+    BadRequest(String),
+}
+
+impl fmt::Display for RouteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteError::NotFound => f.write_str("not found"),
+            RouteError::MethodNotAllowed(_) => f.write_str("method not allowed"),
+            RouteError::Unauthorized => f.write_str("missing or wrong token"),
+            RouteError::BadRequest(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl From<TopicError> for RouteError {
+    fn from(e: TopicError) -> Self {
+        RouteError::BadRequest(e.to_string())
+    }
+}
+
+/// `Allow` for `/events`.
+pub const ALLOW_EVENTS: &str = "GET, HEAD, POST, OPTIONS";
+/// `Allow` for `/health` and `/metrics`.
+pub const ALLOW_READ_ONLY: &str = "GET, HEAD";
+
+/// Decides what `head` asks for, applying tokens and validating the query.
+pub fn route(head: &Head, config: &Config) -> Result<Route, RouteError> {
+    match head.path.as_str() {
+        "/events" => match head.method {
+            Method::Get | Method::Head => {
+                if let Some(token) = &config.subscribe_token {
+                    let offered = [head.bearer.as_deref(), head.cookie_token.as_deref()];
+                    if !offered.into_iter().flatten().any(|o| token_matches(o, token)) {
+                        return Err(RouteError::Unauthorized);
+                    }
+                }
+                subscribe(head)
+            }
+            Method::Post => {
+                if let Some(token) = &config.publish_token {
+                    if !head.bearer.as_deref().is_some_and(|o| token_matches(o, token)) {
+                        return Err(RouteError::Unauthorized);
+                    }
+                }
+                publish_target(head)
+            }
+            Method::Options => Ok(Route::Preflight),
+            Method::Other => Err(RouteError::MethodNotAllowed(ALLOW_EVENTS)),
+        },
+        "/health" | "/metrics" => match head.method {
+            Method::Get | Method::Head if head.path == "/health" => Ok(Route::Health),
+            Method::Get | Method::Head => Ok(Route::Metrics),
+            _ => Err(RouteError::MethodNotAllowed(ALLOW_READ_ONLY)),
+        },
+        _ => Err(RouteError::NotFound),
+    }
+}
+
+/// Compares a presented token with the configured one in time independent of where they differ, so
+/// the comparison leaks nothing but the length.
+pub fn token_matches(offered: &str, expected: &str) -> bool {
+    let (a, b) = (offered.as_bytes(), expected.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // Keep the optimiser from turning the fold back into an early-exit comparison.
+    std::hint::black_box(diff) == 0
+}
+
+fn subscribe(head: &Head) -> Result<Route, RouteError> {
+    let mut topics = Vec::new();
+    let mut query_last = None;
+    for (key, value) in query_pairs(&head.query)? {
+        match key.as_str() {
+            "topic" => {
+                topic::validate(value.as_bytes())?;
+                topics.push(value);
+            }
+            "lastEventId" | "lastEventID" => query_last = Some(value),
+            _ => {}
+        }
+    }
+    let last = head.last_event_id.clone().or(query_last);
+    Ok(Route::Subscribe(Subscribe {
+        topics,
+        last_event_id: last.and_then(|v| parse_event_id(&v)),
+        head_only: head.method == Method::Head,
+    }))
+}
+
+fn publish_target(head: &Head) -> Result<Route, RouteError> {
+    let mut target = PublishTarget { topics: Vec::new(), event_type: None };
+    for (key, value) in query_pairs(&head.query)? {
+        match key.as_str() {
+            "topic" => {
+                topic::validate(value.as_bytes())?;
+                target.topics.push(value);
+            }
+            "event" | "type" => {
+                sse::validate_event_type(value.as_bytes())
+                    .map_err(|e| RouteError::BadRequest(e.to_string()))?;
+                target.event_type = Some(value);
+            }
+            _ => {}
+        }
+    }
+    if target.topics.is_empty() && !head.form {
+        return Err(RouteError::BadRequest("missing topic".into()));
+    }
+    Ok(Route::Publish(target))
+}
+
+/// Interprets a publish body: raw data when the query named topics, a form otherwise.
+pub fn publish_body(target: PublishTarget, body: Vec<u8>) -> Result<Publish, RouteError> {
+    if !target.topics.is_empty() {
+        let data = String::from_utf8(body).map_err(|_| RouteError::BadRequest("data is not UTF-8".into()))?;
+        return Ok(Publish { topics: target.topics, event_type: target.event_type, retry_ms: None, data });
+    }
+    let mut publish =
+        Publish { topics: Vec::new(), event_type: target.event_type, retry_ms: None, data: String::new() };
+    let body = std::str::from_utf8(&body).map_err(|_| RouteError::BadRequest("form is not UTF-8".into()))?;
+    for (key, value) in form_pairs(body, true)? {
+        match key.as_str() {
+            "topic" => {
+                topic::validate(value.as_bytes())?;
+                publish.topics.push(value);
+            }
+            "data" => publish.data = value,
+            "type" => {
+                sse::validate_event_type(value.as_bytes())
+                    .map_err(|e| RouteError::BadRequest(e.to_string()))?;
+                publish.event_type = Some(value);
+            }
+            "retry" => {
+                let ms =
+                    value.parse().map_err(|_| RouteError::BadRequest("bad retry: not a number".into()))?;
+                publish.retry_ms = Some(ms);
+            }
+            "id" => {
+                return Err(RouteError::BadRequest(
+                    "ids are assigned by the server: drop the id field".into(),
+                ))
+            }
+            _ => {}
+        }
+    }
+    if publish.topics.is_empty() {
+        return Err(RouteError::BadRequest("missing topic".into()));
+    }
+    Ok(publish)
+}
+
+/// Parses an event id the way the contract reads `Last-Event-ID`: a decimal `u64`, else absent.
+pub fn parse_event_id(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn query_pairs(query: &str) -> Result<Vec<(String, String)>, RouteError> {
+    let query =
+        std::str::from_utf8(query.as_bytes()).map_err(|_| RouteError::BadRequest("bad query".into()))?;
+    form_pairs(query, false)
+}
+
+/// Splits `a=1&b=2`, percent-decoding keys and values; `+` is a space in forms (and in queries,
+/// where it would only ever make a topic invalid).
+fn form_pairs(text: &str, _form: bool) -> Result<Vec<(String, String)>, RouteError> {
+    text.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((percent_decode(key)?, percent_decode(value)?))
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes and `+`; the result must be UTF-8.
+pub fn percent_decode(text: &str) -> Result<String, RouteError> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'%' => {
+                let hex = bytes
+                    .get(at + 1..at + 3)
+                    .ok_or_else(|| RouteError::BadRequest("bad percent-encoding".into()))?;
+                let text = std::str::from_utf8(hex)
+                    .map_err(|_| RouteError::BadRequest("bad percent-encoding".into()))?;
+                let value = u8::from_str_radix(text, 16)
+                    .map_err(|_| RouteError::BadRequest("bad percent-encoding".into()))?;
+                out.push(value);
+                at += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                at += 1;
+            }
+            b => {
+                out.push(b);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| RouteError::BadRequest("percent-encoded text is not UTF-8".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::request::parse_head;
+
+    fn head(raw: &str) -> Head {
+        parse_head(raw.as_bytes()).unwrap().unwrap().0
+    }
+
+    fn route_raw(raw: &str, config: &Config) -> Result<Route, RouteError> {
+        route(&head(raw), config)
+    }
+
+    #[test]
+    fn subscribe_with_topics_and_resume() {
+        let config = Config::default();
+        let got =
+            route_raw("GET /events?topic=a&topic=room%2F1&lastEventId=7 HTTP/1.1\r\n\r\n", &config).unwrap();
+        assert_eq!(
+            got,
+            Route::Subscribe(Subscribe {
+                topics: vec!["a".into(), "room/1".into()],
+                last_event_id: Some(7),
+                head_only: false
+            })
+        );
+        let got =
+            route_raw("GET /events?lastEventID=7 HTTP/1.1\r\nLast-Event-ID: 9\r\n\r\n", &config).unwrap();
+        let Route::Subscribe(sub) = got else { panic!() };
+        assert_eq!(sub.last_event_id, Some(9), "the header wins");
+        assert!(sub.topics.is_empty(), "no topic: every topic");
+        let Route::Subscribe(sub) =
+            route_raw("HEAD /events HTTP/1.1\r\nLast-Event-ID: x1\r\n\r\n", &config).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(sub.last_event_id, None, "not a u64: absent");
+        assert!(sub.head_only);
+    }
+
+    #[test]
+    fn bad_topics_are_refused() {
+        let config = Config::default();
+        for query in ["topic=", "topic=a%20b", "topic=a%0Ab", "topic=%ZZ", "topic=a+b", "topic=%C3%A9"] {
+            let raw = format!("GET /events?{query} HTTP/1.1\r\n\r\n");
+            assert!(matches!(route_raw(&raw, &config), Err(RouteError::BadRequest(_))), "{query}");
+        }
+    }
+
+    #[test]
+    fn paths_and_methods() {
+        let config = Config::default();
+        assert_eq!(route_raw("GET /health HTTP/1.1\r\n\r\n", &config), Ok(Route::Health));
+        assert_eq!(route_raw("HEAD /metrics HTTP/1.1\r\n\r\n", &config), Ok(Route::Metrics));
+        assert_eq!(route_raw("OPTIONS /events HTTP/1.1\r\n\r\n", &config), Ok(Route::Preflight));
+        assert_eq!(route_raw("GET /nope HTTP/1.1\r\n\r\n", &config), Err(RouteError::NotFound));
+        assert_eq!(
+            route_raw("DELETE /events HTTP/1.1\r\n\r\n", &config),
+            Err(RouteError::MethodNotAllowed(ALLOW_EVENTS))
+        );
+        assert_eq!(
+            route_raw("POST /health HTTP/1.1\r\n\r\n", &config),
+            Err(RouteError::MethodNotAllowed(ALLOW_READ_ONLY))
+        );
+    }
+
+    #[test]
+    fn tokens() {
+        let config = Config {
+            publish_token: Some("pub".into()),
+            subscribe_token: Some("sub".into()),
+            ..Config::default()
+        };
+        let sub = "GET /events HTTP/1.1\r\n";
+        assert_eq!(route_raw(&format!("{sub}\r\n"), &config), Err(RouteError::Unauthorized));
+        assert_eq!(
+            route_raw(&format!("{sub}Authorization: Bearer pub\r\n\r\n"), &config),
+            Err(RouteError::Unauthorized)
+        );
+        assert!(route_raw(&format!("{sub}Authorization: Bearer sub\r\n\r\n"), &config).is_ok());
+        assert!(route_raw(&format!("{sub}Cookie: ssed_token=sub\r\n\r\n"), &config).is_ok());
+        let publish = "POST /events?topic=a HTTP/1.1\r\n";
+        assert_eq!(route_raw(&format!("{publish}\r\n"), &config), Err(RouteError::Unauthorized));
+        assert_eq!(
+            route_raw(&format!("{publish}Cookie: ssed_token=pub\r\n\r\n"), &config),
+            Err(RouteError::Unauthorized)
+        );
+        assert!(route_raw(&format!("{publish}Authorization: Bearer pub\r\n\r\n"), &config).is_ok());
+        assert!(!token_matches("pu", "pub") && !token_matches("puc", "pub") && token_matches("pub", "pub"));
+    }
+
+    #[test]
+    fn publish_raw_and_form() {
+        let config = Config::default();
+        let Ok(Route::Publish(target)) =
+            route_raw("POST /events?topic=a&event=ping HTTP/1.1\r\n\r\n", &config)
+        else {
+            panic!()
+        };
+        let publish = publish_body(target, b"x=1&y".to_vec()).unwrap();
+        assert_eq!(
+            publish.data, "x=1&y",
+            "with a topic in the query, the body is data whatever it looks like"
+        );
+        assert_eq!(publish.event_type.as_deref(), Some("ping"));
+
+        let form = "POST /events HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\n";
+        let Ok(Route::Publish(target)) = route_raw(form, &config) else { panic!() };
+        let publish =
+            publish_body(target.clone(), b"topic=a&topic=b&data=line+1%0Aline%202&type=t&retry=500".to_vec())
+                .unwrap();
+        assert_eq!(publish.topics, vec!["a", "b"]);
+        assert_eq!(publish.data, "line 1\nline 2");
+        assert_eq!(publish.event_type.as_deref(), Some("t"));
+        assert_eq!(publish.retry_ms, Some(500));
+        assert!(matches!(
+            publish_body(target.clone(), b"topic=a&id=5".to_vec()),
+            Err(RouteError::BadRequest(_))
+        ));
+        assert!(matches!(publish_body(target.clone(), b"data=x".to_vec()), Err(RouteError::BadRequest(_))));
+        assert!(matches!(
+            publish_body(target, b"topic=a&retry=soon".to_vec()),
+            Err(RouteError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn publish_needs_a_topic_and_utf8() {
+        let config = Config::default();
+        assert!(matches!(
+            route_raw("POST /events HTTP/1.1\r\n\r\n", &config),
+            Err(RouteError::BadRequest(_))
+        ));
+        assert!(matches!(
+            route_raw("POST /events?topic=a&event=%0A HTTP/1.1\r\n\r\n", &config),
+            Err(RouteError::BadRequest(_))
+        ));
+        let target = PublishTarget { topics: vec!["a".into()], event_type: None };
+        assert!(matches!(publish_body(target, vec![0xff, 0xfe]), Err(RouteError::BadRequest(_))));
+    }
+
+    #[test]
+    fn event_ids() {
+        assert_eq!(parse_event_id("42"), Some(42));
+        assert_eq!(parse_event_id(" 42 "), Some(42));
+        assert_eq!(parse_event_id("18446744073709551615"), Some(u64::MAX));
+        for bad in ["", "-1", "+1", "1e3", "18446744073709551616", "0x10", "abc"] {
+            assert_eq!(parse_event_id(bad), None, "{bad}");
+        }
+    }
+}
