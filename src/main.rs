@@ -141,7 +141,7 @@ fn help() -> String {
 
 /// What the command line asked for.
 enum Command {
-    Run(Config),
+    Run(Box<Config>),
     Help,
     Version,
 }
@@ -217,7 +217,7 @@ fn parse_args() -> Result<Command, String> {
             other => return Err(other.unexpected().to_string()),
         }
     }
-    Ok(Command::Run(config))
+    Ok(Command::Run(Box::new(config)))
 }
 
 fn run() -> Result<(), String> {
@@ -232,7 +232,7 @@ fn run() -> Result<(), String> {
         }
         Command::Run(config) => config,
     };
-    let server = Server::bind(config).map_err(|e| e.to_string())?;
+    let server = Server::bind(*config).map_err(|e| e.to_string())?;
     server.run().map_err(|e| e.to_string())
 }
 

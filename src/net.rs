@@ -76,6 +76,8 @@ pub fn descriptor_limit() -> Option<u64> {
     // SAFETY: getrlimit only writes into the struct we pass; the pointer is valid for its lifetime.
     #[allow(unsafe_code)]
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    // rlim_t is u64 on 64-bit Linux but not everywhere.
+    #[allow(clippy::unnecessary_cast)]
     (rc == 0).then_some(limit.rlim_cur as u64)
 }
 

@@ -192,8 +192,12 @@ impl Rng {
 /// A subscriber's state: its topics, its place on their lists, and its cursor into the log.
 struct Stream {
     selection: Selection,
-    /// Position on each list, parallel to `selection.topics()` (or the one position on `All`).
-    positions: Box<[u32]>,
+    /// Position on the first list (`All`, or the first of `selection.topics()`), kept inline because
+    /// nearly every stream is on exactly one list.
+    position: u32,
+    /// Positions on the other lists, parallel to `selection.topics()[1..]`; empty (no allocation)
+    /// for a one-list stream.
+    more_positions: Box<[u32]>,
     cursor: Cursor,
     framing: Framing,
     /// `--max-lifetime`: when the stream ends cleanly.
@@ -201,7 +205,23 @@ struct Stream {
 }
 
 impl Stream {
-    /// The subscriber lists the stream is on, in the order of `positions`.
+    fn position(&self, index: usize) -> u32 {
+        if index == 0 {
+            self.position
+        } else {
+            self.more_positions[index - 1]
+        }
+    }
+
+    fn set_position(&mut self, index: usize, position: u32) {
+        if index == 0 {
+            self.position = position;
+        } else {
+            self.more_positions[index - 1] = position;
+        }
+    }
+
+    /// The subscriber lists the stream is on, in position order.
     fn lists(&self) -> Vec<List> {
         match &self.selection {
             Selection::All => vec![List::All],
@@ -606,8 +626,10 @@ impl Loop {
         let resume = self.log.resume(&selection, subscribe.last_event_id);
         let framing = if meta.http10 { Framing::Raw } else { Framing::Chunked };
         let mut stream =
-            Stream { selection, positions: Box::new([]), cursor: resume.cursor, framing, ends_at: None };
-        stream.positions = stream.lists().into_iter().map(|list| self.registry.add(list, key)).collect();
+            Stream { selection, position: 0, more_positions: Box::new([]), cursor: resume.cursor, framing, ends_at: None };
+        let positions: Vec<u32> = stream.lists().into_iter().map(|list| self.registry.add(list, key)).collect();
+        stream.position = positions[0];
+        stream.more_positions = positions[1..].into();
         stream.ends_at = (!self.config.max_lifetime.is_zero()).then(|| {
             let base = self.config.max_lifetime.as_millis() as u64;
             let jitter = self.rng.between(base * 8 / 10, base * 12 / 10);
@@ -918,7 +940,7 @@ impl Loop {
         }
         if let Phase::Streaming(stream) = &conn.phase {
             for (index, list) in stream.lists().into_iter().enumerate() {
-                if let Some(moved) = self.registry.remove(list, stream.positions[index]) {
+                if let Some(moved) = self.registry.remove(list, stream.position(index)) {
                     let moved_conn = self.conns.get_mut(moved).expect("registry holds live keys");
                     if let Phase::Streaming(other) = &mut moved_conn.phase {
                         let slot = match list {
@@ -927,7 +949,7 @@ impl Loop {
                                 other.selection.topics().binary_search(&t).expect("listed topic")
                             }
                         };
-                        other.positions[slot] = stream.positions[index];
+                        other.set_position(slot, stream.position(index));
                     }
                 }
             }
