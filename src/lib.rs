@@ -48,6 +48,7 @@ mod net;
 mod server;
 mod slab;
 mod sse;
+pub mod systemd;
 mod timer;
 mod topic;
 

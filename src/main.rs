@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ssed::{Config, Server};
+use ssed::{systemd, Config, Server};
 
 /// One flag: its name, environment variable, default as shown in `--help`, and meaning. The same table
 /// drives parsing, the environment and the help text, so they cannot drift apart.
@@ -230,14 +230,83 @@ fn run() -> Result<(), String> {
             println!("ssed {}", env!("CARGO_PKG_VERSION"));
             return Ok(());
         }
-        Command::Run(config) => config,
+        Command::Run(config) => *config,
     };
-    let server = Server::bind(*config).map_err(|e| e.to_string())?;
+    match systemd::raise_descriptor_limit() {
+        Ok((before, after)) if after > before => {
+            log::info!("open-file limit raised from {before} to {after}")
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("could not raise the open-file limit: {e}"),
+    }
+    let server = match systemd::take_listener().map_err(|e| e.to_string())? {
+        Some(listener) => {
+            let server = Server::from_listener(config, listener).map_err(|e| e.to_string())?;
+            log::info!(
+                "serving on the socket passed by systemd ({}); --listen is ignored",
+                server.local_addr()
+            );
+            server
+        }
+        None => Server::bind(config).map_err(|e| e.to_string())?,
+    };
+    let server = match systemd::Notifier::from_env().map_err(|e| e.to_string())? {
+        Some(notifier) => server.with_notifier(notifier),
+        None => server,
+    };
+    watch_signals(server.shutdown_handle())?;
     server.run().map_err(|e| e.to_string())
 }
 
+/// SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
+///
+/// A thread that only waits for signals keeps the library free of process-wide signal state; the
+/// event loop still does all the serving.
+fn watch_signals(shutdown: ssed::Shutdown) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("installing signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("ssed-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for signal in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    log::info!("signal {signal}: shutting down gracefully (send it again to exit at once)");
+                    shutdown.shutdown();
+                } else {
+                    log::warn!("signal {signal} again: exiting at once");
+                    std::process::exit(128 + signal);
+                }
+            }
+        })
+        .map_err(|e| format!("starting the signal thread: {e}"))?;
+    Ok(())
+}
+
+/// Logs to stderr: the usual format on a terminal; under journald (`JOURNAL_STREAM` set), each line
+/// starts with its syslog priority (`<3>` error … `<7>` debug) and carries no timestamp of its own, so
+/// `journalctl -p warning` filters correctly. `RUST_LOG` chooses the level either way.
+fn init_logging() {
+    let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.format(|buf, record| {
+            use std::io::Write as _;
+            let priority = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(buf, "<{priority}>{}: {}", record.target(), record.args())
+        });
+    }
+    builder.init();
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    init_logging();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

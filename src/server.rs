@@ -29,6 +29,7 @@ use crate::metrics::{DropReason, Gauges, Metrics};
 use crate::net::{self, Outcome};
 use crate::slab::{Key, Slab};
 use crate::sse;
+use crate::systemd::Notifier;
 
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
@@ -58,7 +59,11 @@ pub struct Server {
     local_addr: SocketAddr,
     commands: mpsc::Receiver<Command>,
     mailbox: Mailbox,
+    notifier: Option<Notifier>,
 }
+
+/// How often `STATUS=` is refreshed for `systemctl status` when a notifier is set.
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Server {
     /// Validates `config` and binds `config.listen`.
@@ -98,7 +103,15 @@ impl Server {
             shutdown: Arc::new(AtomicBool::new(false)),
             max_body: config.max_body,
         };
-        Ok(Server { config, poll, listener, local_addr, commands, mailbox })
+        Ok(Server { config, poll, listener, local_addr, commands, mailbox, notifier: None })
+    }
+
+    /// Reports to a service manager through `notifier`: `READY=1` once the loop runs, `STATUS=` with
+    /// the subscriber count now and then, `WATCHDOG=1` from the loop itself (so a stuck loop gets the
+    /// service restarted) and `STOPPING=1` when a shutdown begins.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Server {
+        self.notifier = Some(notifier);
+        self
     }
 
     /// The address the server accepts on (useful after binding port 0).
@@ -127,7 +140,7 @@ impl Server {
     /// connections are answered on them and logged.
     pub fn run(self) -> Result<(), Error> {
         let now = Instant::now();
-        let Server { config, poll, listener, local_addr, commands, mailbox } = self;
+        let Server { config, poll, listener, local_addr, commands, mailbox, notifier } = self;
         info!("ssed listening on {local_addr}");
         let limits = Limits { events: config.history, bytes: config.history_bytes };
         let mut event_loop = Loop {
@@ -148,6 +161,7 @@ impl Server {
             scratch: vec![0; 64 * 1024],
             rng: Rng::seeded(),
             now,
+            supervisor: notifier.map(|notifier| Supervisor { notifier, next_tick: now }),
         };
         let result = event_loop.run();
         // Handles that publish after this point get `Stopped`, not a hang.
@@ -298,12 +312,52 @@ struct Loop {
     rng: Rng,
     /// The clock, read once per turn.
     now: Instant,
+    supervisor: Option<Supervisor>,
+}
+
+/// The service manager's view of the loop: readiness, status and watchdog pings.
+struct Supervisor {
+    notifier: Notifier,
+    next_tick: Instant,
+}
+
+impl Supervisor {
+    fn send(&self, message: &str) {
+        if let Err(e) = self.notifier.notify(message) {
+            warn!("notifying the service manager ({message:?}) failed: {e}");
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        self.notifier.watchdog_interval().map_or(STATUS_INTERVAL, |w| w.min(STATUS_INTERVAL))
+    }
 }
 
 impl Loop {
+    fn status(&self) -> String {
+        format!("STATUS={} subscribers, {} connections", self.subscribers, self.conns.len())
+    }
+
+    /// Pings the watchdog and refreshes the status when due; called once per turn.
+    fn supervise(&mut self) {
+        let status = self.status();
+        let Some(supervisor) = &mut self.supervisor else { return };
+        if supervisor.next_tick > self.now {
+            return;
+        }
+        let ping = if supervisor.notifier.watchdog_interval().is_some() { "WATCHDOG=1\n" } else { "" };
+        supervisor.send(&format!("{ping}{status}"));
+        supervisor.next_tick = self.now + supervisor.interval();
+    }
+
     fn run(&mut self) -> Result<(), Error> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        if let Some(supervisor) = &self.supervisor {
+            // The listener is registered and the loop is about to wait on it: clients can connect.
+            supervisor.send(&format!("READY=1\n{}", self.status()));
+        }
         loop {
+            self.supervise();
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == std::io::ErrorKind::Interrupted {
@@ -349,7 +403,8 @@ impl Loop {
     fn poll_timeout(&self) -> Option<Duration> {
         let now = Instant::now();
         let mut timeout = self.timers.poll_timeout(now);
-        for extra in [self.accept_paused_until, self.stopping_by].into_iter().flatten() {
+        let supervise = self.supervisor.as_ref().map(|s| s.next_tick);
+        for extra in [self.accept_paused_until, self.stopping_by, supervise].into_iter().flatten() {
             let wait = extra.saturating_duration_since(now);
             timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
         }
@@ -625,9 +680,16 @@ impl Loop {
         let selection = self.log.acquire(&names);
         let resume = self.log.resume(&selection, subscribe.last_event_id);
         let framing = if meta.http10 { Framing::Raw } else { Framing::Chunked };
-        let mut stream =
-            Stream { selection, position: 0, more_positions: Box::new([]), cursor: resume.cursor, framing, ends_at: None };
-        let positions: Vec<u32> = stream.lists().into_iter().map(|list| self.registry.add(list, key)).collect();
+        let mut stream = Stream {
+            selection,
+            position: 0,
+            more_positions: Box::new([]),
+            cursor: resume.cursor,
+            framing,
+            ends_at: None,
+        };
+        let positions: Vec<u32> =
+            stream.lists().into_iter().map(|list| self.registry.add(list, key)).collect();
         stream.position = positions[0];
         stream.more_positions = positions[1..].into();
         stream.ends_at = (!self.config.max_lifetime.is_zero()).then(|| {
@@ -964,6 +1026,9 @@ impl Loop {
 
     fn begin_shutdown(&mut self) {
         info!("ssed shutting down: ending {} streams", self.subscribers);
+        if let Some(supervisor) = &self.supervisor {
+            supervisor.send("STOPPING=1\nSTATUS=shutting down");
+        }
         self.stopping_by = Some(self.now + self.config.shutdown_timeout);
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
