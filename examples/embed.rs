@@ -23,7 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     for _ in 0..10 {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-        let id = publisher.publish(Event::new(format!("{{\"unix\":{now}}}")).topic("clock").event_type("tick"))?;
+        let id =
+            publisher.publish(Event::new(format!("{{\"unix\":{now}}}")).topic("clock").event_type("tick"))?;
         println!("published tick {id}");
         std::thread::sleep(Duration::from_secs(1));
     }

@@ -148,8 +148,7 @@ mod tests {
 
     #[test]
     fn renders_every_contract_series() {
-        let mut metrics = Metrics::default();
-        metrics.events_published = 3;
+        let mut metrics = Metrics { events_published: 3, ..Metrics::default() };
         metrics.dropped(DropReason::Lag);
         metrics.refused(404);
         metrics.refused(404);
