@@ -41,6 +41,9 @@ mod config;
 mod conn;
 mod error;
 mod fanout;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handle;
 mod http;
 mod metrics;
