@@ -122,6 +122,21 @@ pub struct NewEvent<'a> {
     pub data: &'a str,
 }
 
+/// An event encoded into its wire bytes, ready for [`Broadcast::insert`].
+#[derive(Debug)]
+pub struct Encoded {
+    id: u64,
+    wire: Box<[u8]>,
+    frame_start: u8,
+}
+
+impl Encoded {
+    /// The id the event was encoded with.
+    pub fn id(&self) -> EventId {
+        EventId(self.id)
+    }
+}
+
 /// Why an event was not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishError {
@@ -197,6 +212,8 @@ pub struct Broadcast {
     names: HashMap<Box<str>, TopicId>,
     /// Scratch space for encoding, reused across publishes.
     scratch: Vec<u8>,
+    /// Sequence number from which events await a commit (`u64::MAX`: everything is visible).
+    visible_end: u64,
 }
 
 /// Slices gathered for one vectored write at most; Linux's `IOV_MAX` is 1024, and past a few dozen
@@ -233,6 +250,7 @@ impl Broadcast {
             free_topics: Vec::new(),
             names: HashMap::new(),
             scratch: Vec::new(),
+            visible_end: u64::MAX,
         }
     }
 
@@ -334,27 +352,23 @@ impl Broadcast {
         }
     }
 
-    /// Encodes and stores an event, evicting the oldest ones past the limits.
-    ///
-    /// `now_micros` is the wall clock; the id is `max(previous + 1, now_micros)`. Returns the id and the
-    /// event's topics, whose subscribers the caller wakes.
-    pub fn publish(
-        &mut self,
-        event: &NewEvent<'_>,
-        now_micros: u64,
-    ) -> Result<(EventId, &[TopicId]), PublishError> {
-        let id = self.next_id.max(now_micros);
+    /// The id the next event gets when published at wall-clock time `now_micros`:
+    /// `max(previous + 1, now_micros)`.
+    pub fn next_id(&self, now_micros: u64) -> u64 {
+        self.next_id.max(now_micros)
+    }
+
+    /// Encodes an event with `id` into its wire bytes, refusing one larger than the whole history.
+    pub fn encode(&mut self, event: &NewEvent<'_>, id: u64) -> Result<Encoded, PublishError> {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        sse::encode_frame(
-            &sse::Fields {
-                id: Some(id),
-                event_type: event.event_type,
-                retry_ms: event.retry_ms,
-                data: event.data,
-            },
-            &mut scratch,
-        );
+        let fields = sse::Fields {
+            id: Some(id),
+            event_type: event.event_type,
+            retry_ms: event.retry_ms,
+            data: event.data,
+        };
+        sse::encode_frame(&fields, &mut scratch);
         let mut wire = Vec::with_capacity(scratch.len() + chunk::MAX_CHUNK_OVERHEAD);
         chunk::push_chunk_header(scratch.len(), &mut wire);
         let frame_start = u8::try_from(wire.len()).expect("a chunk header is at most 18 bytes");
@@ -364,13 +378,22 @@ impl Broadcast {
         if wire.len() > self.limits.bytes {
             return Err(PublishError::TooLarge);
         }
+        Ok(Encoded { id, wire: wire.into_boxed_slice(), frame_start })
+    }
 
-        let mut topics: Vec<TopicId> = event.topics.iter().map(|n| self.intern(n)).collect();
-        topics.sort_unstable();
-        topics.dedup();
+    /// Stores an encoded event under `topics`, evicting the oldest events past the limits, and returns
+    /// the topic ids whose subscribers the caller wakes.
+    ///
+    /// The event stays invisible to subscribers until [`Broadcast::commit`], so a durable history can
+    /// put it on disk first; [`Broadcast::rollback`] drops it instead.
+    pub fn insert(&mut self, topics: &[&str], encoded: Encoded) -> &[TopicId] {
+        debug_assert!(encoded.id >= self.next_id, "ids only grow");
+        let mut topic_ids: Vec<TopicId> = topics.iter().map(|n| self.intern(n)).collect();
+        topic_ids.sort_unstable();
+        topic_ids.dedup();
         let seq = self.next_seq();
-        let size = wire.len() as u64;
-        for &t in &topics {
+        let size = encoded.wire.len() as u64;
+        for &t in &topic_ids {
             let log = self.topic_mut(t);
             log.total_bytes += size;
             let total = log.total_bytes;
@@ -378,20 +401,83 @@ impl Broadcast {
         }
         self.total_bytes += size;
         self.ring_cum.push_back(self.total_bytes);
-        self.bytes += wire.len();
+        self.bytes += encoded.wire.len();
         self.ring.push_back(Entry {
-            id,
+            id: encoded.id,
             seq,
-            topics: topics.into_boxed_slice(),
-            wire: wire.into_boxed_slice(),
-            frame_start,
+            topics: topic_ids.into_boxed_slice(),
+            wire: encoded.wire,
+            frame_start: encoded.frame_start,
         });
-        self.next_id = id + 1;
+        self.next_id = encoded.id + 1;
         while self.ring.len() > self.limits.events || self.bytes > self.limits.bytes {
             self.evict_oldest();
         }
-        let entry = self.ring.back().expect("the new event fits the limits alone");
-        Ok((EventId(id), &entry.topics))
+        &self.ring.back().expect("the new event fits the limits alone").topics
+    }
+
+    /// Encodes, stores and commits an event with the next id: the whole publish for a history that
+    /// lives only in memory.
+    pub fn publish(
+        &mut self,
+        event: &NewEvent<'_>,
+        now_micros: u64,
+    ) -> Result<(EventId, &[TopicId]), PublishError> {
+        let id = self.next_id(now_micros);
+        let encoded = self.encode(event, id)?;
+        let topics = self.insert(event.topics, encoded);
+        Ok((EventId(id), topics))
+    }
+
+    /// Makes every inserted event visible to subscribers.
+    pub fn commit(&mut self) {
+        self.visible_end = u64::MAX;
+    }
+
+    /// Marks the start of events that need a commit before subscribers may see them.
+    pub fn hold(&mut self) {
+        if self.visible_end == u64::MAX {
+            self.visible_end = self.next_seq();
+        }
+    }
+
+    /// Drops the events inserted since [`Broadcast::hold`] that were never committed (their record
+    /// could not be made durable). Events they evicted stay evicted.
+    pub fn rollback(&mut self) {
+        if self.visible_end == u64::MAX {
+            return;
+        }
+        while self.next_seq() > self.visible_end.max(self.first_seq) {
+            let entry = self.ring.pop_back().expect("uncommitted entries exist");
+            self.ring_cum.pop_back();
+            self.bytes -= entry.wire.len();
+            self.total_bytes -= entry.wire.len() as u64;
+            for &t in entry.topics.iter() {
+                let log = self.topic_mut(t);
+                log.events.pop_back();
+                log.total_bytes -= entry.wire.len() as u64;
+                self.drop_topic_if_unused(t);
+            }
+        }
+        self.visible_end = u64::MAX;
+    }
+
+    /// Evicts every event with an id below `oldest_id` (`--history-age`: ids follow the wall clock
+    /// and are never below their publish time, so an id below the cut-off is at least that old).
+    pub fn evict_below(&mut self, oldest_id: u64) {
+        while self.ring.front().is_some_and(|e| e.id < oldest_id) {
+            self.evict_oldest();
+        }
+    }
+
+    /// The oldest retained id, if any.
+    pub fn oldest_id(&self) -> Option<u64> {
+        self.ring.front().map(|e| e.id)
+    }
+
+    /// Lets later ids start no lower than `id` (a restart whose clock is behind the history on disk).
+    pub fn raise_next_id(&mut self, id: u64) {
+        self.next_id = self.next_id.max(id);
     }
 
     fn evict_oldest(&mut self) {
@@ -502,9 +588,10 @@ impl Broadcast {
     /// until it returns `false`.
     fn for_each_pending(&self, selection: &Selection, cursor: &Cursor, mut each: impl FnMut(u64) -> bool) {
         let from = cursor.seq.max(self.first_seq);
+        let end = self.next_seq().min(self.visible_end);
         match selection {
             Selection::All => {
-                for seq in from..self.next_seq() {
+                for seq in from..end {
                     if !each(seq) {
                         return;
                     }
@@ -514,7 +601,7 @@ impl Broadcast {
                 let events = &self.topic(*t).events;
                 let at = lower_bound_from_back(events, from);
                 for &(seq, _) in events.range(at..) {
-                    if !each(seq) {
+                    if seq >= end || !each(seq) {
                         return;
                     }
                 }
@@ -533,6 +620,9 @@ impl Broadcast {
                     else {
                         return;
                     };
+                    if next >= end {
+                        return;
+                    }
                     for (at, events) in heads.iter_mut() {
                         if events.get(*at).is_some_and(|&(s, _)| s == next) {
                             *at += 1;
@@ -917,6 +1007,50 @@ mod tests {
         log.release(&sel);
         assert!(!log.names.contains_key("a"));
         assert!(log.names.contains_key("b"), "b still has a retained event");
+    }
+
+    #[test]
+    fn held_events_stay_invisible_until_commit_and_vanish_on_rollback() {
+        let mut log = log(BIG);
+        let sel = log.acquire(&["a"]);
+        let mut cursor = log.resume(&sel, None).cursor;
+        let first = publish(&mut log, &["a"], "committed");
+        log.hold();
+        let held = publish(&mut log, &["a"], "held");
+        assert_eq!(
+            ids_in(&drain(&log, &sel, &mut cursor, Framing::Raw)),
+            vec![first],
+            "held events are not sent"
+        );
+        log.commit();
+        assert_eq!(ids_in(&drain(&log, &sel, &mut cursor, Framing::Raw)), vec![held]);
+
+        log.hold();
+        let bytes = log.bytes();
+        let dropped = publish(&mut log, &["a", "b"], "never durable");
+        assert!(log.bytes() > bytes);
+        log.rollback();
+        assert_eq!(log.bytes(), bytes);
+        assert_eq!(log.len(), 2);
+        assert!(!log.names.contains_key("b"), "a topic created by the dropped event goes with it");
+        assert_eq!(drain(&log, &sel, &mut cursor, Framing::Raw), "");
+        let next = publish(&mut log, &["a"], "after");
+        assert!(next > dropped, "ids are never reused, even for dropped events");
+        assert_eq!(ids_in(&drain(&log, &sel, &mut cursor, Framing::Raw)), vec![next]);
+        assert_eq!(log.backlog(&sel, &cursor), 0);
+    }
+
+    #[test]
+    fn evicts_by_age_through_ids() {
+        let mut log = Broadcast::new(BIG, 1_000);
+        let event = NewEvent { topics: &["a"], event_type: None, retry_ms: None, data: "x" };
+        for now in [1_000, 2_000, 3_000] {
+            log.publish(&event, now).unwrap();
+        }
+        log.evict_below(2_500);
+        assert_eq!(log.oldest_id(), Some(3_000));
+        let sel = log.acquire(&["a"]);
+        assert_eq!(log.resume(&sel, Some(1_000)).gap, Some((1_000, 3_000)));
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Validated server settings: the same knobs as the command-line flags, with no I/O.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::store::Fsync;
 
 /// Default listen address: loopback only, so a server started by hand is not exposed by accident.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
@@ -65,6 +67,12 @@ pub struct Config {
     pub max_lifetime: Duration,
     /// How long a graceful shutdown waits for buffered bytes to reach clients.
     pub shutdown_timeout: Duration,
+    /// When set, the history is also kept in segment files here and survives restarts and crashes.
+    pub data_dir: Option<PathBuf>,
+    /// When a publish to the durable history is answered (only with `data_dir`).
+    pub fsync: Fsync,
+    /// When non-zero, events older than this leave the history (and the disk).
+    pub history_age: Duration,
 }
 
 impl Default for Config {
@@ -85,6 +93,9 @@ impl Default for Config {
             cors_origins: Vec::new(),
             max_lifetime: Duration::ZERO,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            data_dir: None,
+            fsync: Fsync::default(),
+            history_age: Duration::ZERO,
         }
     }
 }

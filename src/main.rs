@@ -121,6 +121,27 @@ const FLAGS: &[Flag] = &[
         default: "5",
         help: "how long a graceful shutdown waits for buffered bytes",
     },
+    Flag {
+        name: "data-dir",
+        env: "SSED_DATA_DIR",
+        value: "DIR",
+        default: "unset",
+        help: "keep the history in segment files here so it survives restarts and crashes",
+    },
+    Flag {
+        name: "fsync",
+        env: "SSED_FSYNC",
+        value: "MODE",
+        default: "batch",
+        help: "with --data-dir: always (sync each event), batch (one sync per loop turn), never",
+    },
+    Flag {
+        name: "history-age",
+        env: "SSED_HISTORY_AGE",
+        value: "SECS",
+        default: "0",
+        help: "events older than this leave the history (memory and disk); 0 keeps them",
+    },
 ];
 
 fn help() -> String {
@@ -172,6 +193,9 @@ fn apply(config: &mut Config, name: &str, value: &str) -> Result<(), String> {
         "cors-origin" => config.cors_origins.push(value.to_string()),
         "max-lifetime" => config.max_lifetime = secs(value)?,
         "shutdown-timeout" => config.shutdown_timeout = secs(value)?,
+        "data-dir" => config.data_dir = Some(value.into()),
+        "fsync" => config.fsync = value.parse().map_err(|e: ssed::Error| e.to_string())?,
+        "history-age" => config.history_age = secs(value)?,
         _ => return Err(format!("unknown option --{name}")),
     }
     Ok(())

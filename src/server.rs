@@ -29,6 +29,7 @@ use crate::metrics::{DropReason, Gauges, Metrics};
 use crate::net::{self, Outcome};
 use crate::slab::{Key, Slab};
 use crate::sse;
+use crate::store::{Fsync, Record, Store};
 use crate::systemd::Notifier;
 
 const LISTENER: Token = Token(usize::MAX);
@@ -60,6 +61,8 @@ pub struct Server {
     commands: mpsc::Receiver<Command>,
     mailbox: Mailbox,
     notifier: Option<Notifier>,
+    log: Broadcast,
+    store: Option<Store>,
 }
 
 /// How often `STATUS=` is refreshed for `systemctl status` when a notifier is set.
@@ -96,6 +99,7 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(|e| Error::io("registering the listener", e))?;
+        let (log, store) = open_history(&config)?;
         let (sender, commands) = mpsc::channel();
         let mailbox = Mailbox {
             commands: sender,
@@ -103,7 +107,7 @@ impl Server {
             shutdown: Arc::new(AtomicBool::new(false)),
             max_body: config.max_body,
         };
-        Ok(Server { config, poll, listener, local_addr, commands, mailbox, notifier: None })
+        Ok(Server { config, poll, listener, local_addr, commands, mailbox, notifier: None, log, store })
     }
 
     /// Reports to a service manager through `notifier`: `READY=1` once the loop runs, `STATUS=` with
@@ -140,11 +144,12 @@ impl Server {
     /// connections are answered on them and logged.
     pub fn run(self) -> Result<(), Error> {
         let now = Instant::now();
-        let Server { config, poll, listener, local_addr, commands, mailbox, notifier } = self;
+        let Server { config, poll, listener, local_addr, commands, mailbox, notifier, log, store } = self;
         info!("ssed listening on {local_addr}");
-        let limits = Limits { events: config.history, bytes: config.history_bytes };
         let mut event_loop = Loop {
-            log: Broadcast::new(limits, wall_micros()),
+            log,
+            store,
+            pending_acks: Vec::new(),
             config,
             poll,
             listener: Some(listener),
@@ -168,6 +173,39 @@ impl Server {
         mailbox.shutdown.store(true, Ordering::Release);
         result
     }
+}
+
+/// The history a server starts with: empty, or read back from `--data-dir`.
+///
+/// With a data directory the records are replayed through the same encoder (the in-memory limits
+/// evict as they go, so only the tail is kept), ids continue above the newest on disk, and segments
+/// that no longer hold a retained event are deleted.
+fn open_history(config: &Config) -> Result<(Broadcast, Option<Store>), Error> {
+    let limits = Limits { events: config.history, bytes: config.history_bytes };
+    let Some(dir) = &config.data_dir else { return Ok((Broadcast::new(limits, wall_micros()), None)) };
+    // Segments small enough that deleting whole ones keeps the disk close to the memory limits.
+    let segment_bytes = (config.history_bytes as u64 / 8).clamp(1 << 20, 64 << 20);
+    let mut log: Option<Broadcast> = None;
+    let mut store = Store::open(dir, config.fsync, segment_bytes, |record| {
+        let log = log.get_or_insert_with(|| Broadcast::new(limits, record.id));
+        let topics: Vec<&str> = record.topics.iter().map(String::as_str).collect();
+        let event = NewEvent {
+            topics: &topics,
+            event_type: record.event_type.as_deref(),
+            retry_ms: record.retry_ms,
+            data: &record.data,
+        };
+        match log.encode(&event, record.id) {
+            Ok(encoded) => {
+                log.insert(&topics, encoded);
+            }
+            Err(_) => warn!("event {} on disk is larger than --history-bytes allows; skipped", record.id),
+        }
+    })?;
+    let mut log = log.unwrap_or_else(|| Broadcast::new(limits, wall_micros()));
+    log.raise_next_id(wall_micros());
+    store.retain(log.oldest_id());
+    Ok((log, Some(store)))
 }
 
 impl std::fmt::Debug for Server {
@@ -269,6 +307,8 @@ struct Conn {
     over_capacity: bool,
     /// Close once `out` is written (and, for a stream, write nothing more from the log).
     closing: bool,
+    /// Answers in `out` that wait for the durable history's commit at the end of the turn.
+    awaiting_commit: u32,
     /// Set once the write side is shut: the connection only drains the client's bytes until `LINGER`.
     lingering_until: Option<Instant>,
 }
@@ -290,8 +330,20 @@ enum CloseReason {
     Shutdown,
 }
 
+/// A publish whose answer waits for the durable history's commit.
+enum Ack {
+    /// An HTTP answer already queued in the connection's `out`, from `out_start` on.
+    Http { key: Key, out_start: usize },
+    /// A [`Publisher`] call waiting on its reply channel.
+    Handle { reply: mpsc::SyncSender<Result<broadcast::EventId, Error>>, id: broadcast::EventId },
+}
+
 struct Loop {
     config: Config,
+    /// The durable history, with `--data-dir`.
+    store: Option<Store>,
+    /// Publishes of this turn waiting for the commit.
+    pending_acks: Vec<Ack>,
     poll: Poll,
     listener: Option<TcpListener>,
     conns: Slab<Conn>,
@@ -390,10 +442,14 @@ impl Loop {
                 self.begin_shutdown();
             }
             self.fire_timers();
+            self.commit_turn();
             self.flush_dirty();
             if let Some(by) = self.stopping_by {
                 if self.conns.len() == 0 || self.now >= by {
-                    info!("ssed stopped ({} connections cut at the shutdown deadline)", self.conns.len());
+                    if self.conns.len() > 0 {
+                        warn!("shutdown deadline passed: cutting {} connections", self.conns.len());
+                    }
+                    info!("ssed stopped");
                     return Ok(());
                 }
             }
@@ -450,6 +506,7 @@ impl Loop {
                 blocked: false,
                 over_capacity,
                 closing: false,
+                awaiting_commit: 0,
                 lingering_until: None,
             };
             let key = self.conns.insert(conn);
@@ -613,7 +670,12 @@ impl Loop {
             }
             Action::Publish(publish) => match self.publish(&publish) {
                 Ok(id) => {
+                    let defer = self.defers_acks();
                     let conn = self.conns.get_mut(key).expect("caller holds a live key");
+                    if defer {
+                        conn.awaiting_commit += 1;
+                        self.pending_acks.push(Ack::Http { key, out_start: conn.out.len() });
+                    }
                     response::text(200, &format!("{id}\n"), keep_alive, false, &cors, &mut conn.out);
                     conn.closing |= !keep_alive;
                 }
@@ -639,7 +701,28 @@ impl Loop {
             retry_ms: publish.retry_ms,
             data: &publish.data,
         };
-        let (id, topic_ids) = self.log.publish(&event, wall_micros()).map_err(|_| Refusal::EventTooLarge)?;
+        let id = self.log.next_id(wall_micros());
+        let encoded = self.log.encode(&event, id).map_err(|_| Refusal::EventTooLarge)?;
+        if let Some(store) = &mut self.store {
+            let record = Record {
+                id,
+                topics: publish.topics.clone(),
+                event_type: publish.event_type.clone(),
+                retry_ms: publish.retry_ms,
+                data: publish.data.clone(),
+            };
+            if let Err(e) = store.append(&record) {
+                warn!("event not stored: writing the history failed: {e}");
+                return Err(Refusal::Storage(format!("event not stored: writing the history failed: {e}")));
+            }
+            if store.fsync() != Fsync::Never {
+                // Subscribers see it only once it is on disk: a crash must not leave delivered
+                // events that a restart does not know.
+                self.log.hold();
+            }
+        }
+        let id = encoded.id();
+        let topic_ids = self.log.insert(&topics, encoded);
         self.metrics.events_published += 1;
         let lists = topic_ids.iter().map(|&t| List::Topic(t)).chain(std::iter::once(List::All));
         for list in lists {
@@ -663,11 +746,81 @@ impl Loop {
                     let Event { topics, event_type, data, retry } = event;
                     let publish =
                         Publish { topics, event_type, retry_ms: retry.map(|r| r.as_millis() as u64), data };
-                    let result = self
-                        .publish(&publish)
-                        .map_err(|r| Error::invalid_event(format!("event refused: {}", r.reason())));
-                    // The caller may have given up waiting; the event is stored either way.
-                    let _ = reply.send(result);
+                    match self.publish(&publish) {
+                        Ok(id) if self.defers_acks() => self.pending_acks.push(Ack::Handle { reply, id }),
+                        result => {
+                            let result = result
+                                .map_err(|r| Error::invalid_event(format!("event refused: {}", r.reason())));
+                            // The caller may have given up waiting; the outcome stands either way.
+                            let _ = reply.send(result);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether publishes are answered only after the turn's commit (a durable history that syncs).
+    fn defers_acks(&self) -> bool {
+        self.store.as_ref().is_some_and(|s| s.fsync() != Fsync::Never)
+    }
+
+    /// Ends the turn for the durable history: one sync for every record written in it (group
+    /// commit), then the held answers and the events go out. If the sync fails the turn's events are
+    /// dropped from memory as well as disk and their publishers get `503`.
+    fn commit_turn(&mut self) {
+        if !self.config.history_age.is_zero() {
+            let cutoff = wall_micros().saturating_sub(self.config.history_age.as_micros() as u64);
+            self.log.evict_below(cutoff);
+        }
+        let Some(store) = &mut self.store else { return };
+        let result = store.commit();
+        store.retain(self.log.oldest_id());
+        if self.pending_acks.is_empty() {
+            return;
+        }
+        let acks = std::mem::take(&mut self.pending_acks);
+        match result {
+            Ok(()) => {
+                self.log.commit();
+                for ack in acks {
+                    match ack {
+                        Ack::Http { key, .. } => {
+                            if let Some(conn) = self.conns.get_mut(key) {
+                                conn.awaiting_commit -= 1;
+                                self.flush(key);
+                            }
+                        }
+                        Ack::Handle { reply, id } => {
+                            let _ = reply.send(Ok(id));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                error!("syncing the history failed: {e}; this turn's {} events are dropped", acks.len());
+                self.log.rollback();
+                let refusal = Refusal::Storage(format!("event not stored: syncing the history failed: {e}"));
+                for ack in acks {
+                    match ack {
+                        Ack::Http { key, out_start } => {
+                            let Some(conn) = self.conns.get_mut(key) else { continue };
+                            if conn.awaiting_commit == 0 {
+                                continue; // already answered by an earlier ack of the same connection
+                            }
+                            // Everything queued from the first held answer on is replaced: one 503, and
+                            // the connection closes so pipelined requests are not left in doubt.
+                            conn.out.truncate(out_start.max(conn.out_at));
+                            conn.awaiting_commit = 0;
+                            response::refusal(&refusal, false, b"", &mut conn.out);
+                            conn.closing = true;
+                            self.metrics.refused(refusal.status());
+                            self.flush(key);
+                        }
+                        Ack::Handle { reply, .. } => {
+                            let _ = reply.send(Err(Error::invalid_event(refusal.reason())));
+                        }
+                    }
                 }
             }
         }
@@ -783,7 +936,7 @@ impl Loop {
     fn flush(&mut self, key: Key) {
         loop {
             let Some(conn) = self.conns.get_mut(key) else { return };
-            if conn.blocked || conn.lingering_until.is_some() {
+            if conn.blocked || conn.lingering_until.is_some() || conn.awaiting_commit > 0 {
                 return;
             }
             let mut slices = [IoSlice::new(&[]); broadcast::MAX_SLICES + 1];

@@ -24,6 +24,8 @@ pub enum Refusal {
     Overloaded,
     /// The event alone is larger than the history may hold.
     EventTooLarge,
+    /// The durable history could not store the event (disk full, I/O error), with the reason.
+    Storage(String),
 }
 
 impl From<HeadError> for Refusal {
@@ -62,7 +64,7 @@ impl Refusal {
             Refusal::Chunked => 400,
             Refusal::BodyTooLarge | Refusal::EventTooLarge => 413,
             Refusal::Timeout => 408,
-            Refusal::Overloaded => 503,
+            Refusal::Overloaded | Refusal::Storage(_) => 503,
         }
     }
 
@@ -76,13 +78,14 @@ impl Refusal {
             Refusal::Timeout => "request not complete within --header-timeout".into(),
             Refusal::Overloaded => "server at --max-connections; retry later".into(),
             Refusal::EventTooLarge => "event larger than --history-bytes allows".into(),
+            Refusal::Storage(reason) => reason.clone(),
         }
     }
 
     /// Whether the connection must close after the answer: when the framing of what follows is
     /// unknown (a bad head, an unread body) there is no safe place to read the next request from.
     pub fn closes(&self) -> bool {
-        !matches!(self, Refusal::Route(_) | Refusal::EventTooLarge)
+        !matches!(self, Refusal::Route(_) | Refusal::EventTooLarge | Refusal::Storage(_))
     }
 }
 
@@ -156,7 +159,7 @@ pub fn refusal(refusal: &Refusal, keep_alive: bool, cors: &[u8], out: &mut Vec<u
             let _ = write!(extra, "Allow: {allow}\r\n");
         }
         Refusal::Route(RouteError::Unauthorized) => extra.extend_from_slice(b"WWW-Authenticate: Bearer\r\n"),
-        Refusal::Overloaded => extra.extend_from_slice(b"Retry-After: 5\r\n"),
+        Refusal::Overloaded | Refusal::Storage(_) => extra.extend_from_slice(b"Retry-After: 5\r\n"),
         _ => {}
     }
     let body = format!("{}\n", refusal.reason());
