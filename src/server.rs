@@ -683,7 +683,7 @@ impl Loop {
             },
             Action::Subscribe(subscribe) if subscribe.head_only => {
                 let conn = self.conns.get_mut(key).expect("caller holds a live key");
-                response::stream_head(meta.http10, &cors, &mut conn.out);
+                response::stream_head(meta.http10, keep_alive, &cors, &mut conn.out);
                 conn.closing |= !keep_alive;
             }
             Action::Subscribe(subscribe) => self.subscribe(key, &meta, &subscribe, &cors),
@@ -857,7 +857,7 @@ impl Loop {
             sse::encode_gap(last, oldest, &mut body);
         }
         let conn = self.conns.get_mut(key).expect("caller holds a live key");
-        response::stream_head(meta.http10, cors, &mut conn.out);
+        response::stream_head(meta.http10, false, cors, &mut conn.out);
         push_body(framing, &body, &mut conn.out);
         conn.phase = Phase::Streaming(stream);
         conn.last_write = self.now;
@@ -879,7 +879,7 @@ impl Loop {
         sse::encode_prelude(retry_ms, &mut body);
         info!("conn={} subscriber turned away at --max-connections (retry {retry_ms} ms)", key.slot);
         let conn = self.conns.get_mut(key).expect("caller holds a live key");
-        response::stream_head(meta.http10, &cors, &mut conn.out);
+        response::stream_head(meta.http10, false, &cors, &mut conn.out);
         push_body(framing, &body, &mut conn.out);
         if framing == Framing::Chunked {
             conn.out.extend_from_slice(LAST_CHUNK);

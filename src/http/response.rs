@@ -182,11 +182,21 @@ pub fn preflight(config: &Config, origin: Option<&str>, keep_alive: bool, out: &
 }
 
 /// The head of an event stream: chunked on HTTP/1.1, close-delimited on HTTP/1.0.
-pub fn stream_head(http10: bool, cors: &[u8], out: &mut Vec<u8>) {
+///
+/// A stream's connection is never reused: when the server ends a stream (`--max-lifetime`, shutdown)
+/// it closes the connection, so the head says `Connection: close` up front and pooling clients (Node's
+/// `fetch`, for one) do not send their reconnect on a socket about to close. Only `HEAD`, which has
+/// no stream, may keep the connection (`keep_alive`).
+pub fn stream_head(http10: bool, keep_alive: bool, cors: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n",
     );
-    out.extend_from_slice(if http10 { b"Connection: close\r\n" } else { b"Transfer-Encoding: chunked\r\n" });
+    if !http10 {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
     out.extend_from_slice(cors);
     out.extend_from_slice(b"\r\n");
 }
@@ -269,8 +279,9 @@ mod tests {
     #[test]
     fn stream_heads() {
         let mut out = Vec::new();
-        stream_head(false, b"", &mut out);
+        stream_head(false, false, b"", &mut out);
         let text = as_text(&out);
+        assert!(text.contains("Connection: close"), "a stream's connection is not reused");
         for header in [
             "Content-Type: text/event-stream",
             "Cache-Control: no-cache",
@@ -280,8 +291,11 @@ mod tests {
             assert!(text.contains(header), "{header}");
         }
         let mut out = Vec::new();
-        stream_head(true, b"", &mut out);
+        stream_head(true, false, b"", &mut out);
         let text = as_text(&out);
         assert!(text.contains("Connection: close") && !text.contains("chunked"));
+        let mut out = Vec::new();
+        stream_head(false, true, b"", &mut out);
+        assert!(!as_text(&out).contains("Connection"), "HEAD may keep the connection");
     }
 }
