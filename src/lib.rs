@@ -56,6 +56,13 @@ pub mod systemd;
 mod timer;
 mod topic;
 
+/// Internals exposed for the criterion benches in `benches/`; not a stable API.
+#[doc(hidden)]
+pub mod __bench {
+    pub use crate::http::request::parse_head;
+    pub use crate::sse::{encode_frame, Fields};
+}
+
 pub use broadcast::EventId;
 pub use config::*;
 pub use error::{Error, ErrorKind};
