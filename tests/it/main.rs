@@ -1,0 +1,10 @@
+//! Integration tests: the server runs in-process on 127.0.0.1:0 and is spoken to over real TCP.
+//! All of them build into this one test binary, so the crate is linked once.
+
+mod child;
+mod support;
+
+mod contract;
+mod durable;
+mod external;
+mod service;

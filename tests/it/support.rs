@@ -1,0 +1,414 @@
+//! Shared test scaffolding: an in-process server and small blocking HTTP/SSE clients with deadlines.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ssed::{Config, Publisher, Server, Shutdown};
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A server running on its own thread for the length of a test; stopped and joined on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub publisher: Publisher,
+    pub shutdown: Shutdown,
+    thread: Option<JoinHandle<Result<(), ssed::Error>>>,
+}
+
+impl TestServer {
+    /// Starts a server with `config` (its `listen` is ignored: the server gets a fresh loopback port).
+    pub fn start(config: Config) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let server = Server::from_listener(config, listener).expect("server starts");
+        let addr = server.local_addr();
+        let publisher = server.publisher();
+        let shutdown = server.shutdown_handle();
+        let thread = std::thread::spawn(move || server.run());
+        TestServer { addr, publisher, shutdown, thread: Some(thread) }
+    }
+
+    pub fn with_defaults() -> TestServer {
+        TestServer::start(Config::default())
+    }
+
+    /// Opens a plain TCP connection with read/write timeouts set to [`DEADLINE`].
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).expect("connect");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.set_write_timeout(Some(DEADLINE)).unwrap();
+        stream
+    }
+
+    /// Stops the server and waits for `run()` to return, failing the test if it returned an error.
+    pub fn stop(mut self) {
+        self.shutdown.shutdown();
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("server thread panicked").expect("run() returned an error");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.shutdown();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A parsed HTTP response head plus whatever body bytes arrived with it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends `request` verbatim and reads one complete response (Content-Length, chunked, or until close).
+pub fn roundtrip(server: &TestServer, request: &[u8]) -> Response {
+    let mut stream = server.connect();
+    stream.write_all(request).unwrap();
+    read_response(&mut stream)
+}
+
+/// Reads one response from `stream`: the head, then a body framed by Content-Length, chunked
+/// encoding, or the end of the connection. A response to HEAD must be read with [`read_head`].
+pub fn read_response(stream: &mut TcpStream) -> Response {
+    let (mut response, mut rest) = read_head(stream);
+    if let Some(len) = response.header("content-length") {
+        let len: usize = len.parse().expect("numeric content-length");
+        while rest.len() < len {
+            read_more(stream, &mut rest);
+        }
+        response.body = rest[..len].to_vec();
+    } else if response.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        response.body = read_chunked_to_end(stream, rest);
+    } else {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let mut buf = [0u8; 4096];
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => rest.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("reading close-delimited body: {e}"),
+            }
+            assert!(Instant::now() < deadline, "body did not end in time");
+        }
+        response.body = rest;
+    }
+    response
+}
+
+fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) {
+    let mut chunk = [0u8; 4096];
+    match stream.read(&mut chunk) {
+        Ok(0) => panic!("connection closed early; had {:?}", String::from_utf8_lossy(buf)),
+        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        Err(e) => panic!("read failed: {e}; had {:?}", String::from_utf8_lossy(buf)),
+    }
+}
+
+/// Reads a response head; returns it with the body bytes that arrived after it.
+pub fn read_head(stream: &mut TcpStream) -> (Response, Vec<u8>) {
+    let mut buf = Vec::new();
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(buf[..end].to_vec()).expect("ASCII head");
+            let mut lines = head.split("\r\n");
+            let status_line = lines.next().unwrap();
+            let status = status_line.split(' ').nth(1).expect("status code").parse().expect("numeric status");
+            let headers = lines
+                .map(|l| {
+                    let (n, v) = l.split_once(':').expect("header line has a colon");
+                    (n.trim().to_string(), v.trim().to_string())
+                })
+                .collect();
+            let rest = buf[end + 4..].to_vec();
+            return (Response { status, headers, body: Vec::new() }, rest);
+        }
+        read_more(stream, &mut buf);
+    }
+}
+
+/// Decodes a chunked body until the terminating chunk.
+fn read_chunked_to_end(stream: &mut TcpStream, mut buf: Vec<u8>) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = loop {
+            if let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
+                break p;
+            }
+            read_more(stream, &mut buf);
+        };
+        let size_text = std::str::from_utf8(&buf[..line_end]).unwrap();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).expect("hex size");
+        while buf.len() < line_end + 2 + size + 2 {
+            read_more(stream, &mut buf);
+        }
+        body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+        assert_eq!(&buf[line_end + 2 + size..line_end + 4 + size], b"\r\n", "chunk ends with CRLF");
+        buf.drain(..line_end + 4 + size);
+        if size == 0 {
+            return body;
+        }
+    }
+}
+
+/// One event as a spec-following SSE parser (WHATWG HTML, "Server-sent events") dispatches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+    pub retry: Option<u64>,
+}
+
+/// A subscriber stream: sends the request, checks the head, then parses events from the body,
+/// undoing chunked framing when the response uses it.
+pub struct Subscriber {
+    pub stream: TcpStream,
+    pub response: Response,
+    chunked: bool,
+    raw: Vec<u8>,
+    /// Decoded body bytes not yet parsed into lines.
+    text: Vec<u8>,
+    /// Every `retry:` value seen, in order.
+    pub retries: Vec<u64>,
+    /// Number of comment lines seen.
+    pub comments: usize,
+    /// Whether the terminating chunk (or, unchunked, the end of the connection) was seen.
+    pub ended: bool,
+    clean: bool,
+    pending: SseEvent,
+    pending_has_data: bool,
+    data_lines: Vec<String>,
+}
+
+impl Subscriber {
+    /// Subscribes with `GET {path_and_query}` and the extra header lines given (each ending in CRLF).
+    pub fn open(server: &TestServer, path_and_query: &str, extra_headers: &str) -> Subscriber {
+        let stream = server.connect();
+        Self::open_on(stream, path_and_query, extra_headers, "HTTP/1.1")
+    }
+
+    /// Like [`Subscriber::open`] on an existing stream and with a chosen HTTP version.
+    pub fn open_on(
+        mut stream: TcpStream,
+        path_and_query: &str,
+        extra_headers: &str,
+        version: &str,
+    ) -> Subscriber {
+        let request = format!("GET {path_and_query} {version}\r\nHost: test\r\n{extra_headers}\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        let (response, rest) = read_head(&mut stream);
+        assert_eq!(response.status, 200, "subscribe answered {response:?}");
+        let chunked = response.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let mut subscriber = Subscriber {
+            stream,
+            response,
+            chunked,
+            raw: rest,
+            text: Vec::new(),
+            retries: Vec::new(),
+            comments: 0,
+            ended: false,
+            clean: false,
+            pending: SseEvent { id: None, event: None, data: String::new(), retry: None },
+            pending_has_data: false,
+            data_lines: Vec::new(),
+        };
+        // Body bytes that came with the head are already here: decode them now.
+        subscriber.decode();
+        subscriber
+    }
+
+    /// Waits for the next dispatched event, up to `timeout`; `None` if none came or the stream ended.
+    pub fn next_event_within(&mut self, timeout: Duration) -> Option<SseEvent> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(event) = self.parse_one() {
+                return Some(event);
+            }
+            if self.ended {
+                return None;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            self.stream.set_read_timeout(Some(deadline - now)).unwrap();
+            let mut buf = [0u8; 8192];
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    self.decode();
+                    if !self.chunked {
+                        self.ended = true;
+                    } else {
+                        // A chunked stream closed without its terminating chunk: not a clean end.
+                        self.ended = true;
+                        self.raw.clear();
+                    }
+                }
+                Ok(n) => {
+                    self.raw.extend_from_slice(&buf[..n]);
+                    self.decode();
+                }
+                Err(e)
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    return None
+                }
+                Err(_) => {
+                    self.ended = true;
+                }
+            }
+        }
+    }
+
+    /// The next event, failing the test if none arrives within [`DEADLINE`].
+    pub fn next_event(&mut self) -> SseEvent {
+        self.next_event_within(DEADLINE).expect("an event within the deadline")
+    }
+
+    /// Waits until the stream ends, up to [`DEADLINE`]; returns the events dispatched before the end.
+    pub fn read_to_end(&mut self) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        let deadline = Instant::now() + DEADLINE;
+        while !self.ended {
+            assert!(Instant::now() < deadline, "stream did not end in time");
+            if let Some(e) = self.next_event_within(deadline - Instant::now()) {
+                events.push(e);
+            }
+        }
+        while let Some(e) = self.parse_one() {
+            events.push(e);
+        }
+        events
+    }
+
+    /// Whether the server ended the stream with the terminating chunk (`0\r\n\r\n`).
+    pub fn clean_end(&self) -> bool {
+        self.ended && self.clean
+    }
+
+    fn decode(&mut self) {
+        if !self.chunked {
+            self.text.append(&mut self.raw);
+            return;
+        }
+        loop {
+            let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else { return };
+            let size_text = std::str::from_utf8(&self.raw[..line_end]).expect("ASCII chunk size");
+            let size = usize::from_str_radix(size_text.trim(), 16).expect("hex chunk size");
+            if self.raw.len() < line_end + 2 + size + 2 {
+                return;
+            }
+            assert_eq!(&self.raw[line_end + 2 + size..line_end + 4 + size], b"\r\n", "chunk ends with CRLF");
+            let data = self.raw[line_end + 2..line_end + 2 + size].to_vec();
+            self.raw.drain(..line_end + 4 + size);
+            if size == 0 {
+                self.ended = true;
+                self.clean = true;
+                return;
+            }
+            self.text.extend_from_slice(&data);
+        }
+    }
+
+    /// Parses complete lines per the WHATWG rules until one dispatches an event.
+    fn parse_one(&mut self) -> Option<SseEvent> {
+        loop {
+            let pos = self.text.iter().position(|&b| b == b'\n' || b == b'\r')?;
+            // A CR at the very end may be the first half of CRLF: wait for more unless the stream ended.
+            if self.text[pos] == b'\r' && pos + 1 == self.text.len() && !self.ended {
+                return None;
+            }
+            let line = String::from_utf8(self.text[..pos].to_vec()).expect("UTF-8 stream");
+            let skip = if self.text[pos] == b'\r' && self.text.get(pos + 1) == Some(&b'\n') { 2 } else { 1 };
+            self.text.drain(..pos + skip);
+            if line.is_empty() {
+                if self.pending_has_data {
+                    let mut event = std::mem::replace(
+                        &mut self.pending,
+                        SseEvent { id: None, event: None, data: String::new(), retry: None },
+                    );
+                    event.data = self.data_lines.join("\n");
+                    self.data_lines.clear();
+                    self.pending_has_data = false;
+                    return Some(event);
+                }
+                self.pending.event = None;
+                self.pending.id = None;
+                continue;
+            }
+            if line.starts_with(':') {
+                self.comments += 1;
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f.to_string(), v.strip_prefix(' ').unwrap_or(v).to_string()),
+                None => (line.clone(), String::new()),
+            };
+            match field.as_str() {
+                "data" => {
+                    self.data_lines.push(value);
+                    self.pending_has_data = true;
+                }
+                "event" => self.pending.event = Some(value),
+                "id" => self.pending.id = Some(value),
+                "retry" => {
+                    if let Ok(ms) = value.parse() {
+                        self.retries.push(ms);
+                        self.pending.retry = Some(ms);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Publishes `body` raw to `topic` over HTTP and returns the assigned id.
+pub fn publish(server: &TestServer, query: &str, body: &str) -> u64 {
+    let request = format!(
+        "POST /events?{query} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let response = roundtrip(server, request.as_bytes());
+    assert_eq!(response.status, 200, "publish answered {response:?}");
+    response.body_text().trim_end().parse().expect("publish answers an id")
+}
+
+/// Polls `condition` until it holds, failing the test after [`DEADLINE`].
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Fetches `/metrics` and returns the value of the sample whose name (with labels) is `series`.
+pub fn metric(server: &TestServer, series: &str) -> Option<f64> {
+    let response = roundtrip(server, b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    let text = response.body_text();
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap())
+    })
+}
