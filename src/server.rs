@@ -993,6 +993,16 @@ impl Loop {
                             written - from_own,
                         );
                     }
+                    // The common case, one write that took everything and gathered all there was:
+                    // finish now instead of gathering again only to find nothing.
+                    let took_all = written == own + gathered.map_or(0, |g| g.bytes);
+                    let gathered_all =
+                        gathered.map_or(true, |g| g.slices < broadcast::MAX_SLICES && g.bytes < MAX_WRITE_BYTES);
+                    if took_all && gathered_all && !conn.closing {
+                        conn.out = Vec::new();
+                        conn.out_at = 0;
+                        return;
+                    }
                 }
                 Outcome::WouldBlock => {
                     conn.blocked = true;
