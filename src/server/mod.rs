@@ -1,0 +1,481 @@
+//! The mio shell: one `Poll`, the listener, a slab of connections, the waker; it moves bytes and
+//! readiness and leaves every decision to the pure core.
+//!
+//! A loop turn: sleep in `poll` until readiness or the earliest deadline; accept until `WouldBlock`;
+//! read each readable connection until `WouldBlock` and carry out its complete requests (a publish is
+//! stored and answered at once, its subscribers only marked); fire due deadlines; then write once to
+//! every marked subscriber, so events published in the same turn leave in one vectored write.
+
+use std::io::{IoSlice, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, error, info, log_enabled, trace, warn, Level};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::broadcast::{self, Broadcast, Cursor, Framing, Limits, NewEvent, Selection};
+use crate::config::Config;
+use crate::conn::{Action, Incoming, Meta, RequestReader, Waiting};
+use crate::error::Error;
+use crate::fanout::{List, Registry};
+use crate::handle::{Command, Event, Mailbox, Publisher, Shutdown};
+use crate::http::chunk::{self, LAST_CHUNK};
+use crate::http::response::{self, Refusal};
+use crate::http::route::{Publish, Subscribe};
+use crate::metrics::{DropReason, Gauges, Metrics};
+use crate::net::{self, Outcome};
+use crate::slab::{Key, Slab};
+use crate::sse;
+use crate::store::{Fsync, Record, Store};
+use crate::systemd::Notifier;
+
+mod publish;
+mod requests;
+mod streams;
+
+const LISTENER: Token = Token(usize::MAX);
+const WAKER: Token = Token(usize::MAX - 1);
+
+/// Descriptors kept back from `--max-connections` for the listener, epoll, the waker, logging and the
+/// connections that are accepted only to be told the server is full.
+const RESERVED_DESCRIPTORS: u64 = 64;
+/// Connections beyond `--max-connections` that may wait for their one answer at the same time.
+const OVERFLOW_CONNECTIONS: usize = 32;
+/// How long accepting pauses after the process ran out of descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// How long a closing connection may keep reading the client's leftover bytes, so the final answer is
+/// not destroyed by a reset (RFC 9112 §9.6, "tear-down").
+const LINGER: Duration = Duration::from_secs(2);
+/// Pending response bytes after which a connection's further requests wait until the client reads.
+const MAX_PENDING_RESPONSES: usize = 64 * 1024;
+/// Bytes one vectored write gathers at most.
+const MAX_WRITE_BYTES: usize = 256 * 1024;
+/// Readiness events taken per `poll` call.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// A running ssed instance: configure it, take handles, then [`Server::run`] it on a thread of your own.
+pub struct Server {
+    config: Config,
+    poll: Poll,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    commands: mpsc::Receiver<Command>,
+    mailbox: Mailbox,
+    notifier: Option<Notifier>,
+    log: Broadcast,
+    store: Option<Store>,
+}
+
+/// How often `STATUS=` is refreshed for `systemctl status` when a notifier is set.
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+
+impl Server {
+    /// Validates `config` and binds `config.listen`.
+    pub fn bind(config: Config) -> Result<Server, Error> {
+        config.validate()?;
+        let listener = net::bind(config.listen)?;
+        Server::from_listener(config, listener)
+    }
+
+    /// Validates `config` and serves on a listener bound elsewhere (a test's port 0, an inherited
+    /// socket); `config.listen` is then ignored.
+    pub fn from_listener(mut config: Config, listener: std::net::TcpListener) -> Result<Server, Error> {
+        config.validate()?;
+        listener.set_nonblocking(true).map_err(|e| Error::io("making the listener non-blocking", e))?;
+        let local_addr = listener.local_addr().map_err(|e| Error::io("reading the listener's address", e))?;
+        if let Some(limit) = net::descriptor_limit() {
+            let usable = limit.saturating_sub(RESERVED_DESCRIPTORS + OVERFLOW_CONNECTIONS as u64).max(1);
+            if (config.max_connections as u64) > usable {
+                info!(
+                    "max-connections lowered from {} to {usable} by the open-file limit {limit} (raise LimitNOFILE / ulimit -n)",
+                    config.max_connections
+                );
+                config.max_connections = usable as usize;
+            }
+        }
+        let poll = Poll::new().map_err(|e| Error::io("creating the epoll instance", e))?;
+        let waker =
+            Waker::new(poll.registry(), WAKER).map_err(|e| Error::io("creating the loop waker", e))?;
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(|e| Error::io("registering the listener", e))?;
+        let (log, store) = open_history(&config)?;
+        let (sender, commands) = mpsc::channel();
+        let mailbox = Mailbox {
+            commands: sender,
+            waker: Arc::new(waker),
+            shutdown: Arc::new(AtomicBool::new(false)),
+            max_body: config.max_body,
+        };
+        Ok(Server { config, poll, listener, local_addr, commands, mailbox, notifier: None, log, store })
+    }
+
+    /// Reports to a service manager through `notifier`: `READY=1` once the loop runs, `STATUS=` with
+    /// the subscriber count now and then, `WATCHDOG=1` from the loop itself (so a stuck loop gets the
+    /// service restarted) and `STOPPING=1` when a shutdown begins.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Server {
+        self.notifier = Some(notifier);
+        self
+    }
+
+    /// The address the server accepts on (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The settings in force, after start-up adjustments such as the descriptor cap.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A handle that publishes from any thread.
+    pub fn publisher(&self) -> Publisher {
+        Publisher { mailbox: self.mailbox.clone() }
+    }
+
+    /// A handle that stops the server from any thread.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        Shutdown { mailbox: self.mailbox.clone() }
+    }
+
+    /// Runs the event loop on the calling thread until a [`Shutdown`] handle stops it.
+    ///
+    /// Returns an error only when the loop itself fails (epoll stops working); problems with single
+    /// connections are answered on them and logged.
+    pub fn run(self) -> Result<(), Error> {
+        let now = Instant::now();
+        let Server { config, poll, listener, local_addr, commands, mailbox, notifier, log, store } = self;
+        info!("ssed listening on {local_addr}");
+        let mut event_loop = Loop {
+            log,
+            store,
+            pending_acks: Vec::new(),
+            config,
+            poll,
+            listener: Some(listener),
+            conns: Slab::new(),
+            registry: Registry::new(),
+            timers: crate::timer::Timers::new(),
+            metrics: Metrics::default(),
+            dirty: Vec::new(),
+            subscribers: 0,
+            commands,
+            shutdown: mailbox.shutdown.clone(),
+            stopping_by: None,
+            accept_paused_until: None,
+            scratch: vec![0; 64 * 1024],
+            rng: Rng::seeded(),
+            now,
+            supervisor: notifier.map(|notifier| Supervisor { notifier, next_tick: now }),
+        };
+        let result = event_loop.run();
+        // Handles that publish after this point get `Stopped`, not a hang.
+        mailbox.shutdown.store(true, Ordering::Release);
+        result
+    }
+}
+
+/// The history a server starts with: empty, or read back from `--data-dir`.
+///
+/// With a data directory the records are replayed through the same encoder (the in-memory limits
+/// evict as they go, so only the tail is kept), ids continue above the newest on disk, and segments
+/// that no longer hold a retained event are deleted.
+fn open_history(config: &Config) -> Result<(Broadcast, Option<Store>), Error> {
+    let limits = Limits { events: config.history, bytes: config.history_bytes };
+    let Some(dir) = &config.data_dir else { return Ok((Broadcast::new(limits, wall_micros()), None)) };
+    // Segments small enough that deleting whole ones keeps the disk close to the memory limits.
+    let segment_bytes = (config.history_bytes as u64 / 8).clamp(1 << 20, 64 << 20);
+    let mut log: Option<Broadcast> = None;
+    let mut store = Store::open(dir, config.fsync, segment_bytes, |record| {
+        let log = log.get_or_insert_with(|| Broadcast::new(limits, record.id));
+        let topics: Vec<&str> = record.topics.iter().map(String::as_str).collect();
+        let event = NewEvent {
+            topics: &topics,
+            event_type: record.event_type.as_deref(),
+            retry_ms: record.retry_ms,
+            data: &record.data,
+        };
+        match log.encode(&event, record.id) {
+            Ok(encoded) => {
+                log.insert(&topics, encoded);
+            }
+            Err(_) => warn!("event {} on disk is larger than --history-bytes allows; skipped", record.id),
+        }
+    })?;
+    let mut log = log.unwrap_or_else(|| Broadcast::new(limits, wall_micros()));
+    log.raise_next_id(wall_micros());
+    store.retain(log.oldest_id());
+    Ok((log, Some(store)))
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("local_addr", &self.local_addr).finish_non_exhaustive()
+    }
+}
+
+/// The wall clock in microseconds since the Unix epoch: the floor for new event ids.
+fn wall_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A small xorshift generator for jitter (lifetimes, retry back-off); nothing secret depends on it.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Rng {
+        let seed = wall_micros() ^ (u64::from(std::process::id()) << 32) ^ 0x9E37_79B9_7F4A_7C15;
+        Rng(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in `low..=high`.
+    fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next() % (high - low + 1)
+    }
+}
+
+/// A subscriber's state: its topics, its place on their lists, and its cursor into the log.
+struct Stream {
+    selection: Selection,
+    /// Position on the first list (`All`, or the first of `selection.topics()`), kept inline because
+    /// nearly every stream is on exactly one list.
+    position: u32,
+    /// Positions on the other lists, parallel to `selection.topics()[1..]`; empty (no allocation)
+    /// for a one-list stream.
+    more_positions: Box<[u32]>,
+    cursor: Cursor,
+    framing: Framing,
+    /// `--max-lifetime`: when the stream ends cleanly.
+    ends_at: Option<Instant>,
+}
+
+impl Stream {
+    fn position(&self, index: usize) -> u32 {
+        if index == 0 {
+            self.position
+        } else {
+            self.more_positions[index - 1]
+        }
+    }
+
+    fn set_position(&mut self, index: usize, position: u32) {
+        if index == 0 {
+            self.position = position;
+        } else {
+            self.more_positions[index - 1] = position;
+        }
+    }
+
+    /// The subscriber lists the stream is on, in position order.
+    fn lists(&self) -> Vec<List> {
+        match &self.selection {
+            Selection::All => vec![List::All],
+            other => other.topics().iter().map(|&t| List::Topic(t)).collect(),
+        }
+    }
+}
+
+enum Phase {
+    /// Reading and answering requests.
+    Requests(Box<RequestReader>),
+    /// An event stream.
+    Streaming(Stream),
+}
+
+struct Conn {
+    stream: TcpStream,
+    phase: Phase,
+    /// Bytes queued ahead of everything else: response heads, answers, heartbeats, the gap notice.
+    out: Vec<u8>,
+    out_at: usize,
+    /// The deadline this connection has in the timer heap, if any.
+    scheduled: Option<Instant>,
+    /// Last time bytes were written (streams) — heartbeats count from it.
+    last_write: Instant,
+    /// On the list of streams to write at the end of the turn.
+    dirty: bool,
+    /// The last write hit `WouldBlock`: wait for `WRITABLE` instead of writing again.
+    blocked: bool,
+    /// Accepted beyond `--max-connections`: gets one answer, then is closed.
+    over_capacity: bool,
+    /// Close once `out` is written (and, for a stream, write nothing more from the log).
+    closing: bool,
+    /// Answers in `out` that wait for the durable history's commit at the end of the turn.
+    awaiting_commit: u32,
+    /// Set once the write side is shut: the connection only drains the client's bytes until `LINGER`.
+    lingering_until: Option<Instant>,
+}
+
+impl Conn {
+    fn pending_out(&self) -> usize {
+        self.out.len() - self.out_at
+    }
+}
+
+/// Why the loop is closing a connection, for the debug log and the metrics.
+#[derive(Debug, Clone, Copy)]
+enum CloseReason {
+    PeerClosed,
+    Error,
+    Done,
+    IdleTimeout,
+    Dropped(DropReason),
+    Shutdown,
+}
+
+/// A publish whose answer waits for the durable history's commit.
+enum Ack {
+    /// An HTTP answer already queued in the connection's `out`, from `out_start` on.
+    Http { key: Key, out_start: usize },
+    /// A [`Publisher`] call waiting on its reply channel.
+    Handle { reply: mpsc::SyncSender<Result<broadcast::EventId, Error>>, id: broadcast::EventId },
+}
+
+struct Loop {
+    config: Config,
+    /// The durable history, with `--data-dir`.
+    store: Option<Store>,
+    /// Publishes of this turn waiting for the commit.
+    pending_acks: Vec<Ack>,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    conns: Slab<Conn>,
+    log: Broadcast,
+    registry: Registry,
+    timers: crate::timer::Timers,
+    metrics: Metrics,
+    /// Streams with something new to write this turn.
+    dirty: Vec<Key>,
+    subscribers: usize,
+    commands: mpsc::Receiver<Command>,
+    shutdown: Arc<AtomicBool>,
+    /// Set when a graceful shutdown has begun: the deadline for flushing.
+    stopping_by: Option<Instant>,
+    accept_paused_until: Option<Instant>,
+    /// One read buffer for every connection: connections keep only what they have not parsed yet.
+    scratch: Vec<u8>,
+    rng: Rng,
+    /// The clock, read once per turn.
+    now: Instant,
+    supervisor: Option<Supervisor>,
+}
+
+/// The service manager's view of the loop: readiness, status and watchdog pings.
+struct Supervisor {
+    notifier: Notifier,
+    next_tick: Instant,
+}
+
+impl Supervisor {
+    fn send(&self, message: &str) {
+        if let Err(e) = self.notifier.notify(message) {
+            warn!("notifying the service manager ({message:?}) failed: {e}");
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        self.notifier.watchdog_interval().map_or(STATUS_INTERVAL, |w| w.min(STATUS_INTERVAL))
+    }
+}
+
+impl Loop {
+    fn status(&self) -> String {
+        format!("STATUS={} subscribers, {} connections", self.subscribers, self.conns.len())
+    }
+
+    /// Pings the watchdog and refreshes the status when due; called once per turn.
+    fn supervise(&mut self) {
+        let status = self.status();
+        let Some(supervisor) = &mut self.supervisor else { return };
+        if supervisor.next_tick > self.now {
+            return;
+        }
+        let ping = if supervisor.notifier.watchdog_interval().is_some() { "WATCHDOG=1\n" } else { "" };
+        supervisor.send(&format!("{ping}{status}"));
+        supervisor.next_tick = self.now + supervisor.interval();
+    }
+
+    fn run(&mut self) -> Result<(), Error> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        if let Some(supervisor) = &self.supervisor {
+            // The listener is registered and the loop is about to wait on it: clients can connect.
+            supervisor.send(&format!("READY=1\n{}", self.status()));
+        }
+        loop {
+            self.supervise();
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                error!("event loop failed: {e}");
+                return Err(Error::io("waiting for events", e));
+            }
+            self.now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => self.handle_commands(),
+                    token => {
+                        let key = Key::from_token(token.0);
+                        if event.is_writable() {
+                            self.handle_writable(key);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.handle_readable(key);
+                        }
+                    }
+                }
+            }
+            if self.accept_paused_until.is_some_and(|t| t <= self.now) {
+                self.accept_paused_until = None;
+                self.accept();
+            }
+            if self.shutdown.load(Ordering::Acquire) && self.stopping_by.is_none() {
+                self.begin_shutdown();
+            }
+            self.fire_timers();
+            self.commit_turn();
+            self.flush_dirty();
+            if let Some(by) = self.stopping_by {
+                if self.conns.len() == 0 || self.now >= by {
+                    if self.conns.len() > 0 {
+                        warn!("shutdown deadline passed: cutting {} connections", self.conns.len());
+                    }
+                    info!("ssed stopped");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut timeout = self.timers.poll_timeout(now);
+        let supervise = self.supervisor.as_ref().map(|s| s.next_tick);
+        for extra in [self.accept_paused_until, self.stopping_by, supervise].into_iter().flatten() {
+            let wait = extra.saturating_duration_since(now);
+            timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
+        }
+        timeout
+    }
+}
+
+/// Appends a body fragment with the stream's framing.
+fn push_body(framing: Framing, payload: &[u8], out: &mut Vec<u8>) {
+    match framing {
+        Framing::Chunked => chunk::encode_chunk(payload, out),
+        Framing::Raw => out.extend_from_slice(payload),
+    }
+}

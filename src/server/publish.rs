@@ -1,0 +1,139 @@
+//! Publishing: storing an event, marking its subscribers, and the durable history's group commit.
+
+use super::*;
+
+impl Loop {
+    /// Stores an event and marks the streams of its topics; they are written at the end of the turn.
+    pub(super) fn publish(&mut self, publish: &Publish) -> Result<broadcast::EventId, Refusal> {
+        let topics: Vec<&str> = publish.topics.iter().map(String::as_str).collect();
+        let event = NewEvent {
+            topics: &topics,
+            event_type: publish.event_type.as_deref(),
+            retry_ms: publish.retry_ms,
+            data: &publish.data,
+        };
+        let id = self.log.next_id(wall_micros());
+        let encoded = self.log.encode(&event, id).map_err(|_| Refusal::EventTooLarge)?;
+        if let Some(store) = &mut self.store {
+            let record = Record {
+                id,
+                topics: publish.topics.clone(),
+                event_type: publish.event_type.clone(),
+                retry_ms: publish.retry_ms,
+                data: publish.data.clone(),
+            };
+            if let Err(e) = store.append(&record) {
+                warn!("event not stored: writing the history failed: {e}");
+                return Err(Refusal::Storage(format!("event not stored: writing the history failed: {e}")));
+            }
+            if store.fsync() != Fsync::Never {
+                // Subscribers see it only once it is on disk: a crash must not leave delivered
+                // events that a restart does not know.
+                self.log.hold();
+            }
+        }
+        let id = encoded.id();
+        let topic_ids = self.log.insert(&topics, encoded);
+        self.metrics.events_published += 1;
+        let lists = topic_ids.iter().map(|&t| List::Topic(t)).chain(std::iter::once(List::All));
+        for list in lists {
+            for &sub in self.registry.subscribers(list) {
+                if let Some(conn) = self.conns.get_mut(sub) {
+                    if !conn.dirty {
+                        conn.dirty = true;
+                        self.dirty.push(sub);
+                    }
+                }
+            }
+        }
+        trace!("published {id} to {topics:?}");
+        Ok(id)
+    }
+
+    pub(super) fn handle_commands(&mut self) {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Publish(event, reply) => {
+                    let Event { topics, event_type, data, retry } = event;
+                    let publish =
+                        Publish { topics, event_type, retry_ms: retry.map(|r| r.as_millis() as u64), data };
+                    match self.publish(&publish) {
+                        Ok(id) if self.defers_acks() => self.pending_acks.push(Ack::Handle { reply, id }),
+                        result => {
+                            let result = result
+                                .map_err(|r| Error::invalid_event(format!("event refused: {}", r.reason())));
+                            // The caller may have given up waiting; the outcome stands either way.
+                            let _ = reply.send(result);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether publishes are answered only after the turn's commit (a durable history that syncs).
+    pub(super) fn defers_acks(&self) -> bool {
+        self.store.as_ref().is_some_and(|s| s.fsync() != Fsync::Never)
+    }
+
+    /// Ends the turn for the durable history: one sync for every record written in it (group
+    /// commit), then the held answers and the events go out. If the sync fails the turn's events are
+    /// dropped from memory as well as disk and their publishers get `503`.
+    pub(super) fn commit_turn(&mut self) {
+        if !self.config.history_age.is_zero() {
+            let cutoff = wall_micros().saturating_sub(self.config.history_age.as_micros() as u64);
+            self.log.evict_below(cutoff);
+        }
+        let Some(store) = &mut self.store else { return };
+        let result = store.commit();
+        store.retain(self.log.oldest_id());
+        if self.pending_acks.is_empty() {
+            return;
+        }
+        let acks = std::mem::take(&mut self.pending_acks);
+        match result {
+            Ok(()) => {
+                self.log.commit();
+                for ack in acks {
+                    match ack {
+                        Ack::Http { key, .. } => {
+                            if let Some(conn) = self.conns.get_mut(key) {
+                                conn.awaiting_commit -= 1;
+                                self.flush(key);
+                            }
+                        }
+                        Ack::Handle { reply, id } => {
+                            let _ = reply.send(Ok(id));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                error!("syncing the history failed: {e}; this turn's {} events are dropped", acks.len());
+                self.log.rollback();
+                let refusal = Refusal::Storage(format!("event not stored: syncing the history failed: {e}"));
+                for ack in acks {
+                    match ack {
+                        Ack::Http { key, out_start } => {
+                            let Some(conn) = self.conns.get_mut(key) else { continue };
+                            if conn.awaiting_commit == 0 {
+                                continue; // already answered by an earlier ack of the same connection
+                            }
+                            // Everything queued from the first held answer on is replaced: one 503, and
+                            // the connection closes so pipelined requests are not left in doubt.
+                            conn.out.truncate(out_start.max(conn.out_at));
+                            conn.awaiting_commit = 0;
+                            response::refusal(&refusal, false, b"", &mut conn.out);
+                            conn.closing = true;
+                            self.metrics.refused(refusal.status());
+                            self.flush(key);
+                        }
+                        Ack::Handle { reply, .. } => {
+                            let _ = reply.send(Err(Error::invalid_event(refusal.reason())));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Accepting connections, reading requests and carrying them out.
+
+use super::*;
+
+impl Loop {
+    pub(super) fn accept(&mut self) {
+        while self.accept_paused_until.is_none() {
+            let Some(listener) = &self.listener else { return };
+            let (stream, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if net::is_resource_exhaustion(&e) => {
+                    warn!("accept failed: {e}; pausing new connections for {ACCEPT_PAUSE:?}");
+                    self.accept_paused_until = Some(self.now + ACCEPT_PAUSE);
+                    return;
+                }
+                Err(e) => {
+                    // ECONNABORTED and friends concern one client only.
+                    debug!("accept failed: {e}");
+                    continue;
+                }
+            };
+            let over_capacity = self.conns.len() >= self.config.max_connections;
+            if over_capacity && self.conns.len() >= self.config.max_connections + OVERFLOW_CONNECTIONS {
+                self.metrics.connections_rejected += 1;
+                debug!("peer={peer} refused: over --max-connections with no room to answer");
+                continue; // dropping the stream closes it
+            }
+            self.metrics.connections_accepted += 1;
+            net::tune_stream(&stream);
+            let conn = Conn {
+                stream,
+                phase: Phase::Requests(Box::new(RequestReader::new(self.now))),
+                out: Vec::new(),
+                out_at: 0,
+                scheduled: None,
+                last_write: self.now,
+                dirty: false,
+                blocked: false,
+                over_capacity,
+                closing: false,
+                awaiting_commit: 0,
+                lingering_until: None,
+            };
+            let key = self.conns.insert(conn);
+            let conn = self.conns.get_mut(key).expect("just inserted");
+            // Both directions at once, edge-triggered: no re-registration is ever needed.
+            if let Err(e) = self.poll.registry().register(
+                &mut conn.stream,
+                Token(key.to_token()),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                warn!("peer={peer} could not be registered: {e}");
+                self.conns.remove(key);
+                continue;
+            }
+            if over_capacity {
+                self.metrics.connections_rejected += 1;
+            }
+            debug!("conn={} peer={peer} open", key.slot);
+            self.schedule(key);
+        }
+    }
+
+    // ----- reading and requests -----
+
+    pub(super) fn handle_readable(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        match &mut conn.phase {
+            Phase::Requests(_) if conn.lingering_until.is_none() => self.read_requests(key),
+            _ => self.drain_input(key),
+        }
+    }
+
+    /// Reads and throws away what a stream's or a closing connection's client sends, to notice its end.
+    pub(super) fn drain_input(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        loop {
+            match net::classify(conn.stream.read(&mut self.scratch), true) {
+                Outcome::Done(_) => continue,
+                Outcome::WouldBlock => return,
+                Outcome::Closed => return self.close(key, CloseReason::PeerClosed),
+                Outcome::Failed(e) => {
+                    debug!("conn={} read failed: {e}", key.slot);
+                    return self.close(key, CloseReason::Error);
+                }
+            }
+        }
+    }
+
+    /// Reads until `WouldBlock` (or until the input cap), carrying out each complete request.
+    pub(super) fn read_requests(&mut self, key: Key) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            if conn.closing || conn.pending_out() >= MAX_PENDING_RESPONSES {
+                // Wait for the client to read its answers; WRITABLE brings us back here.
+                return;
+            }
+            let Phase::Requests(reader) = &mut conn.phase else { return self.drain_input(key) };
+            let budget = reader.read_budget(&self.config).saturating_sub(reader.input.len()).max(1);
+            let want = budget.min(self.scratch.len());
+            let was_idle = reader.waiting() == Waiting::Idle;
+            match net::classify(conn.stream.read(&mut self.scratch[..want]), true) {
+                Outcome::Done(n) => {
+                    trace!("conn={} read {n} bytes", key.slot);
+                    reader.input.extend_from_slice(&self.scratch[..n]);
+                    reader.handle_input_at(was_idle, self.now);
+                    self.process_requests(key);
+                }
+                Outcome::WouldBlock => {
+                    self.schedule(key);
+                    return;
+                }
+                Outcome::Closed => {
+                    // A half-close after a complete request still gets its answer.
+                    let conn = self.conns.get_mut(key).expect("checked above");
+                    if conn.pending_out() > 0 {
+                        conn.closing = true;
+                        self.flush(key);
+                    } else {
+                        self.close(key, CloseReason::PeerClosed);
+                    }
+                    return;
+                }
+                Outcome::Failed(e) => {
+                    debug!("conn={} read failed: {e}", key.slot);
+                    return self.close(key, CloseReason::Error);
+                }
+            }
+        }
+    }
+
+    pub(super) fn process_requests(&mut self, key: Key) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            if conn.closing || conn.pending_out() >= MAX_PENDING_RESPONSES {
+                break;
+            }
+            let Phase::Requests(reader) = &mut conn.phase else { break };
+            let Some(incoming) = reader.poll_request(&self.config, self.now) else { break };
+            match incoming {
+                Incoming::Interim(bytes) => conn.out.extend_from_slice(bytes),
+                Incoming::Refused(meta, refusal) => self.refuse(key, &meta, &refusal),
+                Incoming::Request(meta, action) => self.carry_out(key, meta, action),
+            }
+        }
+        self.flush(key);
+        self.schedule(key);
+    }
+
+    pub(super) fn cors(&self, origin: Option<&str>) -> Vec<u8> {
+        let mut cors = Vec::new();
+        response::push_cors(&self.config, origin, &mut cors);
+        cors
+    }
+
+    pub(super) fn refuse(&mut self, key: Key, meta: &Meta, refusal: &Refusal) {
+        let status = refusal.status();
+        self.metrics.refused(status);
+        info!("conn={} refused: {status} {}", key.slot, refusal.reason());
+        let cors = self.cors(meta.origin.as_deref());
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let keep_alive = meta.keep_alive && !refusal.closes() && !conn.over_capacity;
+        response::refusal(refusal, keep_alive, &cors, &mut conn.out);
+        if !keep_alive {
+            conn.closing = true;
+        }
+    }
+
+    pub(super) fn carry_out(&mut self, key: Key, meta: Meta, action: Action) {
+        let over_capacity = self.conns.get(key).is_some_and(|c| c.over_capacity);
+        if over_capacity {
+            match action {
+                Action::Health => {}
+                Action::Subscribe(s) if !s.head_only => return self.turn_away_subscriber(key, &meta),
+                _ => return self.refuse(key, &meta, &Refusal::Overloaded),
+            }
+        }
+        let cors = self.cors(meta.origin.as_deref());
+        let keep_alive = meta.keep_alive && !over_capacity;
+        match action {
+            Action::Health => {
+                let conn = self.conns.get_mut(key).expect("caller holds a live key");
+                response::text(200, "ok\n", keep_alive, meta.head_only, &cors, &mut conn.out);
+                conn.closing |= !keep_alive;
+            }
+            Action::Metrics => {
+                let gauges = Gauges {
+                    connections: self.conns.len(),
+                    subscribers: self.subscribers,
+                    history_events: self.log.len(),
+                    history_bytes: self.log.bytes(),
+                };
+                let body = self.metrics.render(&gauges);
+                let conn = self.conns.get_mut(key).expect("caller holds a live key");
+                response::text(200, &body, keep_alive, meta.head_only, &cors, &mut conn.out);
+                conn.closing |= !keep_alive;
+            }
+            Action::Preflight => {
+                let conn = self.conns.get_mut(key).expect("caller holds a live key");
+                response::preflight(&self.config, meta.origin.as_deref(), keep_alive, &mut conn.out);
+                conn.closing |= !keep_alive;
+            }
+            Action::Publish(publish) => match self.publish(&publish) {
+                Ok(id) => {
+                    let defer = self.defers_acks();
+                    let conn = self.conns.get_mut(key).expect("caller holds a live key");
+                    if defer {
+                        conn.awaiting_commit += 1;
+                        self.pending_acks.push(Ack::Http { key, out_start: conn.out.len() });
+                    }
+                    response::text(200, &format!("{id}\n"), keep_alive, false, &cors, &mut conn.out);
+                    conn.closing |= !keep_alive;
+                }
+                Err(refusal) => self.refuse(key, &meta, &refusal),
+            },
+            Action::Subscribe(subscribe) if subscribe.head_only => {
+                let conn = self.conns.get_mut(key).expect("caller holds a live key");
+                response::stream_head(meta.http10, keep_alive, &cors, &mut conn.out);
+                conn.closing |= !keep_alive;
+            }
+            Action::Subscribe(subscribe) => self.subscribe(key, &meta, &subscribe, &cors),
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! Streams: subscribing, writing from the log, deadlines (heartbeats, timeouts, lifetimes), closing.
+
+use super::*;
+
+impl Loop {
+    pub(super) fn subscribe(&mut self, key: Key, meta: &Meta, subscribe: &Subscribe, cors: &[u8]) {
+        let names: Vec<&str> = subscribe.topics.iter().map(String::as_str).collect();
+        let selection = self.log.acquire(&names);
+        let resume = self.log.resume(&selection, subscribe.last_event_id);
+        let framing = if meta.http10 { Framing::Raw } else { Framing::Chunked };
+        let mut stream = Stream {
+            selection,
+            position: 0,
+            more_positions: Box::new([]),
+            cursor: resume.cursor,
+            framing,
+            ends_at: None,
+        };
+        let positions: Vec<u32> =
+            stream.lists().into_iter().map(|list| self.registry.add(list, key)).collect();
+        stream.position = positions[0];
+        stream.more_positions = positions[1..].into();
+        stream.ends_at = (!self.config.max_lifetime.is_zero()).then(|| {
+            let base = self.config.max_lifetime.as_millis() as u64;
+            let jitter = self.rng.between(base * 8 / 10, base * 12 / 10);
+            self.now + Duration::from_millis(jitter)
+        });
+        let mut body = Vec::new();
+        sse::encode_prelude(self.config.retry.as_millis() as u64, &mut body);
+        if let Some((last, oldest)) = resume.gap {
+            self.metrics.resume_gaps += 1;
+            sse::encode_gap(last, oldest, &mut body);
+        }
+        let conn = self.conns.get_mut(key).expect("caller holds a live key");
+        response::stream_head(meta.http10, false, cors, &mut conn.out);
+        push_body(framing, &body, &mut conn.out);
+        conn.phase = Phase::Streaming(stream);
+        conn.last_write = self.now;
+        self.subscribers += 1;
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+        debug!("conn={} subscribed to {:?} from {:?}", key.slot, subscribe.topics, subscribe.last_event_id);
+    }
+
+    /// At capacity, a subscriber is told to come back later in a way `EventSource` honours: a normal
+    /// stream that carries only a long, random `retry:` and ends at once (any non-200 would be final).
+    pub(super) fn turn_away_subscriber(&mut self, key: Key, meta: &Meta) {
+        let retry_ms = self.rng.between(1_000, 10_000);
+        let cors = self.cors(meta.origin.as_deref());
+        let framing = if meta.http10 { Framing::Raw } else { Framing::Chunked };
+        let mut body = Vec::new();
+        sse::encode_prelude(retry_ms, &mut body);
+        info!("conn={} subscriber turned away at --max-connections (retry {retry_ms} ms)", key.slot);
+        let conn = self.conns.get_mut(key).expect("caller holds a live key");
+        response::stream_head(meta.http10, false, &cors, &mut conn.out);
+        push_body(framing, &body, &mut conn.out);
+        if framing == Framing::Chunked {
+            conn.out.extend_from_slice(LAST_CHUNK);
+        }
+        conn.closing = true;
+    }
+
+    // ----- writing -----
+
+    pub(super) fn handle_writable(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        conn.blocked = false;
+        let resumes_reading =
+            matches!(conn.phase, Phase::Requests(_)) && conn.pending_out() >= MAX_PENDING_RESPONSES;
+        self.flush(key);
+        if resumes_reading {
+            // Reading paused for this client's answers to drain; edge-triggered, so pick it up here.
+            self.read_requests(key);
+        }
+    }
+
+    pub(super) fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            conn.dirty = false;
+            if conn.blocked {
+                // The socket is full: only check whether the backlog has grown past what is allowed.
+                self.check_lag(key);
+            } else {
+                self.flush(key);
+            }
+        }
+        // Keep the allocation for the next turn.
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    /// Closes a stream whose socket is full and whose backlog passed `--max-lag` or left the history.
+    pub(super) fn check_lag(&mut self, key: Key) {
+        let Some(conn) = self.conns.get(key) else { return };
+        let Phase::Streaming(stream) = &conn.phase else { return };
+        if self.log.lost(&stream.selection, &stream.cursor) {
+            return self.close(key, CloseReason::Dropped(DropReason::Evicted));
+        }
+        let backlog = self.log.backlog(&stream.selection, &stream.cursor) + conn.pending_out() as u64;
+        if backlog > self.config.max_lag as u64 {
+            self.close(key, CloseReason::Dropped(DropReason::Lag));
+        }
+    }
+
+    /// Writes what the connection owes: queued bytes first, then (for a stream) the log from its
+    /// cursor, gathered into vectored writes until done or `WouldBlock`.
+    pub(super) fn flush(&mut self, key: Key) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            if conn.blocked || conn.lingering_until.is_some() || conn.awaiting_commit > 0 {
+                return;
+            }
+            let mut slices = [IoSlice::new(&[]); broadcast::MAX_SLICES + 1];
+            let own = conn.pending_out();
+            let mut used = 0;
+            if own > 0 {
+                slices[0] = IoSlice::new(&conn.out[conn.out_at..]);
+                used = 1;
+            }
+            let mut gathered = None;
+            if let Phase::Streaming(stream) = &conn.phase {
+                if !conn.closing {
+                    if self.log.lost(&stream.selection, &stream.cursor) {
+                        return self.close(key, CloseReason::Dropped(DropReason::Evicted));
+                    }
+                    let g = self.log.gather(
+                        &stream.selection,
+                        &stream.cursor,
+                        stream.framing,
+                        &mut slices[used..],
+                        MAX_WRITE_BYTES,
+                    );
+                    used += g.slices;
+                    gathered = Some(g);
+                }
+            }
+            if used == 0 {
+                // Everything written: give the buffer back so an idle connection holds no heap.
+                conn.out = Vec::new();
+                conn.out_at = 0;
+                if conn.closing {
+                    self.finish_closing(key);
+                }
+                return;
+            }
+            let result = if used == 1 {
+                conn.stream.write(&slices[0])
+            } else {
+                conn.stream.write_vectored(&slices[..used])
+            };
+            match net::classify(result, false) {
+                Outcome::Done(written) => {
+                    self.metrics.bytes_sent += written as u64;
+                    conn.last_write = self.now;
+                    let from_own = written.min(own);
+                    conn.out_at += from_own;
+                    if let (Phase::Streaming(stream), Some(g)) = (&mut conn.phase, gathered) {
+                        let framing = stream.framing;
+                        self.log.advance(
+                            &stream.selection,
+                            &mut stream.cursor,
+                            framing,
+                            &g,
+                            written - from_own,
+                        );
+                    }
+                    // The common case, one write that took everything and gathered all there was:
+                    // finish now instead of gathering again only to find nothing.
+                    let took_all = written == own + gathered.map_or(0, |g| g.bytes);
+                    let gathered_all = gathered
+                        .map_or(true, |g| g.slices < broadcast::MAX_SLICES && g.bytes < MAX_WRITE_BYTES);
+                    if took_all && gathered_all && !conn.closing {
+                        conn.out = Vec::new();
+                        conn.out_at = 0;
+                        return;
+                    }
+                }
+                Outcome::WouldBlock => {
+                    conn.blocked = true;
+                    self.check_lag(key);
+                    self.schedule(key);
+                    return;
+                }
+                Outcome::Closed => return self.close(key, CloseReason::PeerClosed),
+                Outcome::Failed(e) => {
+                    debug!("conn={} write failed: {e}", key.slot);
+                    return self.close(key, CloseReason::Error);
+                }
+            }
+        }
+    }
+
+    /// All owed bytes are written on a closing connection: shut the write side, then read until the
+    /// client closes (or `LINGER` passes) so unread request bytes do not turn the close into a reset.
+    pub(super) fn finish_closing(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.stream.shutdown(std::net::Shutdown::Write).is_err() {
+            return self.close(key, CloseReason::Done);
+        }
+        if self.stopping_by.is_some() {
+            // Shutting down: the answer is out and nothing more will be read.
+            return self.close(key, CloseReason::Done);
+        }
+        conn.lingering_until = Some(self.now + LINGER);
+        self.schedule(key);
+        self.drain_input(key);
+    }
+
+    // ----- deadlines -----
+
+    /// The next moment this connection needs attention, if any.
+    pub(super) fn deadline_of(&self, conn: &Conn) -> Option<Instant> {
+        if let Some(until) = conn.lingering_until {
+            return Some(until);
+        }
+        match &conn.phase {
+            Phase::Requests(reader) => Some(reader.poll_deadline(&self.config)),
+            Phase::Streaming(stream) => {
+                let heartbeat = (!self.config.heartbeat.is_zero() && !conn.closing)
+                    .then(|| conn.last_write + self.config.heartbeat);
+                // A stream that cannot flush its end is given as long as a request head.
+                let closing = conn.closing.then(|| conn.last_write + self.config.header_timeout);
+                [heartbeat, stream.ends_at, closing].into_iter().flatten().min()
+            }
+        }
+    }
+
+    /// Puts the connection's next deadline in the heap if it is earlier than the one already there.
+    pub(super) fn schedule(&mut self, key: Key) {
+        let Some(conn) = self.conns.get(key) else { return };
+        let Some(at) = self.deadline_of(conn) else { return };
+        if conn.scheduled.is_some_and(|s| s <= at) {
+            return; // the earlier entry fires first and reschedules
+        }
+        self.conns.get_mut(key).expect("checked above").scheduled = Some(at);
+        self.timers.schedule(key, at);
+    }
+
+    pub(super) fn fire_timers(&mut self) {
+        while let Some((key, at)) = self.timers.poll_expired(self.now) {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            if conn.scheduled != Some(at) {
+                continue; // stale: the connection rescheduled earlier since
+            }
+            conn.scheduled = None;
+            self.handle_timeout(key);
+            self.schedule(key);
+        }
+        // Closed connections leave their entries behind; compact before they outnumber the living.
+        if self.timers.len() > 2 * self.conns.len() + 1024 {
+            let conns = &self.conns;
+            self.timers.retain(|key, at| conns.get(key).is_some_and(|c| c.scheduled == Some(at)));
+        }
+    }
+
+    pub(super) fn handle_timeout(&mut self, key: Key) {
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.lingering_until.is_some_and(|t| t <= now) {
+            return self.close(key, CloseReason::Done);
+        }
+        match &conn.phase {
+            Phase::Requests(reader) => {
+                if reader.poll_deadline(&self.config) > now {
+                    return;
+                }
+                if conn.closing {
+                    // Its answer could not be written within the time: give up on it.
+                    return self.close(key, CloseReason::IdleTimeout);
+                }
+                if reader.waiting() == Waiting::Idle {
+                    return self.close(key, CloseReason::IdleTimeout);
+                }
+                let meta = Meta { keep_alive: false, http10: false, head_only: false, origin: None };
+                self.refuse(key, &meta, &Refusal::Timeout);
+                self.flush(key);
+            }
+            Phase::Streaming(stream) => {
+                if conn.closing {
+                    if conn.last_write + self.config.header_timeout <= now {
+                        self.close(key, CloseReason::IdleTimeout);
+                    }
+                    return;
+                }
+                if stream.ends_at.is_some_and(|t| t <= now) {
+                    self.metrics.dropped(DropReason::Lifetime);
+                    debug!("conn={} reached --max-lifetime", key.slot);
+                    self.end_stream(key);
+                    return;
+                }
+                if !self.config.heartbeat.is_zero() && conn.last_write + self.config.heartbeat <= now {
+                    if conn.blocked {
+                        // A full socket is not idle: nothing to add behind it; look again later.
+                        conn.last_write = now;
+                        return;
+                    }
+                    // Not blocked means the last write finished every frame, so a comment cannot
+                    // land inside one.
+                    push_body(stream.framing, sse::HEARTBEAT, &mut conn.out);
+                    self.flush(key);
+                }
+            }
+        }
+    }
+
+    /// Ends a stream cleanly: the terminating chunk on HTTP/1.1 (the end of the connection on 1.0).
+    ///
+    /// A write cut inside a frame is completed first: the rest of that frame is copied ahead of the
+    /// terminating chunk, since the client must never see half an event followed by the end.
+    pub(super) fn end_stream(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Phase::Streaming(stream) = &mut conn.phase else { return };
+        if stream.cursor.mid_frame() && !self.log.lost(&stream.selection, &stream.cursor) {
+            let mut rest = [IoSlice::new(&[])];
+            let g = self.log.gather(&stream.selection, &stream.cursor, stream.framing, &mut rest, usize::MAX);
+            conn.out.extend_from_slice(&rest[0][..]);
+            let framing = stream.framing;
+            self.log.advance(&stream.selection, &mut stream.cursor, framing, &g, g.bytes);
+        }
+        if stream.framing == Framing::Chunked {
+            conn.out.extend_from_slice(LAST_CHUNK);
+        }
+        conn.closing = true;
+        self.flush(key);
+    }
+
+    // ----- closing -----
+
+    pub(super) fn close(&mut self, key: Key, reason: CloseReason) {
+        let Some(mut conn) = self.conns.remove(key) else { return };
+        if let CloseReason::Dropped(why) = reason {
+            if why != DropReason::Lifetime {
+                self.metrics.dropped(why);
+                info!("conn={} stream dropped: {why:?}", key.slot);
+            }
+        }
+        if let Phase::Streaming(stream) = &conn.phase {
+            for (index, list) in stream.lists().into_iter().enumerate() {
+                if let Some(moved) = self.registry.remove(list, stream.position(index)) {
+                    let moved_conn = self.conns.get_mut(moved).expect("registry holds live keys");
+                    if let Phase::Streaming(other) = &mut moved_conn.phase {
+                        let slot = match list {
+                            List::All => 0,
+                            List::Topic(t) => {
+                                other.selection.topics().binary_search(&t).expect("listed topic")
+                            }
+                        };
+                        other.set_position(slot, stream.position(index));
+                    }
+                }
+            }
+            self.log.release(&stream.selection);
+            self.subscribers -= 1;
+        }
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        if log_enabled!(Level::Debug) {
+            debug!("conn={} closed: {reason:?}", key.slot);
+        }
+    }
+
+    pub(super) fn begin_shutdown(&mut self) {
+        info!("ssed shutting down: ending {} streams", self.subscribers);
+        if let Some(supervisor) = &self.supervisor {
+            supervisor.send("STOPPING=1\nSTATUS=shutting down");
+        }
+        self.stopping_by = Some(self.now + self.config.shutdown_timeout);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        for key in self.conns.keys() {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            match &conn.phase {
+                Phase::Streaming(_) => self.end_stream(key),
+                _ if conn.lingering_until.is_some() => self.close(key, CloseReason::Shutdown),
+                Phase::Requests(_) if conn.pending_out() > 0 => {
+                    conn.closing = true;
+                    self.flush(key);
+                }
+                Phase::Requests(_) => self.close(key, CloseReason::Shutdown),
+            }
+        }
+    }
+}
