@@ -26,6 +26,9 @@ pub enum ErrorKind {
     InvalidEvent,
     /// The server has stopped, so the request could not be carried out.
     Stopped,
+    /// The server could not store the event (the durable history's disk is full or failing); the
+    /// same event may succeed later.
+    Unavailable,
 }
 
 impl Error {
@@ -39,6 +42,10 @@ impl Error {
 
     pub(crate) fn invalid_event(context: impl Into<String>) -> Self {
         Error { kind: ErrorKind::InvalidEvent, context: context.into(), source: None }
+    }
+
+    pub(crate) fn unavailable(context: impl Into<String>) -> Self {
+        Error { kind: ErrorKind::Unavailable, context: context.into(), source: None }
     }
 
     pub(crate) fn stopped() -> Self {

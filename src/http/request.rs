@@ -74,7 +74,8 @@ pub enum HeadError {
     LengthAndEncoding,
     /// A `Content-Length` that is repeated or not a decimal number (`400`).
     BadLength,
-    /// A transfer coding other than `chunked` (`501`), or chunked on HTTP/1.0 (`400`).
+    /// A transfer coding other than `chunked`, a repeated `Transfer-Encoding`, or chunked on
+    /// HTTP/1.0, which has no such coding (`501`).
     BadEncoding,
     /// An HTTP version other than 1.0 and 1.1 (`505`).
     Version,

@@ -461,6 +461,11 @@ impl Loop {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
+        if !self.pending_acks.is_empty() {
+            // Answers released by the last commit let buffered requests run, and their publishes
+            // wait for a commit of their own: take another turn at once.
+            return Some(Duration::ZERO);
+        }
         let now = Instant::now();
         let mut timeout = self.timers.poll_timeout(now);
         let supervise = self.supervisor.as_ref().map(|s| s.next_tick);

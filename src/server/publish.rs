@@ -60,8 +60,10 @@ impl Loop {
                     match self.publish(&publish) {
                         Ok(id) if self.defers_acks() => self.pending_acks.push(Ack::Handle { reply, id }),
                         result => {
-                            let result = result
-                                .map_err(|r| Error::invalid_event(format!("event refused: {}", r.reason())));
+                            let result = result.map_err(|r| match r {
+                                Refusal::Storage(reason) => Error::unavailable(reason),
+                                other => Error::invalid_event(format!("event refused: {}", other.reason())),
+                            });
                             // The caller may have given up waiting; the outcome stands either way.
                             let _ = reply.send(result);
                         }
@@ -99,7 +101,12 @@ impl Loop {
                         Ack::Http { key, .. } => {
                             if let Some(conn) = self.conns.get_mut(key) {
                                 conn.awaiting_commit -= 1;
-                                self.flush(key);
+                                if conn.awaiting_commit == 0 && matches!(conn.phase, Phase::Requests(_)) {
+                                    // Reading may have paused behind the held answers: resume it.
+                                    self.read_requests(key);
+                                } else {
+                                    self.flush(key);
+                                }
                             }
                         }
                         Ack::Handle { reply, id } => {
@@ -129,7 +136,7 @@ impl Loop {
                             self.flush(key);
                         }
                         Ack::Handle { reply, .. } => {
-                            let _ = reply.send(Err(Error::invalid_event(refusal.reason())));
+                            let _ = reply.send(Err(Error::unavailable(refusal.reason())));
                         }
                     }
                 }

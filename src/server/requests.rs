@@ -90,11 +90,17 @@ impl Loop {
     }
 
     /// Reads until `WouldBlock` (or until the input cap), carrying out each complete request.
+    /// Answers the requests already buffered, then reads until `WouldBlock` (or until the input cap),
+    /// answering each complete request as it arrives.
+    ///
+    /// Reading stops while a client has `MAX_PENDING_RESPONSES` of answers it has not read (or that
+    /// wait for a commit); `WRITABLE` or the commit calls this again, and since buffered requests
+    /// announce themselves with no readiness event, they are answered first.
     pub(super) fn read_requests(&mut self, key: Key) {
         loop {
+            self.process_requests(key);
             let Some(conn) = self.conns.get_mut(key) else { return };
             if conn.closing || conn.pending_out() >= MAX_PENDING_RESPONSES {
-                // Wait for the client to read its answers; WRITABLE brings us back here.
                 return;
             }
             let Phase::Requests(reader) = &mut conn.phase else { return self.drain_input(key) };
@@ -106,7 +112,6 @@ impl Loop {
                     trace!("conn={} read {n} bytes", key.slot);
                     reader.input.extend_from_slice(&self.scratch[..n]);
                     reader.handle_input_at(was_idle, self.now);
-                    self.process_requests(key);
                 }
                 Outcome::WouldBlock => {
                     self.schedule(key);
@@ -114,8 +119,7 @@ impl Loop {
                 }
                 Outcome::Closed => {
                     // A half-close after a complete request still gets its answer.
-                    let conn = self.conns.get_mut(key).expect("checked above");
-                    if conn.pending_out() > 0 {
+                    if conn.pending_out() > 0 || conn.awaiting_commit > 0 {
                         conn.closing = true;
                         self.flush(key);
                     } else {
@@ -131,11 +135,20 @@ impl Loop {
         }
     }
 
+    /// Carries out the complete requests in the connection's input, in order, writing their answers.
     pub(super) fn process_requests(&mut self, key: Key) {
         loop {
             let Some(conn) = self.conns.get_mut(key) else { return };
-            if conn.closing || conn.pending_out() >= MAX_PENDING_RESPONSES {
+            if conn.closing {
                 break;
+            }
+            if conn.pending_out() >= MAX_PENDING_RESPONSES {
+                // Write what we can; go on only if the client took it.
+                self.flush(key);
+                match self.conns.get(key) {
+                    Some(conn) if conn.pending_out() < MAX_PENDING_RESPONSES => continue,
+                    _ => break,
+                }
             }
             let Phase::Requests(reader) = &mut conn.phase else { break };
             let Some(incoming) = reader.poll_request(&self.config, self.now) else { break };
@@ -172,8 +185,9 @@ impl Loop {
         let over_capacity = self.conns.get(key).is_some_and(|c| c.over_capacity);
         if over_capacity {
             match action {
-                Action::Health => {}
-                Action::Subscribe(s) if !s.head_only => return self.turn_away_subscriber(key, &meta),
+                // Load balancers must not mark a full node dead; HEAD works wherever GET does.
+                Action::Health | Action::Subscribe(Subscribe { head_only: true, .. }) => {}
+                Action::Subscribe(_) => return self.turn_away_subscriber(key, &meta),
                 _ => return self.refuse(key, &meta, &Refusal::Overloaded),
             }
         }

@@ -224,7 +224,9 @@ impl Loop {
                     .then(|| conn.last_write + self.config.heartbeat);
                 // A stream that cannot flush its end is given as long as a request head.
                 let closing = conn.closing.then(|| conn.last_write + self.config.header_timeout);
-                [heartbeat, stream.ends_at, closing].into_iter().flatten().min()
+                // Once closing, the lifetime has done its work: a past `ends_at` would fire forever.
+                let ends_at = stream.ends_at.filter(|_| !conn.closing);
+                [heartbeat, ends_at, closing].into_iter().flatten().min()
             }
         }
     }
@@ -314,7 +316,12 @@ impl Loop {
     pub(super) fn end_stream(&mut self, key: Key) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let Phase::Streaming(stream) = &mut conn.phase else { return };
-        if stream.cursor.mid_frame() && !self.log.lost(&stream.selection, &stream.cursor) {
+        if stream.cursor.mid_frame() && self.log.lost(&stream.selection, &stream.cursor) {
+            // Half a frame went out and its rest is gone from the history: no clean end is possible,
+            // and the client must not take what follows for the rest of that frame.
+            return self.close(key, CloseReason::Dropped(DropReason::Evicted));
+        }
+        if stream.cursor.mid_frame() {
             let mut rest = [IoSlice::new(&[])];
             let g = self.log.gather(&stream.selection, &stream.cursor, stream.framing, &mut rest, usize::MAX);
             conn.out.extend_from_slice(&rest[0][..]);
@@ -374,6 +381,7 @@ impl Loop {
         for key in self.conns.keys() {
             let Some(conn) = self.conns.get_mut(key) else { continue };
             match &conn.phase {
+                Phase::Streaming(_) if conn.closing => {} // already ending
                 Phase::Streaming(_) => self.end_stream(key),
                 _ if conn.lingering_until.is_some() => self.close(key, CloseReason::Shutdown),
                 Phase::Requests(_) if conn.pending_out() > 0 => {

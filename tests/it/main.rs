@@ -7,4 +7,5 @@ mod support;
 mod contract;
 mod durable;
 mod external;
+mod regressions;
 mod service;

@@ -1,0 +1,95 @@
+//! Regression tests for bugs found in review, each over real sockets.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use ssed::Config;
+
+use crate::support::*;
+
+/// A stream ended by --max-lifetime while its socket was full left a past deadline that fired on
+/// every loop turn: the loop spun at 100% CPU and stopped answering anyone.
+#[test]
+fn lifetime_end_of_a_stuck_stream_does_not_stall_the_loop() {
+    let config = Config {
+        max_lifetime: Duration::from_secs(1),
+        max_lag: 64 << 20,
+        max_body: 1 << 20,
+        history_bytes: 64 << 20,
+        heartbeat: Duration::ZERO,
+        ..Config::default()
+    };
+    let server = TestServer::start(config);
+    let mut stuck = server.connect();
+    stuck.write_all(b"GET /events?topic=t HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    wait_until("the stuck stream is registered", || metric(&server, "ssed_subscribers") == Some(1.0));
+    let body = "x".repeat(60_000);
+    for _ in 0..150 {
+        publish(&server, "topic=t", &body);
+    }
+    // Past the lifetime (at most 1.2 s), the server must keep answering promptly.
+    let until = Instant::now() + Duration::from_millis(2_500);
+    while Instant::now() < until {
+        let mut health = server.connect();
+        health.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        health.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        health.read_to_string(&mut answer).expect("/health answers within 2 s");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    drop(stuck);
+}
+
+/// Requests already buffered when reading paused for unread answers were only parsed when more
+/// bytes arrived, so a client pipelining many requests stalled until the header timeout.
+#[test]
+fn every_pipelined_request_is_answered_even_past_the_answer_buffer() {
+    let server = TestServer::with_defaults();
+    let mut stream = server.connect();
+    let count = 600;
+    let request = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(count);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut seen = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut text = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while seen < count {
+        assert!(Instant::now() < deadline, "only {seen} of {count} answers arrived");
+        let n = stream.read(&mut buf).expect("answers keep coming");
+        assert!(n > 0, "the server closed after {seen} answers");
+        text.extend_from_slice(&buf[..n]);
+        seen = text.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+    }
+    assert_eq!(seen, count);
+}
+
+/// With a durable history, answers wait for the turn's commit; a client pipelining more publishes
+/// than fit in the answer buffer must still get every answer once the commits land.
+#[test]
+fn pipelined_publishes_past_the_answer_buffer_with_a_durable_history() {
+    let dir = std::env::temp_dir().join(format!("ssed-it-pipelined-durable-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = Config { data_dir: Some(dir.clone()), ..Config::default() };
+    let server = TestServer::start(config);
+    let mut stream = server.connect();
+    let count = 2_000;
+    // Long-ish answers (a CORS origin is not needed: ids alone are ~17 bytes) times 2,000 > 64 KiB.
+    let request = "POST /events?topic=t HTTP/1.1\r\nContent-Length: 1\r\n\r\nx".repeat(count);
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        std::thread::spawn(move || stream.write_all(request.as_bytes()).unwrap())
+    };
+    let mut text = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let deadline = Instant::now() + DEADLINE;
+    let mut seen = 0;
+    while seen < count {
+        assert!(Instant::now() < deadline, "only {seen} of {count} answers arrived");
+        let n = stream.read(&mut buf).expect("answers keep coming");
+        assert!(n > 0, "the server closed after {seen} answers");
+        text.extend_from_slice(&buf[..n]);
+        seen = text.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+    }
+    writer.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
