@@ -93,3 +93,28 @@ fn pipelined_publishes_past_the_answer_buffer_with_a_durable_history() {
     writer.join().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--history-age`: an event older than the age leaves the history, so a resume from before it is
+/// told of the gap instead of receiving it.
+#[test]
+fn events_older_than_the_history_age_leave_the_history() {
+    let config =
+        Config { history_age: Duration::from_secs(1), heartbeat: Duration::ZERO, ..Config::default() };
+    let server = TestServer::start(config);
+    let id = publish(&server, "topic=t", "short-lived");
+    let mut fresh = Subscriber::open(&server, "/events?topic=t", &format!("Last-Event-ID: {}\r\n", id - 1));
+    assert_eq!(fresh.next_event().data, "short-lived", "retained while younger than the age");
+    let started = Instant::now();
+    // Poll (bounded) until the age has passed and the event is gone.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        assert!(Instant::now() < deadline, "the event never aged out");
+        let mut sub = Subscriber::open(&server, "/events?topic=t", &format!("Last-Event-ID: {}\r\n", id - 1));
+        let first = sub.next_event_within(Duration::from_millis(200));
+        if let Some(event) = first.filter(|e| e.event.as_deref() == Some("ssed-gap")) {
+            assert!(event.data.starts_with(&format!("{{\"last_event_id\":{}", id - 1)), "{event:?}");
+            break;
+        }
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900), "not evicted before its age");
+}
