@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::procfs;
 use crate::report::Json;
 use crate::sys;
 
@@ -78,6 +79,9 @@ pub struct FloorOutcome {
     pub wall: Vec<Duration>,
     /// Writes that took fewer bytes than offered (then completed with more writes).
     pub short_writes: u64,
+    /// Time the writer spent runnable but waiting for its CPU during the timed rounds (other work on
+    /// the machine; it stretches the walks' wall time, not their CPU time).
+    pub writer_wait: Option<Duration>,
 }
 
 impl FloorOutcome {
@@ -109,7 +113,8 @@ impl FloorOutcome {
         format!(
             "ssed-bench floor: {} loopback connections, {} rounds, {} x {} bytes per {} (reader: {:?})\n  \
              writer CPU    {:.2} µs per write, {:.2} µs per event\n  \
-             walk          {:.2} ms median, {:.2} ms fastest ({:.2} µs per write)\n",
+             walk          {:.2} ms median, {:.2} ms fastest ({:.2} µs per write)\n  \
+             CPU wait      {} ms over all rounds, runnable but waiting for the writer's CPU\n",
             c.connections,
             self.cpu.len(),
             c.writes_per_syscall,
@@ -121,6 +126,7 @@ impl FloorOutcome {
             median.as_secs_f64() * 1e3,
             fastest.as_secs_f64() * 1e3,
             median.as_secs_f64() * 1e6 / c.connections as f64,
+            self.writer_wait.map_or("-".into(), |w| format!("{:.1}", w.as_secs_f64() * 1e3)),
         )
     }
 
@@ -139,6 +145,7 @@ impl FloorOutcome {
             .float("walk_ms_min", Some(fastest.as_secs_f64() * 1e3), 3)
             .float("wall_us_per_write", Some(median.as_secs_f64() * 1e6 / self.config.connections as f64), 3)
             .raw("short_writes", self.short_writes)
+            .float("writer_wait_ms", self.writer_wait.map(|w| w.as_secs_f64() * 1e3), 1)
             .finish()
     }
 }
@@ -388,12 +395,19 @@ pub fn run(config: FloorConfig) -> Result<FloorOutcome, String> {
     let payload = vec![b'x'; config.size];
     let slices: Vec<IoSlice<'_>> = (0..config.writes_per_syscall).map(|_| IoSlice::new(&payload)).collect();
     let per_call = config.size * config.writes_per_syscall;
-    let mut outcome =
-        FloorOutcome { config: config.clone(), mode, cpu: Vec::new(), wall: Vec::new(), short_writes: 0 };
+    let mut outcome = FloorOutcome {
+        config: config.clone(),
+        mode,
+        cpu: Vec::new(),
+        wall: Vec::new(),
+        short_writes: 0,
+        writer_wait: Some(Duration::ZERO),
+    };
     // One untimed round first: the first write on a connection pays for its buffers.
     for round in 0..=config.rounds {
         thread::sleep(ROUND_GAP);
         let cpu_before = sys::thread_cpu_time().map_err(|e| e.to_string())?;
+        let sched_before = procfs::this_thread_sched();
         let started = Instant::now();
         for socket in &mut sockets {
             let written =
@@ -410,6 +424,12 @@ pub fn run(config: FloorConfig) -> Result<FloorOutcome, String> {
         if round > 0 {
             outcome.wall.push(wall);
             outcome.cpu.push(cpu);
+            outcome.writer_wait = match (outcome.writer_wait, sched_before, procfs::this_thread_sched()) {
+                (Some(sum), Some((_, before)), Some((_, after))) => {
+                    Some(sum + Duration::from_secs_f64((after - before).max(0.0)))
+                }
+                _ => None,
+            };
         }
     }
     drop(sockets);

@@ -116,6 +116,16 @@ pub struct Outcome {
     pub latency: Histogram,
     /// Seconds from the first publish to the last delivery.
     pub fanout_secs: f64,
+    /// Per event that reached every held stream: nanoseconds from its publish to its last delivery.
+    pub reach_all_ns: Vec<u64>,
+    /// Accepted events that did not reach every held stream.
+    pub reached_some: u64,
+    /// CPU time of the bench's own loop thread over the fan-out: when it nears the fan-out's wall
+    /// time, the bench (not the server) set the latencies.
+    pub bench_cpu_secs: Option<f64>,
+    /// Time the loop thread spent runnable but waiting for its CPU over the fan-out (other work on
+    /// the machine).
+    pub bench_wait_secs: Option<f64>,
     /// The run hit `--duration`.
     pub timed_out: bool,
     /// Seconds the whole run took.
@@ -174,6 +184,16 @@ struct Stats {
     last_delivery_ns: u64,
     /// Events the publisher may send: sequence numbers at or above are unexpected.
     events: u32,
+    /// Per sequence number: its stamp, its latest delivery and how many streams got it.
+    per_event: Vec<EventTiming>,
+}
+
+/// When one event left and when it reached its last stream.
+#[derive(Debug, Clone, Copy, Default)]
+struct EventTiming {
+    stamp_ns: u64,
+    last_ns: u64,
+    streams: u32,
 }
 
 /// Why a connection or stream ended, as counted in the report.
@@ -204,7 +224,8 @@ pub fn advice(e: &io::Error, limit: Option<FileLimit>, wanted: usize) -> String 
     let limits = limit.map_or_else(String::new, |l| format!(" (soft {}, hard {})", l.soft, l.hard));
     match e.raw_os_error() {
         Some(libc::EMFILE) => format!(
-            "the bench ran out of file descriptors{limits} for {wanted} connections: raise the hard \
+            "the bench is out of file descriptors{limits} for {wanted} connections (it keeps \
+             {RESERVED_DESCRIPTORS} for itself): raise the hard \
              RLIMIT_NOFILE (systemd LimitNOFILE=, `ulimit -Hn` as root, nofile in \
              /etc/security/limits.conf); it cannot pass fs.nr_open = {}",
             read_sysctl("fs.nr_open")
@@ -295,7 +316,7 @@ pub fn run(config: LoadConfig) -> Result<Outcome, String> {
     let poll = Poll::new().map_err(|e| format!("creating the event loop: {e}"))?;
     let mut bench = Bench {
         subs: Vec::with_capacity(config.connections),
-        stats: Stats { events, ..Stats::default() },
+        stats: Stats { events, per_event: vec![EventTiming::default(); events as usize], ..Stats::default() },
         buf: vec![0; READ_BUFFER_BYTES],
         request,
         ramp_stopped: None,
@@ -310,6 +331,8 @@ pub fn run(config: LoadConfig) -> Result<Outcome, String> {
     let mut phase = Phase::Ramping;
     let mut publisher: Option<(Arc<Progress>, mpsc::Receiver<PublishReport>)> = None;
     let mut first_publish_ns = 0;
+    let mut bench_cpu_start = None;
+    let mut bench_sched_start = None;
 
     loop {
         let now = Instant::now();
@@ -341,6 +364,8 @@ pub fn run(config: LoadConfig) -> Result<Outcome, String> {
                 outcome.held_at_sample = bench.stats.up;
                 let Some(publish_config) = bench.config.publish.clone() else { break };
                 outcome.server_fanout_start = sample("fan-out start");
+                bench_cpu_start = sys::thread_cpu_time().ok();
+                bench_sched_start = procfs::this_thread_sched();
                 let shared = Arc::new(Progress::default());
                 let rx = publish::spawn(publish_config, shared.clone(), deadline)
                     .map_err(|e| format!("starting the publisher thread: {e}"))?;
@@ -370,7 +395,8 @@ pub fn run(config: LoadConfig) -> Result<Outcome, String> {
 
         let timeout = match phase {
             Phase::Ramping if bench.config.ramp > 0.0 => {
-                let next = ramp_start + Duration::from_secs_f64(bench.subs.len() as f64 / bench.config.ramp);
+                let opened = bench.subs.len() + bench.stats.open_failures;
+                let next = ramp_start + Duration::from_secs_f64(opened as f64 / bench.config.ramp);
                 next.saturating_duration_since(now).min(TICK)
             }
             _ => TICK,
@@ -382,11 +408,17 @@ pub fn run(config: LoadConfig) -> Result<Outcome, String> {
             return Err(format!("waiting for events: {e}"));
         }
         for event in mio_events.iter() {
-            bench.handle_event(event.token().0);
+            bench.handle_event(event.token().0, event.is_read_closed() || event.is_error());
         }
     }
 
     outcome.server_end = if publisher.is_some() { sample("end") } else { None };
+    if let (Some(start), Ok(end)) = (bench_cpu_start, sys::thread_cpu_time()) {
+        outcome.bench_cpu_secs = Some((end - start).as_secs_f64());
+    }
+    if let (Some((_, start)), Some((_, end))) = (bench_sched_start, procfs::this_thread_sched()) {
+        outcome.bench_wait_secs = Some(end - start);
+    }
     if let Some((shared, rx)) = publisher {
         shared.stop.store(true, Ordering::Release);
         match rx.recv_timeout(PUBLISHER_GRACE) {
@@ -416,11 +448,19 @@ impl Bench {
         } else {
             target
         };
+        // Stop short of the descriptor limit: the publisher, /proc and the advice itself need some.
+        let budget =
+            self.file_limit.map_or(usize::MAX, |l| l.soft.saturating_sub(RESERVED_DESCRIPTORS) as usize);
         while self.ramp_stopped.is_none()
             && self.subs.len() + self.stats.open_failures < due
             && self.stats.pending < self.config.max_pending
         {
-            if let Err(e) = self.open() {
+            let result = if self.stats.pending + self.stats.up >= budget {
+                Err(io::Error::from_raw_os_error(libc::EMFILE))
+            } else {
+                self.open()
+            };
+            if let Err(e) = result {
                 if is_resource_error(&e) {
                     let message = advice(&e, self.file_limit, target);
                     eprintln!("ssed-bench: stopping the ramp at {} connections: {message}", self.subs.len());
@@ -469,7 +509,8 @@ impl Bench {
         Ok(())
     }
 
-    fn handle_event(&mut self, n: usize) {
+    /// Handles readiness of connection `n`; `closing` when the event says the peer closed or failed.
+    fn handle_event(&mut self, n: usize, closing: bool) {
         let Some(sub) = self.subs.get_mut(n) else { return };
         let Some(stream) = sub.stream.as_mut() else { return };
         if let SubState::Connecting { sent } = &mut sub.state {
@@ -493,11 +534,16 @@ impl Bench {
             }
             sub.state = SubState::Head(Vec::new());
         }
-        self.read(n);
+        self.read(n, closing);
     }
 
-    /// Reads until `WouldBlock`, feeding the head or the event parser.
-    fn read(&mut self, n: usize) {
+    /// Reads and feeds the head or the event parser, until `WouldBlock` or a short read.
+    ///
+    /// A read that did not fill the buffer took all there was, and epoll's edge-triggered mode
+    /// reports every later arrival anew (tokio relies on the same), so the `WouldBlock` read that
+    /// would confirm it is skipped: it would be half the bench's system calls per delivery. Only
+    /// when the event flags a close or an error is the socket read to the end, to see it.
+    fn read(&mut self, n: usize, to_the_end: bool) {
         loop {
             let sub = &mut self.subs[n];
             let Some(stream) = sub.stream.as_mut() else { return };
@@ -518,6 +564,9 @@ impl Bench {
             let now_ns = wall_nanos();
             if let Err(reason) = feed(sub, &self.buf[..len], now_ns, &mut self.stats) {
                 return self.close(n, reason);
+            }
+            if len < self.buf.len() && !to_the_end {
+                return;
             }
         }
     }
@@ -590,6 +639,16 @@ impl Bench {
             outcome.fanout_secs = (stats.last_delivery_ns - first_sent) as f64 / 1e9;
         }
         outcome.held = stats.up;
+        if let Some(report) = &outcome.publish {
+            for (timing, _) in stats.per_event.iter().zip(&report.accepted).filter(|(_, &a)| a) {
+                if timing.streams as usize >= stats.up {
+                    outcome.reach_all_ns.push(timing.last_ns.saturating_sub(timing.stamp_ns));
+                } else {
+                    outcome.reached_some += 1;
+                }
+            }
+            outcome.reach_all_ns.sort_unstable();
+        }
         outcome.connect_errors = stats.connect_errors;
         outcome.ended = stats.ended;
         outcome.ramp_stopped = self.ramp_stopped;
@@ -681,6 +740,10 @@ fn deliver(track: &mut Track, stats: &mut Stats, event: Dispatch<'_>, now_ns: u6
     }
     stats.latency.record(now_ns.saturating_sub(stamp));
     stats.last_delivery_ns = stats.last_delivery_ns.max(now_ns);
+    let timing = &mut stats.per_event[seq as usize];
+    timing.stamp_ns = stamp;
+    timing.last_ns = timing.last_ns.max(now_ns);
+    timing.streams += 1;
 }
 
 #[cfg(test)]
@@ -699,7 +762,7 @@ mod tests {
 
     #[test]
     fn counts_duplicates_gaps_and_regressions() {
-        let mut stats = Stats { events: 4, ..Stats::default() };
+        let mut stats = Stats { events: 4, per_event: vec![EventTiming::default(); 4], ..Stats::default() };
         let mut track = Track::default();
         let mut parser = BodyParser::new(crate::sse::Framing::Close);
         let mut stream = Vec::new();

@@ -95,8 +95,9 @@ fn help() -> String {
          ssed-bench floor [--connections N] [OPTIONS]\n\n\
          Holds N event streams, optionally publishes stamped events, and reports the server's memory per\n\
          subscriber, delivery latency, missing or duplicated events and the server's CPU per delivery.\n\
-         Loopback only unless --allow-remote; the exit status is 1 if an event went missing, came twice\n\
-         or out of order.\n\nOptions:\n{}\n\
+         Loopback only unless --allow-remote. Exit status: 0 clean, 1 an event went missing, came twice\n\
+         or out of order, 2 a usage or setup error, 3 the run was cut short by --duration, 4 fewer\n\
+         streams were held than asked for.\n\nOptions:\n{}\n\
          floor: times writing to N loopback sockets with no server: the floor every server is measured\n\
          against.\n\nfloor options:\n{}\n  -h, --help                print this help\n  -V, --version             print the version\n",
         flag_lines(LOAD_FLAGS),
@@ -176,6 +177,8 @@ impl Default for LoadFlags {
     }
 }
 
+/// Most events one run publishes (each takes a few bytes of timing in the bench).
+const MAX_EVENTS: u32 = 1_000_000;
 /// Most bits the per-stream bitsets of received events may take together.
 const MAX_TRACKING_BITS: u64 = 1 << 31;
 
@@ -216,8 +219,8 @@ impl LoadFlags {
                     (false, true, None) | (true, true, None) => Pace::Pipeline,
                     (_, _, Some(_)) => return Err("--rate cannot go with --burst or --pipeline".into()),
                 };
-                if self.events == 0 {
-                    return Err("--events must be at least 1".into());
+                if !(1..=MAX_EVENTS).contains(&self.events) {
+                    return Err(format!("--events must be 1 to {MAX_EVENTS}"));
                 }
                 if !(MIN_BODY_BYTES..=1 << 20).contains(&self.body_size) {
                     return Err(format!("--body-size must be {MIN_BODY_BYTES} to 1048576"));
@@ -360,9 +363,11 @@ fn parse_args() -> Result<Command, String> {
     }
 }
 
-/// Whether the run saw what must never happen: an event lost, doubled or reordered on a held stream.
+/// Whether the run saw what must never happen: an event doubled or reordered on a held stream, or
+/// lost (events still in flight when `--duration` cut the run short are not counted as lost).
 fn found_faults(o: &load::Outcome) -> bool {
-    o.missing + o.duplicates + o.out_of_order + o.id_regressions + o.unexpected > 0
+    let missing = if o.timed_out { 0 } else { o.missing };
+    missing + o.duplicates + o.out_of_order + o.id_regressions + o.unexpected > 0
 }
 
 fn run() -> Result<ExitCode, String> {
@@ -389,6 +394,12 @@ fn run() -> Result<ExitCode, String> {
             }
             if found_faults(&outcome) {
                 return Ok(ExitCode::from(1));
+            }
+            if outcome.timed_out {
+                return Ok(ExitCode::from(3));
+            }
+            if outcome.held < outcome.connections {
+                return Ok(ExitCode::from(4));
             }
         }
     }

@@ -19,6 +19,9 @@ pub struct Sample {
     pub system_secs: f64,
     /// Time on CPU from the threads' `schedstat`, in seconds (nanosecond resolution), when available.
     pub sched_secs: Option<f64>,
+    /// Time runnable but waiting for a CPU (the second `schedstat` field), in seconds: when it grows
+    /// during a measurement, other work on the machine stretched the wall-clock figures.
+    pub wait_secs: Option<f64>,
 }
 
 impl Sample {
@@ -58,22 +61,36 @@ pub fn process_tree(pid: u32) -> io::Result<Vec<u32>> {
     Ok(tree)
 }
 
-/// Time on CPU of every live thread of `pid`, summed from `/proc/PID/task/*/schedstat` (the first
-/// field, in nanoseconds). Threads that already exited are missing, unlike in `utime`.
-fn sched_nanos(pid: u32) -> Option<u64> {
-    let mut total = 0;
+/// The first two fields of a `schedstat` file: nanoseconds on a CPU, and waiting on a run queue.
+fn schedstat(path: &str) -> Option<(u64, u64)> {
+    let text = fs::read_to_string(path).ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
+    Some((fields.next()??, fields.next()??))
+}
+
+/// Time on CPU and time waiting for one, of every live thread of `pid`, summed from
+/// `/proc/PID/task/*/schedstat`, in nanoseconds. Threads that already exited are missing, unlike in
+/// `utime`.
+fn sched_nanos(pid: u32) -> Option<(u64, u64)> {
+    let mut total = (0, 0);
     for task in fs::read_dir(format!("/proc/{pid}/task")).ok()? {
         let path = task.ok()?.path().join("schedstat");
-        let text = fs::read_to_string(path).ok()?;
-        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+        let (on, waiting) = schedstat(path.to_str()?)?;
+        total = (total.0 + on, total.1 + waiting);
     }
     Some(total)
+}
+
+/// The calling thread's time on CPU and waiting for one, in seconds.
+pub fn this_thread_sched() -> Option<(f64, f64)> {
+    let (on, waiting) = schedstat("/proc/thread-self/schedstat")?;
+    Some((on as f64 / 1e9, waiting as f64 / 1e9))
 }
 
 /// Samples the tree under `pid`. Fails if `pid` itself cannot be read (gone, or not ours to see).
 pub fn sample(pid: u32) -> io::Result<Sample> {
     let ticks = sys::clock_ticks_per_second() as f64;
-    let mut total = Sample { sched_secs: Some(0.0), ..Sample::default() };
+    let mut total = Sample { sched_secs: Some(0.0), wait_secs: Some(0.0), ..Sample::default() };
     for (n, member) in process_tree(pid)?.into_iter().enumerate() {
         let read = (|| -> io::Result<()> {
             let fields = stat_fields(member)?;
@@ -87,9 +104,11 @@ pub fn sample(pid: u32) -> io::Result<Sample> {
             total.user_secs += *fields.get(11).unwrap_or(&0) as f64 / ticks;
             total.system_secs += *fields.get(12).unwrap_or(&0) as f64 / ticks;
             let sched = sched_nanos(member);
-            total.sched_secs = match (total.sched_secs, sched) {
-                (Some(sum), Some(ns)) => Some(sum + ns as f64 / 1e9),
-                _ => None,
+            (total.sched_secs, total.wait_secs) = match (total.sched_secs, total.wait_secs, sched) {
+                (Some(on), Some(wait), Some((on_ns, wait_ns))) => {
+                    (Some(on + on_ns as f64 / 1e9), Some(wait + wait_ns as f64 / 1e9))
+                }
+                _ => (None, None),
             };
             total.processes += 1;
             Ok(())
@@ -113,5 +132,6 @@ mod tests {
         assert!(me.processes >= 1);
         assert!(me.rss_bytes > 0);
         assert!(process_tree(std::process::id()).unwrap().contains(&std::process::id()));
+        assert!(this_thread_sched().is_some_and(|(on, _)| on > 0.0));
     }
 }

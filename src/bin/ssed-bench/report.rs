@@ -113,6 +113,10 @@ struct Figures {
     cpu_s: Option<f64>,
     user_s: Option<f64>,
     sched_s: Option<f64>,
+    /// Time for one publish to reach every held stream, median and worst over events, in µs.
+    reach_all_us: [Option<f64>; 2],
+    /// Seconds the server waited for a CPU over the fan-out.
+    server_wait_s: Option<f64>,
 }
 
 impl Figures {
@@ -147,6 +151,11 @@ impl Figures {
             cpu_s: fanout.map(|(a, b)| b.cpu_secs() - a.cpu_secs()),
             user_s: fanout.map(|(a, b)| b.user_secs - a.user_secs),
             sched_s: fanout.and_then(|(a, b)| Some(b.sched_secs? - a.sched_secs?)),
+            server_wait_s: fanout.and_then(|(a, b)| Some(b.wait_secs? - a.wait_secs?)),
+            reach_all_us: [
+                o.reach_all_ns.get(o.reach_all_ns.len() / 2).map(|&ns| ns as f64 / 1e3),
+                o.reach_all_ns.last().map(|&ns| ns as f64 / 1e3),
+            ],
         }
     }
 
@@ -190,6 +199,9 @@ pub fn json(url: &str, o: &Outcome) -> String {
         .float("latency_p90_us", f.latency_us[1], 1)
         .float("latency_p99_us", f.latency_us[2], 1)
         .float("latency_max_us", f.latency_us[3], 1)
+        .float("reach_all_p50_us", f.reach_all_us[0], 1)
+        .float("reach_all_max_us", f.reach_all_us[1], 1)
+        .raw("events_reaching_some", o.reached_some)
         .float("fanout_s", (o.fanout_secs > 0.0).then_some(o.fanout_secs), 4)
         .float("deliveries_per_s", f.deliveries_per_s, 0)
         .float("server_cpu_s", f.cpu_s, 3)
@@ -198,6 +210,9 @@ pub fn json(url: &str, o: &Outcome) -> String {
         .float("server_cpu_s_per_million", f.per_million(f.cpu_s, o.deliveries), 3)
         .float("server_user_s_per_million", f.per_million(f.user_s, o.deliveries), 3)
         .float("server_sched_s_per_million", f.per_million(f.sched_s, o.deliveries), 3)
+        .float("server_wait_s", f.server_wait_s, 3)
+        .float("bench_cpu_s", o.bench_cpu_secs, 3)
+        .float("bench_wait_s", o.bench_wait_secs, 3)
         .raw("timed_out", o.timed_out)
         .float("run_s", Some(o.run_secs), 2);
     j.finish()
@@ -278,6 +293,16 @@ pub fn table(url: &str, o: &Outcome) -> String {
         let [p50, p90, p99, max] = f.latency_us;
         let _ =
             writeln!(t, "  latency       p50 {}, p90 {}, p99 {}, max {}", us(p50), us(p90), us(p99), us(max));
+        if !o.reach_all_ns.is_empty() {
+            let _ = writeln!(
+            t,
+            "  reach all     {} median, {} worst: one publish to its last held stream ({} events; {} reached only some)",
+            us(f.reach_all_us[0]),
+            us(f.reach_all_us[1]),
+            o.reach_all_ns.len(),
+            o.reached_some
+        );
+        }
         let _ = writeln!(
             t,
             "  throughput    {} deliveries/s (first publish to last delivery: {})",
@@ -297,8 +322,30 @@ pub fn table(url: &str, o: &Outcome) -> String {
             );
         }
     }
+    if let Some(bench) = o.bench_cpu_secs.filter(|_| o.deliveries > 0) {
+        let per_delivery = (o.deliveries > 0).then(|| bench * 1e6 / o.deliveries as f64);
+        let _ = writeln!(
+            t,
+            "  bench CPU     {bench:.2} s over the fan-out ({} per delivery); if it nears the fan-out's \
+             duration, the bench, not the server, set the latencies",
+            per_delivery.map_or("-".into(), |v| format!("{v:.2} µs"))
+        );
+    }
+    if f.server_wait_s.is_some() || o.bench_wait_secs.is_some() {
+        let _ = writeln!(
+            t,
+            "  CPU waits     server {}, bench {} runnable but waiting for a CPU over the fan-out: other \
+             work on the machine stretched the times above by about that much",
+            secs(f.server_wait_s, 3),
+            secs(o.bench_wait_secs, 3)
+        );
+    }
     if o.timed_out {
-        let _ = writeln!(t, "  stopped by --duration after {:.1} s", o.run_secs);
+        let _ = writeln!(
+            t,
+            "  stopped by --duration after {:.1} s: events still in flight then count as missing",
+            o.run_secs
+        );
     }
     t
 }
