@@ -6,6 +6,7 @@
 //! stored and answered at once, its subscribers only marked); fire due deadlines; then write once to
 //! every marked subscriber, so events published in the same turn leave in one vectored write.
 
+use std::collections::VecDeque;
 use std::io::{IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,11 +40,15 @@ mod streams;
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
 
-/// Descriptors kept back from `--max-connections` for the listener, epoll, the waker, logging and the
-/// connections that are accepted only to be told the server is full.
+/// Descriptors kept back from `--max-connections` for the listener, epoll, the waker and logging.
 const RESERVED_DESCRIPTORS: u64 = 64;
-/// Connections beyond `--max-connections` that may wait for their one answer at the same time.
-const OVERFLOW_CONNECTIONS: usize = 32;
+
+/// Connections beyond `--max-connections` that may wait at once for their one answer ("full, retry
+/// later"): about 1/64 of the descriptors, so a reconnect rush against a full server is mostly told
+/// when to come back rather than cut off, without costing much capacity.
+fn overflow_allowance(descriptors: u64) -> usize {
+    (descriptors / 64).clamp(32, 1024) as usize
+}
 /// How long accepting pauses after the process ran out of descriptors.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// How long a closing connection may keep reading the client's leftover bytes, so the final answer is
@@ -53,6 +58,10 @@ const LINGER: Duration = Duration::from_secs(2);
 const MAX_PENDING_RESPONSES: usize = 64 * 1024;
 /// Bytes one vectored write gathers at most.
 const MAX_WRITE_BYTES: usize = 256 * 1024;
+/// Streams written per loop turn before the loop polls again (without sleeping) for new requests.
+/// At ~8 µs per loopback write a slice is ~4 ms: publishes that arrive during a long fan-out are
+/// answered within that and coalesce into the writes still to come.
+const FANOUT_SLICE: usize = 512;
 /// Readiness events taken per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -67,6 +76,8 @@ pub struct Server {
     notifier: Option<Notifier>,
     log: Broadcast,
     store: Option<Store>,
+    /// Connections allowed beyond `max_connections` to receive their "full" answer.
+    overflow: usize,
 }
 
 /// How often `STATUS=` is refreshed for `systemctl status` when a notifier is set.
@@ -86,8 +97,11 @@ impl Server {
         config.validate()?;
         listener.set_nonblocking(true).map_err(|e| Error::io("making the listener non-blocking", e))?;
         let local_addr = listener.local_addr().map_err(|e| Error::io("reading the listener's address", e))?;
+        let mut overflow = overflow_allowance(config.max_connections as u64);
         if let Some(limit) = net::descriptor_limit() {
-            let usable = limit.saturating_sub(RESERVED_DESCRIPTORS + OVERFLOW_CONNECTIONS as u64).max(1);
+            let descriptors = limit.saturating_sub(RESERVED_DESCRIPTORS);
+            overflow = overflow_allowance(descriptors);
+            let usable = descriptors.saturating_sub(overflow as u64).max(1);
             if (config.max_connections as u64) > usable {
                 info!(
                     "max-connections lowered from {} to {usable} by the open-file limit {limit} (raise LimitNOFILE / ulimit -n)",
@@ -111,7 +125,18 @@ impl Server {
             shutdown: Arc::new(AtomicBool::new(false)),
             max_body: config.max_body,
         };
-        Ok(Server { config, poll, listener, local_addr, commands, mailbox, notifier: None, log, store })
+        Ok(Server {
+            config,
+            poll,
+            listener,
+            local_addr,
+            commands,
+            mailbox,
+            notifier: None,
+            log,
+            store,
+            overflow,
+        })
     }
 
     /// Reports to a service manager through `notifier`: `READY=1` once the loop runs, `STATUS=` with
@@ -148,12 +173,14 @@ impl Server {
     /// connections are answered on them and logged.
     pub fn run(self) -> Result<(), Error> {
         let now = Instant::now();
-        let Server { config, poll, listener, local_addr, commands, mailbox, notifier, log, store } = self;
+        let Server { config, poll, listener, local_addr, commands, mailbox, notifier, log, store, overflow } =
+            self;
         info!("ssed listening on {local_addr}");
         let mut event_loop = Loop {
             log,
             store,
             pending_acks: Vec::new(),
+            overflow,
             config,
             poll,
             listener: Some(listener),
@@ -161,7 +188,7 @@ impl Server {
             registry: Registry::new(),
             timers: crate::timer::Timers::new(),
             metrics: Metrics::default(),
-            dirty: Vec::new(),
+            dirty: VecDeque::new(),
             subscribers: 0,
             commands,
             shutdown: mailbox.shutdown.clone(),
@@ -348,6 +375,8 @@ struct Loop {
     store: Option<Store>,
     /// Publishes of this turn waiting for the commit.
     pending_acks: Vec<Ack>,
+    /// Connections allowed beyond `max_connections` to receive their "full" answer.
+    overflow: usize,
     poll: Poll,
     listener: Option<TcpListener>,
     conns: Slab<Conn>,
@@ -356,7 +385,7 @@ struct Loop {
     timers: crate::timer::Timers,
     metrics: Metrics,
     /// Streams with something new to write this turn.
-    dirty: Vec<Key>,
+    dirty: VecDeque<Key>,
     subscribers: usize,
     commands: mpsc::Receiver<Command>,
     shutdown: Arc<AtomicBool>,
@@ -461,7 +490,7 @@ impl Loop {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.pending_acks.is_empty() {
+        if !self.pending_acks.is_empty() || !self.dirty.is_empty() {
             // Answers released by the last commit let buffered requests run, and their publishes
             // wait for a commit of their own: take another turn at once.
             return Some(Duration::ZERO);

@@ -41,7 +41,7 @@ impl Loop {
                 if let Some(conn) = self.conns.get_mut(sub) {
                     if !conn.dirty {
                         conn.dirty = true;
-                        self.dirty.push(sub);
+                        self.dirty.push_back(sub);
                     }
                 }
             }

@@ -22,7 +22,7 @@ impl Loop {
                 }
             };
             let over_capacity = self.conns.len() >= self.config.max_connections;
-            if over_capacity && self.conns.len() >= self.config.max_connections + OVERFLOW_CONNECTIONS {
+            if over_capacity && self.conns.len() >= self.config.max_connections + self.overflow {
                 self.metrics.connections_rejected += 1;
                 debug!("peer={peer} refused: over --max-connections with no room to answer");
                 continue; // dropping the stream closes it

@@ -39,7 +39,7 @@ impl Loop {
         self.subscribers += 1;
         if !conn.dirty {
             conn.dirty = true;
-            self.dirty.push(key);
+            self.dirty.push_back(key);
         }
         debug!("conn={} subscribed to {:?} from {:?}", key.slot, subscribe.topics, subscribe.last_event_id);
     }
@@ -76,9 +76,16 @@ impl Loop {
         }
     }
 
+    /// Writes to the next `FANOUT_SLICE` marked streams; the rest wait for the next turn, which
+    /// polls without sleeping.
+    ///
+    /// Slicing the walk is what makes a backlog coalesce: a publish that arrives while a fan-out is
+    /// under way is stored at the next turn, and the streams not yet written take both events in one
+    /// write; publishers and new subscribers are also served between slices instead of after the
+    /// whole walk.
     pub(super) fn flush_dirty(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for &key in &dirty {
+        for _ in 0..FANOUT_SLICE {
+            let Some(key) = self.dirty.pop_front() else { return };
             let Some(conn) = self.conns.get_mut(key) else { continue };
             conn.dirty = false;
             if conn.blocked {
@@ -88,9 +95,6 @@ impl Loop {
                 self.flush(key);
             }
         }
-        // Keep the allocation for the next turn.
-        self.dirty = dirty;
-        self.dirty.clear();
     }
 
     /// Closes a stream whose socket is full and whose backlog passed `--max-lag` or left the history.
