@@ -180,6 +180,7 @@ impl Server {
             log,
             store,
             pending_acks: Vec::new(),
+            held_lists: Vec::new(),
             overflow,
             config,
             poll,
@@ -375,6 +376,8 @@ struct Loop {
     store: Option<Store>,
     /// Publishes of this turn waiting for the commit.
     pending_acks: Vec<Ack>,
+    /// Subscriber lists of the events held for the commit, marked once it lands.
+    held_lists: Vec<List>,
     /// Connections allowed beyond `max_connections` to receive their "full" answer.
     overflow: usize,
     poll: Poll,

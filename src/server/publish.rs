@@ -4,6 +4,10 @@ use super::*;
 
 impl Loop {
     /// Stores an event and marks the streams of its topics; they are written at the end of the turn.
+    ///
+    /// With a syncing durable history the event is held until the turn's commit, and so is the
+    /// marking: a stream written before the commit could not see the event, and must be marked again
+    /// when it becomes visible.
     pub(super) fn publish(&mut self, publish: &Publish) -> Result<broadcast::EventId, Refusal> {
         let topics: Vec<&str> = publish.topics.iter().map(String::as_str).collect();
         let event = NewEvent {
@@ -14,6 +18,7 @@ impl Loop {
         };
         let id = self.log.next_id(wall_micros());
         let encoded = self.log.encode(&event, id).map_err(|_| Refusal::EventTooLarge)?;
+        let mut held = false;
         if let Some(store) = &mut self.store {
             let record = Record {
                 id,
@@ -30,24 +35,39 @@ impl Loop {
                 // Subscribers see it only once it is on disk: a crash must not leave delivered
                 // events that a restart does not know.
                 self.log.hold();
+                held = true;
             }
         }
         let id = encoded.id();
         let topic_ids = self.log.insert(&topics, encoded);
         self.metrics.events_published += 1;
-        let lists = topic_ids.iter().map(|&t| List::Topic(t)).chain(std::iter::once(List::All));
-        for list in lists {
-            for &sub in self.registry.subscribers(list) {
-                if let Some(conn) = self.conns.get_mut(sub) {
-                    if !conn.dirty {
-                        conn.dirty = true;
-                        self.dirty.push_back(sub);
-                    }
+        let lists: Vec<List> =
+            topic_ids.iter().map(|&t| List::Topic(t)).chain(std::iter::once(List::All)).collect();
+        if held {
+            for list in lists {
+                if !self.held_lists.contains(&list) {
+                    self.held_lists.push(list);
                 }
+            }
+        } else {
+            for list in lists {
+                self.mark_list(list);
             }
         }
         trace!("published {id} to {topics:?}");
         Ok(id)
+    }
+
+    /// Marks every stream on `list` to be written at the end of the turn.
+    fn mark_list(&mut self, list: List) {
+        for &sub in self.registry.subscribers(list) {
+            if let Some(conn) = self.conns.get_mut(sub) {
+                if !conn.dirty {
+                    conn.dirty = true;
+                    self.dirty.push_back(sub);
+                }
+            }
+        }
     }
 
     pub(super) fn handle_commands(&mut self) {
@@ -96,6 +116,9 @@ impl Loop {
         match result {
             Ok(()) => {
                 self.log.commit();
+                for list in std::mem::take(&mut self.held_lists) {
+                    self.mark_list(list);
+                }
                 for ack in acks {
                     match ack {
                         Ack::Http { key, .. } => {
@@ -118,6 +141,7 @@ impl Loop {
             Err(e) => {
                 error!("syncing the history failed: {e}; this turn's {} events are dropped", acks.len());
                 self.log.rollback();
+                self.held_lists.clear();
                 let refusal = Refusal::Storage(format!("event not stored: syncing the history failed: {e}"));
                 for ack in acks {
                     match ack {

@@ -71,6 +71,7 @@ fn pipelined_publishes_past_the_answer_buffer_with_a_durable_history() {
     let _ = std::fs::remove_dir_all(&dir);
     let config = Config { data_dir: Some(dir.clone()), ..Config::default() };
     let server = TestServer::start(config);
+    let mut sub = Subscriber::open(&server, "/events?topic=t", "");
     let mut stream = server.connect();
     let count = 2_000;
     // Long-ish answers (a CORS origin is not needed: ids alone are ~17 bytes) times 2,000 > 64 KiB.
@@ -91,6 +92,13 @@ fn pipelined_publishes_past_the_answer_buffer_with_a_durable_history() {
         seen = text.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
     }
     writer.join().unwrap();
+    // Every acknowledged event reaches the subscriber, including those published in the turns that
+    // the commits' released answers started.
+    for i in 0..count {
+        let event =
+            sub.next_event_within(DEADLINE).unwrap_or_else(|| panic!("event {i} of {count} never came"));
+        assert_eq!(event.data, "x");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
