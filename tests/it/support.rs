@@ -53,10 +53,20 @@ impl TestServer {
 }
 
 impl Drop for TestServer {
+    /// Stops the server; waits for it at most [`DEADLINE`], so a server that fails to stop fails
+    /// (or at worst leaks) one test instead of hanging the whole run.
     fn drop(&mut self) {
         self.shutdown.shutdown();
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            let deadline = Instant::now() + DEADLINE;
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else if !std::thread::panicking() {
+                panic!("the server did not stop within {DEADLINE:?} of shutdown()");
+            }
         }
     }
 }

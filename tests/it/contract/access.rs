@@ -124,6 +124,21 @@ fn cors_for_a_listed_origin() {
 }
 
 #[test]
+fn cors_preflight_needs_no_token() {
+    // Browsers send the preflight without credentials, whatever the request after it carries.
+    let origin = "https://app.example";
+    let config = Config { cors_origins: vec![origin.into()], ..tokens_config() };
+    let server = TestServer::start(config);
+    let response = preflight(&server, origin);
+    assert_eq!(response.status, 204, "{response:?}");
+    assert_eq!(response.header("access-control-allow-origin"), Some(origin), "{response:?}");
+    // The refusal of a tokenless subscribe still carries CORS, so the page can read the 401.
+    let refused = get(&server, "/events?topic=t", &format!("Origin: {origin}\r\n"));
+    assert_unauthorized(&refused, "subscribe without a token");
+    assert_eq!(refused.header("access-control-allow-origin"), Some(origin), "{refused:?}");
+}
+
+#[test]
 fn cors_wildcard_allows_any_origin_without_credentials() {
     let server = TestServer::start(Config { cors_origins: vec!["*".into()], ..quiet_config() });
     let response = preflight(&server, "https://anyone.example");

@@ -198,6 +198,20 @@ fn multi_topic_stream_merges_in_id_order_once_each() {
 }
 
 #[test]
+fn repeated_topic_counts_once() {
+    let server = TestServer::start(quiet_config());
+    let mut sub = Subscriber::open(&server, "/events?topic=a&topic=a", "");
+    let first = publish(&server, "topic=a&topic=a", "first");
+    let second = server.publisher.publish(Event::new("second").topic("a").topic("a")).unwrap().get();
+    let end = publish(&server, "topic=a", "end");
+    let expected = pairs(&[first, second, end], &["first", "second", "end"]);
+    assert_eq!(next_events(&mut sub, 3), expected);
+    let mut resumed =
+        Subscriber::open(&server, "/events?topic=a&topic=a", &format!("Last-Event-ID: {first}\r\n"));
+    assert_eq!(next_events(&mut resumed, 2), expected[1..]);
+}
+
+#[test]
 fn stream_without_topic_gets_every_topic() {
     let server = TestServer::start(quiet_config());
     let mut sub = Subscriber::open(&server, "/events", "");
