@@ -82,12 +82,27 @@ pub struct RequestReader {
     /// No request has completed yet: a new connection owes its first head within the header timeout,
     /// even before its first byte (contract: "Errors").
     fresh: bool,
+    /// `input[..head_lines]` ends at the last LF found so far (0: none), and `input[..head_searched]`
+    /// has been searched for one; both restart at 0 whenever `input` loses its front.
+    head_lines: usize,
+    head_searched: usize,
 }
+
+/// The first bytes of a head are parsed on every read, complete line or not, so garbage (a TLS
+/// handshake, a mistyped method) is refused at once; past them, only complete lines are parsed.
+const EAGER_HEAD_BYTES: usize = 256;
 
 impl RequestReader {
     /// A reader for a connection opened at `now`.
     pub fn new(now: Instant) -> Self {
-        RequestReader { input: Vec::new(), body: None, since: now, fresh: true }
+        RequestReader {
+            input: Vec::new(),
+            body: None,
+            since: now,
+            fresh: true,
+            head_lines: 0,
+            head_searched: 0,
+        }
     }
 
     /// Whether the reader is between requests or inside one.
@@ -130,16 +145,18 @@ impl RequestReader {
         if self.body.is_some() {
             return self.poll_body(now);
         }
-        let (head, used) = match request::parse_head(&self.input) {
+        let (head, used) = match self.parse_head() {
             Ok(None) => return None,
             Ok(Some(parsed)) => parsed,
             Err(e) => {
                 self.input.clear();
+                (self.head_lines, self.head_searched) = (0, 0);
                 let meta = Meta { keep_alive: false, http10: false, head_only: false, origin: None };
                 return Some(Incoming::Refused(meta, e.into()));
             }
         };
         self.input.drain(..used);
+        (self.head_lines, self.head_searched) = (0, 0);
         let meta = meta_of(&head);
         let has_body = head.body != BodyFraming::None;
         let route = match route::route(&head, config) {
@@ -167,6 +184,31 @@ impl RequestReader {
         }
         self.finish(now);
         Some(Incoming::Request(meta, action))
+    }
+
+    /// Parses the head at the front of `input`, but only the bytes that can change the answer: the
+    /// first [`EAGER_HEAD_BYTES`], then whole lines (a head ends at an LF). A head sent a byte per read
+    /// is so parsed once per line instead of once per byte (quadratic in its length), and the answer
+    /// depends only on the bytes, never on how they were split into reads.
+    fn parse_head(&mut self) -> Result<Option<(Head, usize)>, request::HeadError> {
+        if self.input.len() > request::MAX_HEAD_BYTES {
+            // Past the cap every byte a head may take is parsed: `431` unless they hold a head, `400`
+            // for a bad byte among them, whichever line it is on.
+            return request::parse_head(&self.input);
+        }
+        let from = self.head_searched.min(self.input.len());
+        let lines = match self.input[from..].iter().rposition(|&b| b == b'\n') {
+            Some(at) => from + at + 1,
+            None => self.head_lines.min(from),
+        };
+        let seen_before = self.head_lines.min(from).max(from.min(EAGER_HEAD_BYTES));
+        let seen = lines.max(self.input.len().min(EAGER_HEAD_BYTES));
+        (self.head_lines, self.head_searched) = (lines, self.input.len());
+        if from > 0 && seen == seen_before {
+            // The same bytes as last time, which were not yet a head.
+            return Ok(None);
+        }
+        request::parse_head(&self.input[..seen])
     }
 
     fn start_body(

@@ -101,7 +101,9 @@ impl fmt::Display for HeadError {
 pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    let used = match request.parse(buf) {
+    // Only the bytes a head may take are parsed, and one more to tell a head at the cap from a longer
+    // one: an oversized head is `431` whatever follows, however the bytes were split into reads.
+    let used = match request.parse(&buf[..buf.len().min(MAX_HEAD_BYTES + 1)]) {
         Ok(httparse::Status::Complete(used)) => used,
         Ok(httparse::Status::Partial) => {
             if buf.len() > MAX_HEAD_BYTES {
@@ -348,6 +350,15 @@ mod tests {
         assert_eq!(parse_head(big.as_bytes()), Err(HeadError::TooLarge));
         let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: 1\r\n")).collect();
         assert_eq!(parse_head(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn an_oversized_head_is_431_whatever_follows() {
+        // A bad byte past the cap: before, 400 when it arrived in the same read as the cap, else 431.
+        let mut raw = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD_BYTES)).into_bytes();
+        raw.extend_from_slice(b"\x01\r\n\r\n");
+        assert_eq!(parse_head(&raw), Err(HeadError::TooLarge));
+        assert_eq!(parse_head(&raw[..MAX_HEAD_BYTES + 1]), Err(HeadError::TooLarge));
     }
 
     #[test]
