@@ -7,5 +7,6 @@ mod support;
 mod contract;
 mod durable;
 mod external;
+mod fuzz_regressions;
 mod regressions;
 mod service;
