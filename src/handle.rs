@@ -52,6 +52,9 @@ impl Event {
         if self.topics.is_empty() {
             return Err(Error::invalid_event("an event needs at least one topic"));
         }
+        if self.topics.len() > topic::MAX_TOPICS {
+            return Err(Error::invalid_event(format!("too many topics: at most {}", topic::MAX_TOPICS)));
+        }
         for name in &self.topics {
             topic::validate(name.as_bytes()).map_err(|e| Error::invalid_event(e.to_string()))?;
         }

@@ -5,6 +5,14 @@ use std::fmt;
 /// Longest topic name accepted, in bytes (contract: "Topics, ids, events").
 pub const MAX_TOPIC_BYTES: usize = 128;
 
+/// Most topics one request may name, for a stream or for an event; more get `400`.
+///
+/// Every topic named costs an index entry for as long as the stream or the event lives (a few
+/// hundred bytes for a name not seen before), none of it counted by `--history-bytes`. Uncapped, a
+/// 16 KiB request head held about 280 KiB per connection and a 64 KiB form about 150 KiB per stored
+/// event; capped, a stream costs at most a few KiB more than one topic does.
+pub const MAX_TOPICS: usize = 64;
+
 /// Why a topic name was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicError {

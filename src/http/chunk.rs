@@ -40,8 +40,9 @@ enum State {
     Data { remaining: usize },
     /// Expecting the CRLF that closes a chunk's payload.
     DataEnd,
-    /// After the last chunk: reading trailer lines until an empty one.
-    Trailer { line_len: usize },
+    /// After the last chunk: reading trailer lines until an empty one. `line_len` counts the bytes
+    /// of the current line before its LF; `lone_cr` says they are exactly one CR.
+    Trailer { line_len: usize, lone_cr: bool },
     /// The body is complete.
     Done,
 }
@@ -85,12 +86,16 @@ impl ChunkedDecoder {
                         let size_text = line.split(|&b| b == b';').next().unwrap_or(&[]);
                         let size_text = std::str::from_utf8(size_text).map_err(|_| ChunkError::Malformed)?;
                         let size_text = size_text.trim_end_matches([' ', '\t']);
-                        if size_text.is_empty() || size_text.len() > 16 {
+                        // `from_str_radix` would also take a leading `+`: chunk-size is 1*HEXDIG.
+                        if size_text.is_empty()
+                            || size_text.len() > 16
+                            || !size_text.bytes().all(|b| b.is_ascii_hexdigit())
+                        {
                             return Err(ChunkError::Malformed);
                         }
                         let size = usize::from_str_radix(size_text, 16).map_err(|_| ChunkError::Malformed)?;
                         if size == 0 {
-                            self.state = State::Trailer { line_len: 0 };
+                            self.state = State::Trailer { line_len: 0, lone_cr: false };
                         } else {
                             if body.len().saturating_add(size) > self.limit {
                                 return Err(ChunkError::TooLarge);
@@ -125,21 +130,23 @@ impl ChunkedDecoder {
                         self.state = State::Size;
                     }
                 }
-                State::Trailer { line_len } => {
+                State::Trailer { line_len, lone_cr } => {
                     let byte = input[at];
                     at += 1;
                     if byte == b'\n' {
-                        // An empty line (only the CR before LF, or nothing) ends the trailer section.
-                        if line_len <= 1 {
+                        // Only an empty line (CRLF, or a bare LF) ends the trailer section; any other
+                        // line, one byte long or not, is a field to skip.
+                        if line_len == 0 || lone_cr {
                             self.state = State::Done;
                             return Ok(at);
                         }
-                        self.state = State::Trailer { line_len: 0 };
+                        self.state = State::Trailer { line_len: 0, lone_cr: false };
                     } else {
                         if line_len >= MAX_LINE {
                             return Err(ChunkError::Malformed);
                         }
-                        self.state = State::Trailer { line_len: line_len + 1 };
+                        let lone_cr = line_len == 0 && byte == b'\r';
+                        self.state = State::Trailer { line_len: line_len + 1, lone_cr };
                     }
                 }
                 State::Done => return Ok(at),
@@ -192,9 +199,20 @@ mod tests {
     }
 
     #[test]
+    fn only_an_empty_line_ends_the_trailers() {
+        // A one-byte trailer line with a bare LF is a field, not the end (it once was).
+        let input = b"5\r\nhello\r\n0\r\nX\nGET /metrics HTTP/1.1\r\n\r\nNEXT";
+        let (body, used) = decode_all(input, 100).unwrap();
+        assert_eq!((body.as_slice(), &input[used..]), (&b"hello"[..], &b"NEXT"[..]));
+        assert_eq!(decode_bytewise(input, 100).unwrap(), b"hello");
+        assert_eq!(decode_all(b"0\r\n\nNEXT", 100).unwrap().1, 4, "a bare LF is an empty line too");
+    }
+
+    #[test]
     fn refuses_malformed_framing() {
         for input in [
-            &b"x\r\nhello\r\n"[..],
+            &b"+5\r\nhello\r\n0\r\n\r\n"[..],
+            b"x\r\nhello\r\n",
             b"5\r\nhelloXX0\r\n\r\n",
             b"5\nhello\r\n",
             b"\r\n",

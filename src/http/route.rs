@@ -135,15 +135,22 @@ pub fn token_matches(offered: &str, expected: &str) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+/// Validates a topic and adds it, up to [`topic::MAX_TOPICS`] per request.
+fn push_topic(topics: &mut Vec<String>, name: String) -> Result<(), RouteError> {
+    topic::validate(name.as_bytes())?;
+    if topics.len() == topic::MAX_TOPICS {
+        return Err(RouteError::BadRequest(format!("too many topics: at most {}", topic::MAX_TOPICS)));
+    }
+    topics.push(name);
+    Ok(())
+}
+
 fn subscribe(head: &Head) -> Result<Route, RouteError> {
     let mut topics = Vec::new();
     let mut query_last = None;
     for (key, value) in query_pairs(&head.query)? {
         match key.as_str() {
-            "topic" => {
-                topic::validate(value.as_bytes())?;
-                topics.push(value);
-            }
+            "topic" => push_topic(&mut topics, value)?,
             "lastEventId" | "lastEventID" => query_last = Some(value),
             _ => {}
         }
@@ -160,10 +167,7 @@ fn publish_target(head: &Head) -> Result<Route, RouteError> {
     let mut target = PublishTarget { topics: Vec::new(), event_type: None };
     for (key, value) in query_pairs(&head.query)? {
         match key.as_str() {
-            "topic" => {
-                topic::validate(value.as_bytes())?;
-                target.topics.push(value);
-            }
+            "topic" => push_topic(&mut target.topics, value)?,
             "event" | "type" => {
                 sse::validate_event_type(value.as_bytes())
                     .map_err(|e| RouteError::BadRequest(e.to_string()))?;
@@ -189,10 +193,7 @@ pub fn publish_body(target: PublishTarget, body: Vec<u8>) -> Result<Publish, Rou
     let body = std::str::from_utf8(&body).map_err(|_| RouteError::BadRequest("form is not UTF-8".into()))?;
     for (key, value) in form_pairs(body, true)? {
         match key.as_str() {
-            "topic" => {
-                topic::validate(value.as_bytes())?;
-                publish.topics.push(value);
-            }
+            "topic" => push_topic(&mut publish.topics, value)?,
             "data" => publish.data = value,
             "type" => {
                 sse::validate_event_type(value.as_bytes())
@@ -323,6 +324,22 @@ mod tests {
             let raw = format!("GET /events?{query} HTTP/1.1\r\n\r\n");
             assert!(matches!(route_raw(&raw, &config), Err(RouteError::BadRequest(_))), "{query}");
         }
+    }
+
+    #[test]
+    fn topics_per_request_are_capped() {
+        let config = Config::default();
+        let query = |n: usize| (0..n).map(|i| format!("topic=t{i}")).collect::<Vec<_>>().join("&");
+        let at_cap = query(topic::MAX_TOPICS);
+        let over = query(topic::MAX_TOPICS + 1);
+        assert!(route_raw(&format!("GET /events?{at_cap} HTTP/1.1\r\n\r\n"), &config).is_ok());
+        let refused = route_raw(&format!("GET /events?{over} HTTP/1.1\r\n\r\n"), &config);
+        assert!(matches!(refused, Err(RouteError::BadRequest(_))), "{refused:?}");
+        let refused = route_raw(&format!("POST /events?{over} HTTP/1.1\r\n\r\n"), &config);
+        assert!(matches!(refused, Err(RouteError::BadRequest(_))), "{refused:?}");
+        let target = PublishTarget { topics: Vec::new(), event_type: None };
+        assert!(publish_body(target.clone(), at_cap.into_bytes()).is_ok());
+        assert!(matches!(publish_body(target, over.into_bytes()), Err(RouteError::BadRequest(_))));
     }
 
     #[test]
