@@ -35,7 +35,7 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Build it with [`Config::default`] and change the fields you need; [`Server`](crate::Server) checks it
 /// with [`Config::validate`] before binding, so a bad combination is refused at start, not at the
 /// first client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Config {
     /// Address to bind when no listener is handed over.
     pub listen: SocketAddr,
@@ -73,6 +73,33 @@ pub struct Config {
     pub fsync: Fsync,
     /// When non-zero, events older than this leave the history (and the disk).
     pub history_age: Duration,
+}
+
+/// Tokens are shown as `<redacted>`, so a program that logs its configuration does not leak them.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |token: &Option<String>| token.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("history", &self.history)
+            .field("history_bytes", &self.history_bytes)
+            .field("heartbeat", &self.heartbeat)
+            .field("retry", &self.retry)
+            .field("max_connections", &self.max_connections)
+            .field("max_body", &self.max_body)
+            .field("max_lag", &self.max_lag)
+            .field("header_timeout", &self.header_timeout)
+            .field("keep_alive_timeout", &self.keep_alive_timeout)
+            .field("publish_token", &redact(&self.publish_token))
+            .field("subscribe_token", &redact(&self.subscribe_token))
+            .field("cors_origins", &self.cors_origins)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("data_dir", &self.data_dir)
+            .field("fsync", &self.fsync)
+            .field("history_age", &self.history_age)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -166,6 +193,18 @@ mod tests {
         let err = config.validate().unwrap_err();
         assert!(err.to_string().contains("--max-lag"), "{err}");
         Config { max_body: 1000, max_lag: 2000, ..Config::default() }.validate().unwrap();
+    }
+
+    #[test]
+    fn debug_output_hides_tokens() {
+        let config = Config {
+            publish_token: Some("s3cret-p".into()),
+            subscribe_token: Some("s3cret-s".into()),
+            ..Config::default()
+        };
+        let text = format!("{config:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("<redacted>"), "{text}");
     }
 
     #[test]

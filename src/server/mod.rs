@@ -49,6 +49,8 @@ const RESERVED_DESCRIPTORS: u64 = 64;
 fn overflow_allowance(descriptors: u64) -> usize {
     (descriptors / 64).clamp(32, 1024) as usize
 }
+/// How often running out of descriptors is reported while it lasts.
+const EXHAUSTION_REPORT: Duration = Duration::from_secs(10);
 /// How long accepting pauses after the process ran out of descriptors.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// How long a closing connection may keep reading the client's leftover bytes, so the final answer is
@@ -195,6 +197,8 @@ impl Server {
             shutdown: mailbox.shutdown.clone(),
             stopping_by: None,
             accept_paused_until: None,
+            exhaustion_reported: None,
+            exhausted_accepts: 0,
             scratch: vec![0; 64 * 1024],
             rng: Rng::seeded(),
             now,
@@ -395,6 +399,9 @@ struct Loop {
     /// Set when a graceful shutdown has begun: the deadline for flushing.
     stopping_by: Option<Instant>,
     accept_paused_until: Option<Instant>,
+    /// When running out of descriptors was last reported, and how often it happened since.
+    exhaustion_reported: Option<Instant>,
+    exhausted_accepts: u64,
     /// One read buffer for every connection: connections keep only what they have not parsed yet.
     scratch: Vec<u8>,
     rng: Rng,

@@ -11,7 +11,17 @@ impl Loop {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if net::is_resource_exhaustion(&e) => {
-                    warn!("accept failed: {e}; pausing new connections for {ACCEPT_PAUSE:?}");
+                    // Said once, then every EXHAUSTION_REPORT with a count: not every 100 ms.
+                    self.exhausted_accepts += 1;
+                    if self.exhaustion_reported.map_or(true, |t| self.now >= t + EXHAUSTION_REPORT) {
+                        warn!(
+                            "accept failed: {e} ({} times since the last report); pausing new connections for \
+                             {ACCEPT_PAUSE:?} at a time (raise LimitNOFILE / ulimit -n, or lower --max-connections)",
+                            self.exhausted_accepts
+                        );
+                        self.exhaustion_reported = Some(self.now);
+                        self.exhausted_accepts = 0;
+                    }
                     self.accept_paused_until = Some(self.now + ACCEPT_PAUSE);
                     return;
                 }
