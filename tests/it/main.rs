@@ -4,9 +4,12 @@
 mod child;
 mod support;
 
+mod abuse;
 mod contract;
 mod durable;
 mod external;
 mod fuzz_regressions;
+mod injection;
 mod regressions;
 mod service;
+mod soak;

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,9 +21,12 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts a server with `config` (its `listen` is ignored: the server gets a fresh loopback port).
+    ///
+    /// `Server::bind` asks for the large listen backlog (std's `TcpListener::bind` asks for 128, and
+    /// a burst of connects past it waits out one-second SYN retransmits).
     pub fn start(config: Config) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let server = Server::from_listener(config, listener).expect("server starts");
+        let config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..config };
+        let server = Server::bind(config).expect("server starts");
         let addr = server.local_addr();
         let publisher = server.publisher();
         let shutdown = server.shutdown_handle();

@@ -1,0 +1,91 @@
+//! Amplification: a request may not make the server hold much more memory than it sent, for longer
+//! than it is answered; in particular the per-topic index must not escape the history's byte cap.
+
+use std::net::TcpStream;
+
+use super::*;
+use crate::support::read_head;
+
+const MIB: u64 = 1024 * 1024;
+
+/// A form naming `topics` distinct topics, as many as fit in one 64 KiB body.
+fn many_topics_form(topics: usize) -> String {
+    let fields: Vec<String> = (0..topics).map(|i| format!("topic=t{i}")).collect();
+    format!("{}&data=x", fields.join("&"))
+}
+
+/// Events that each name thousands of topics (one 64 KiB form apiece) must not grow the server past
+/// what `--history-bytes` allows, however few wire bytes they carry: 300 of them, accepted or
+/// refused, may add at most `2 × 4 MiB + 8 MiB` of RSS with a 4 MiB history.
+///
+/// Without a cap on topics per event this grew by about 50 MiB (an index entry per topic per stored
+/// event, none of it counted as history bytes), and would grow by about 1.5 GiB before the default
+/// 10000-event history started to evict.
+#[test]
+fn events_naming_thousands_of_topics_stay_within_the_history_bound() {
+    let _alone = exclusive();
+    let server = Child::start(&["--history-bytes", &(4 * MIB).to_string(), "--heartbeat", "0"]);
+    let addr = server.addr;
+    let body = many_topics_form(5400);
+    assert!(body.len() <= 64 * 1024);
+    let rss_start = server.rss_kib();
+    let mut stream = connect(addr);
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..300 {
+        let request = format!(
+            "POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let response = crate::support::read_response(&mut stream);
+        match response.status {
+            200 => accepted += 1,
+            400 => {
+                refused += 1;
+                stream = connect(addr);
+            }
+            other => panic!("a many-topic publish answered {other}: {response:?}"),
+        }
+    }
+    let growth = server.rss_kib().saturating_sub(rss_start);
+    let history = metric_at(addr, "ssed_history_bytes").unwrap();
+    println!(
+        "many-topic events: {accepted} accepted, {refused} refused; RSS grew {growth} KiB, history bytes {history}"
+    );
+    let bound = (2 * 4 * MIB + 8 * MIB) / 1024;
+    assert!(growth < bound, "RSS grew {growth} KiB with a 4 MiB history (bound {bound} KiB)");
+}
+
+/// A subscription costs the server little more than the request that made it: 200 streams whose
+/// 14 KiB heads name 1100 new topics each may add at most 32 KiB of RSS apiece (a stream of one
+/// topic costs about 1 KiB). Uncapped, each cost about 280 KiB: at the default descriptor-derived
+/// `--max-connections` of about 20000, some 5.5 GiB for a few hundred KiB/s of requests.
+#[test]
+fn a_subscription_naming_many_topics_costs_little_per_connection() {
+    let _alone = exclusive();
+    let server = Child::start(&["--heartbeat", "0"]);
+    let addr = server.addr;
+    let rss_start = server.rss_kib();
+    let mut held: Vec<TcpStream> = Vec::new();
+    let mut refused = 0;
+    for c in 0..200 {
+        let query: Vec<String> = (0..1100).map(|i| format!("topic={c:x}.{i:x}")).collect();
+        let mut stream = connect(addr);
+        let request = format!("GET /events?{} HTTP/1.1\r\nHost: t\r\n\r\n", query.join("&"));
+        assert!(request.len() < 16 * 1024);
+        stream.write_all(request.as_bytes()).unwrap();
+        match read_head(&mut stream).0.status {
+            200 => held.push(stream),
+            400 => refused += 1,
+            other => panic!("a many-topic subscribe answered {other}"),
+        }
+    }
+    let growth = server.rss_kib().saturating_sub(rss_start);
+    println!(
+        "many-topic subscriptions: {} held, {refused} refused; RSS grew {growth} KiB, {} KiB per request",
+        held.len(),
+        growth / 200
+    );
+    assert!(growth / 200 < 32, "each many-topic subscription holds {} KiB", growth / 200);
+}
