@@ -49,6 +49,11 @@ fn every_pipelined_request_is_answered_even_past_the_answer_buffer() {
     let count = 600;
     let request = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(count);
     stream.write_all(request.as_bytes()).unwrap();
+    read_ok_answers(&mut stream, count);
+}
+
+/// Reads until `count` `200 OK` answers have arrived, failing at the deadline or an early close.
+fn read_ok_answers(stream: &mut std::net::TcpStream, count: usize) {
     let mut seen = 0;
     let mut buf = vec![0u8; 1 << 16];
     let mut text = Vec::new();
@@ -80,17 +85,7 @@ fn pipelined_publishes_past_the_answer_buffer_with_a_durable_history() {
         let mut stream = stream.try_clone().unwrap();
         std::thread::spawn(move || stream.write_all(request.as_bytes()).unwrap())
     };
-    let mut text = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let deadline = Instant::now() + DEADLINE;
-    let mut seen = 0;
-    while seen < count {
-        assert!(Instant::now() < deadline, "only {seen} of {count} answers arrived");
-        let n = stream.read(&mut buf).expect("answers keep coming");
-        assert!(n > 0, "the server closed after {seen} answers");
-        text.extend_from_slice(&buf[..n]);
-        seen = text.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
-    }
+    read_ok_answers(&mut stream, count);
     writer.join().unwrap();
     // Every acknowledged event reaches the subscriber, including those published in the turns that
     // the commits' released answers started.

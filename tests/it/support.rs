@@ -142,21 +142,27 @@ pub fn read_head(stream: &mut TcpStream) -> (Response, Vec<u8>) {
     let mut buf = Vec::new();
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8(buf[..end].to_vec()).expect("ASCII head");
-            let mut lines = head.split("\r\n");
-            let status_line = lines.next().unwrap();
-            let status = status_line.split(' ').nth(1).expect("status code").parse().expect("numeric status");
-            let headers = lines
-                .map(|l| {
-                    let (n, v) = l.split_once(':').expect("header line has a colon");
-                    (n.trim().to_string(), v.trim().to_string())
-                })
-                .collect();
             let rest = buf[end + 4..].to_vec();
-            return (Response { status, headers, body: Vec::new() }, rest);
+            return (parse_head_bytes(&buf[..end]), rest);
         }
         read_more(stream, &mut buf);
     }
+}
+
+/// Parses a response head (status line and header lines, without the blank line) into a
+/// [`Response`] with an empty body.
+pub fn parse_head_bytes(head: &[u8]) -> Response {
+    let head = String::from_utf8(head.to_vec()).expect("ASCII head");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status = status_line.split(' ').nth(1).expect("status code").parse().expect("numeric status");
+    let headers = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').expect("header line has a colon");
+            (n.trim().to_string(), v.trim().to_string())
+        })
+        .collect();
+    Response { status, headers, body: Vec::new() }
 }
 
 /// Decodes a chunked body until the terminating chunk.

@@ -139,18 +139,9 @@ impl Conn {
             }
             self.fill();
         };
-        let head = String::from_utf8(self.buf[..end].to_vec()).expect("ASCII head");
+        let response = parse_head_bytes(&self.buf[..end]);
         self.buf.drain(..end + 4);
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap();
-        let status = status_line.split(' ').nth(1).expect("status code").parse().expect("numeric status");
-        let headers = lines
-            .map(|l| {
-                let (n, v) = l.split_once(':').expect("header line has a colon");
-                (n.trim().to_string(), v.trim().to_string())
-            })
-            .collect();
-        Response { status, headers, body: Vec::new() }
+        response
     }
 
     /// The next complete response whose body is framed by `Content-Length` (or is empty).
