@@ -114,6 +114,11 @@ pub struct Outcome {
     pub unexpected: u64,
     /// Delivery latencies in nanoseconds.
     pub latency: Histogram,
+    /// With `--rate`: delivery time minus the event's slot in the schedule, in nanoseconds. Unlike
+    /// `latency` (from the stamp written when the request went out), it also counts the time the
+    /// publisher fell behind its schedule waiting for the server's previous answers, so a server
+    /// that slows its publishers down cannot hide it (coordinated omission).
+    pub schedule_latency: Histogram,
     /// Seconds from the first publish to the last delivery.
     pub fanout_secs: f64,
     /// Per event that reached every held stream: nanoseconds from its publish to its last delivery.
@@ -181,11 +186,27 @@ struct Stats {
     /// Distinct deliveries summed over the streams still up.
     distinct_up: u64,
     latency: Histogram,
+    /// With `--rate`, once the publisher has started: where each event's slot lies.
+    schedule: Option<Schedule>,
+    schedule_latency: Histogram,
     last_delivery_ns: u64,
     /// Events the publisher may send: sequence numbers at or above are unexpected.
     events: u32,
     /// Per sequence number: its stamp, its latest delivery and how many streams got it.
     per_event: Vec<EventTiming>,
+}
+
+/// The `--rate` schedule: event `seq` is due at `start_ns + seq * interval_ns`.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    start_ns: u64,
+    interval_ns: f64,
+}
+
+impl Schedule {
+    fn due_ns(&self, seq: u32) -> u64 {
+        self.start_ns + (f64::from(seq) * self.interval_ns) as u64
+    }
 }
 
 /// When one event left and when it reached its last stream.
@@ -313,6 +334,10 @@ pub fn run(config: LoadConfig) -> Result<Outcome, String> {
     )
     .into_bytes();
     let events = config.publish.as_ref().map_or(0, |p| p.events);
+    let rate = match config.publish.as_ref().map(|p| p.pace) {
+        Some(publish::Pace::Rate(rate)) => Some(rate),
+        _ => None,
+    };
     let poll = Poll::new().map_err(|e| format!("creating the event loop: {e}"))?;
     let mut bench = Bench {
         subs: Vec::with_capacity(config.connections),
@@ -406,6 +431,13 @@ pub fn run(config: LoadConfig) -> Result<Outcome, String> {
                 continue;
             }
             return Err(format!("waiting for events: {e}"));
+        }
+        if let (None, Some(rate), Some((shared, _))) = (bench.stats.schedule, rate, publisher.as_ref()) {
+            // Read after the poll: every delivery in this batch was sent after the store.
+            let start_ns = shared.schedule_start_ns.load(Ordering::Acquire);
+            if start_ns != 0 {
+                bench.stats.schedule = Some(Schedule { start_ns, interval_ns: 1e9 / rate });
+            }
         }
         for event in mio_events.iter() {
             bench.handle_event(event.token().0, event.is_read_closed() || event.is_error());
@@ -659,6 +691,7 @@ impl Bench {
         outcome.foreign = stats.foreign;
         outcome.unexpected = unexpected;
         outcome.latency = stats.latency;
+        outcome.schedule_latency = stats.schedule_latency;
     }
 }
 
@@ -739,6 +772,9 @@ fn deliver(track: &mut Track, stats: &mut Stats, event: Dispatch<'_>, now_ns: u6
         track.next_seq = seq + 1;
     }
     stats.latency.record(now_ns.saturating_sub(stamp));
+    if let Some(schedule) = stats.schedule {
+        stats.schedule_latency.record(now_ns.saturating_sub(schedule.due_ns(seq)));
+    }
     stats.last_delivery_ns = stats.last_delivery_ns.max(now_ns);
     let timing = &mut stats.per_event[seq as usize];
     timing.stamp_ns = stamp;
@@ -780,5 +816,23 @@ mod tests {
         assert_eq!(track.distinct, 3);
         assert_eq!(track.seen[0], 0b111);
         assert_eq!(stats.latency.max(), 4_000);
+        assert_eq!(stats.schedule_latency.len(), 0, "no --rate schedule, no schedule latency");
+    }
+
+    #[test]
+    fn schedule_latency_counts_from_the_slot() {
+        // 10 events/s from t = 1 s: event 3 is due at 1.3 s. It went out late, stamped 1.8 s (the
+        // publisher was held back), and arrived at 1.9 s: 100 ms from its stamp, 600 ms from its slot.
+        let mut stats = Stats { events: 4, per_event: vec![EventTiming::default(); 4], ..Stats::default() };
+        stats.schedule = Some(Schedule { start_ns: 1_000_000_000, interval_ns: 1e8 });
+        assert_eq!(stats.schedule.unwrap().due_ns(3), 1_300_000_000);
+        let mut track = Track::default();
+        let mut parser = BodyParser::new(crate::sse::Framing::Close);
+        let mut stream = event(3, 1, 1_800_000_000);
+        stream.extend(event(3, 2, 1_800_000_000)); // a duplicate is not timed again
+        parser.feed(&stream, &mut |e| deliver(&mut track, &mut stats, e, 1_900_000_000)).unwrap();
+        assert_eq!((stats.deliveries, stats.duplicates), (1, 1));
+        assert_eq!(stats.latency.max(), 100_000_000);
+        assert_eq!((stats.schedule_latency.len(), stats.schedule_latency.max()), (1, 600_000_000));
     }
 }

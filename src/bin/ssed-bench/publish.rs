@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -62,6 +62,9 @@ pub struct Progress {
     pub stop: AtomicBool,
     /// Set by the publisher when it has nothing more to do.
     pub done: AtomicBool,
+    /// With `--rate`: the wall-clock ns at which the schedule starts (event `seq` is due
+    /// `seq / rate` seconds later), stored before the first request; 0 until then.
+    pub schedule_start_ns: AtomicU64,
 }
 
 /// What the publisher did, handed back once it is done.
@@ -166,6 +169,7 @@ impl Publisher {
             }
             Pace::Rate(rate) => {
                 let start = Instant::now();
+                self.progress.schedule_start_ns.store(wall_nanos(), Ordering::Release);
                 for seq in 0..self.config.events {
                     let due = start + Duration::from_secs_f64(f64::from(seq) / rate);
                     loop {

@@ -109,6 +109,10 @@ struct Figures {
     expected: u64,
     bytes_per_subscriber: Option<f64>,
     latency_us: [Option<f64>; 4],
+    /// From the `--rate` schedule's slots: p50, p99, max, in µs.
+    schedule_us: [Option<f64>; 3],
+    /// Seconds from the first request written to the last.
+    publish_s: Option<f64>,
     deliveries_per_s: Option<f64>,
     cpu_s: Option<f64>,
     user_s: Option<f64>,
@@ -147,6 +151,16 @@ impl Figures {
                 quantile(0.99),
                 (o.latency.len() > 0).then(|| o.latency.max() as f64 / 1e3),
             ],
+            schedule_us: [
+                o.schedule_latency.quantile(0.5).map(|ns| ns as f64 / 1e3),
+                o.schedule_latency.quantile(0.99).map(|ns| ns as f64 / 1e3),
+                (o.schedule_latency.len() > 0).then(|| o.schedule_latency.max() as f64 / 1e3),
+            ],
+            publish_s: o
+                .publish
+                .as_ref()
+                .filter(|p| p.first_sent_ns > 0)
+                .map(|p| p.last_sent_ns.saturating_sub(p.first_sent_ns) as f64 / 1e9),
             deliveries_per_s: (o.fanout_secs > 0.0).then(|| o.deliveries as f64 / o.fanout_secs),
             cpu_s: fanout.map(|(a, b)| b.cpu_secs() - a.cpu_secs()),
             user_s: fanout.map(|(a, b)| b.user_secs - a.user_secs),
@@ -199,6 +213,10 @@ pub fn json(url: &str, o: &Outcome) -> String {
         .float("latency_p90_us", f.latency_us[1], 1)
         .float("latency_p99_us", f.latency_us[2], 1)
         .float("latency_max_us", f.latency_us[3], 1)
+        .float("schedule_p50_us", f.schedule_us[0], 1)
+        .float("schedule_p99_us", f.schedule_us[1], 1)
+        .float("schedule_max_us", f.schedule_us[2], 1)
+        .float("publish_s", f.publish_s, 3)
         .float("reach_all_p50_us", f.reach_all_us[0], 1)
         .float("reach_all_max_us", f.reach_all_us[1], 1)
         .raw("events_reaching_some", o.reached_some)
@@ -293,6 +311,17 @@ pub fn table(url: &str, o: &Outcome) -> String {
         let [p50, p90, p99, max] = f.latency_us;
         let _ =
             writeln!(t, "  latency       p50 {}, p90 {}, p99 {}, max {}", us(p50), us(p90), us(p99), us(max));
+        if let [p50, p99, Some(max)] = f.schedule_us {
+            let _ = writeln!(
+                t,
+                "  from schedule p50 {}, p99 {}, max {}: from each event's slot in the --rate schedule, so \
+                 it also counts the publisher falling behind while answers were slow (publishing took {})",
+                us(p50),
+                us(p99),
+                us(Some(max)),
+                secs(f.publish_s, 2)
+            );
+        }
         if !o.reach_all_ns.is_empty() {
             let _ = writeln!(
             t,
