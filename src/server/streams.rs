@@ -2,6 +2,20 @@
 
 use super::*;
 
+/// Slices of the first write to a connection: its own bytes and up to three frames.
+const FIRST_WRITE_SLICES: usize = 4;
+
+/// What one vectored write came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wrote {
+    /// Everything owed is written.
+    Finished,
+    /// More may be owed: write again.
+    More,
+    /// The socket is full, the connection waits or was closed.
+    Stopped,
+}
+
 impl Loop {
     pub(super) fn subscribe(&mut self, key: Key, meta: &Meta, subscribe: &Subscribe, cors: &[u8]) {
         let names: Vec<&str> = subscribe.topics.iter().map(String::as_str).collect();
@@ -112,88 +126,98 @@ impl Loop {
 
     /// Writes what the connection owes: queued bytes first, then (for a stream) the log from its
     /// cursor, gathered into vectored writes until done or `WouldBlock`.
+    ///
+    /// The slice array is built on the stack for every write, so the first write uses a small one
+    /// (a paced fan-out writes one frame per stream); only a backlog that fills it moves on to the
+    /// full `MAX_SLICES`.
     pub(super) fn flush(&mut self, key: Key) {
-        loop {
-            let Some(conn) = self.conns.get_mut(key) else { return };
-            if conn.blocked || conn.lingering_until.is_some() || conn.awaiting_commit > 0 {
-                return;
+        let mut wrote = self.write_once::<FIRST_WRITE_SLICES>(key);
+        while wrote == Wrote::More {
+            wrote = self.write_once::<{ broadcast::MAX_SLICES + 1 }>(key);
+        }
+    }
+
+    /// One vectored write of at most `N` slices (the connection's own bytes, then frames).
+    fn write_once<const N: usize>(&mut self, key: Key) -> Wrote {
+        let Some(conn) = self.conns.get_mut(key) else { return Wrote::Stopped };
+        if conn.blocked || conn.lingering_until.is_some() || conn.awaiting_commit > 0 {
+            return Wrote::Stopped;
+        }
+        let mut slices = [IoSlice::new(&[]); N];
+        let own = conn.pending_out();
+        let mut used = 0;
+        if own > 0 {
+            slices[0] = IoSlice::new(&conn.out[conn.out_at..]);
+            used = 1;
+        }
+        let room = N - used;
+        let mut gathered = None;
+        if let Phase::Streaming(stream) = &conn.phase {
+            if !conn.closing {
+                if self.log.lost(&stream.selection, &stream.cursor) {
+                    self.close(key, CloseReason::Dropped(DropReason::Evicted));
+                    return Wrote::Stopped;
+                }
+                let g = self.log.gather(
+                    &stream.selection,
+                    &stream.cursor,
+                    stream.framing,
+                    &mut slices[used..],
+                    MAX_WRITE_BYTES,
+                );
+                used += g.slices;
+                gathered = Some(g);
             }
-            let mut slices = [IoSlice::new(&[]); broadcast::MAX_SLICES + 1];
-            let own = conn.pending_out();
-            let mut used = 0;
-            if own > 0 {
-                slices[0] = IoSlice::new(&conn.out[conn.out_at..]);
-                used = 1;
+        }
+        if used == 0 {
+            // Everything written: give the buffer back so an idle connection holds no heap.
+            conn.out = Vec::new();
+            conn.out_at = 0;
+            if conn.closing {
+                self.finish_closing(key);
             }
-            let mut gathered = None;
-            if let Phase::Streaming(stream) = &conn.phase {
-                if !conn.closing {
-                    if self.log.lost(&stream.selection, &stream.cursor) {
-                        return self.close(key, CloseReason::Dropped(DropReason::Evicted));
-                    }
-                    let g = self.log.gather(
-                        &stream.selection,
-                        &stream.cursor,
-                        stream.framing,
-                        &mut slices[used..],
-                        MAX_WRITE_BYTES,
-                    );
-                    used += g.slices;
-                    gathered = Some(g);
+            return Wrote::Finished;
+        }
+        let result = if used == 1 {
+            conn.stream.write(&slices[0])
+        } else {
+            conn.stream.write_vectored(&slices[..used])
+        };
+        match net::classify(result, false) {
+            Outcome::Done(written) => {
+                self.metrics.bytes_sent += written as u64;
+                conn.last_write = self.now;
+                let from_own = written.min(own);
+                conn.out_at += from_own;
+                if let (Phase::Streaming(stream), Some(g)) = (&mut conn.phase, gathered) {
+                    let framing = stream.framing;
+                    self.log.advance(&stream.selection, &mut stream.cursor, framing, &g, written - from_own);
                 }
+                // The common case, one write that took everything and gathered all there was:
+                // finish now instead of gathering again only to find nothing.
+                let took_all = written == own + gathered.map_or(0, |g| g.bytes);
+                let gathered_all = gathered.map_or(true, |g| g.slices < room && g.bytes < MAX_WRITE_BYTES);
+                if took_all && gathered_all && !conn.closing {
+                    conn.out = Vec::new();
+                    conn.out_at = 0;
+                    return Wrote::Finished;
+                }
+                Wrote::More
             }
-            if used == 0 {
-                // Everything written: give the buffer back so an idle connection holds no heap.
-                conn.out = Vec::new();
-                conn.out_at = 0;
-                if conn.closing {
-                    self.finish_closing(key);
-                }
-                return;
+            Outcome::WouldBlock => {
+                conn.blocked = true;
+                self.check_lag(key);
+                self.schedule(key);
+                Wrote::Stopped
             }
-            let result = if used == 1 {
-                conn.stream.write(&slices[0])
-            } else {
-                conn.stream.write_vectored(&slices[..used])
-            };
-            match net::classify(result, false) {
-                Outcome::Done(written) => {
-                    self.metrics.bytes_sent += written as u64;
-                    conn.last_write = self.now;
-                    let from_own = written.min(own);
-                    conn.out_at += from_own;
-                    if let (Phase::Streaming(stream), Some(g)) = (&mut conn.phase, gathered) {
-                        let framing = stream.framing;
-                        self.log.advance(
-                            &stream.selection,
-                            &mut stream.cursor,
-                            framing,
-                            &g,
-                            written - from_own,
-                        );
-                    }
-                    // The common case, one write that took everything and gathered all there was:
-                    // finish now instead of gathering again only to find nothing.
-                    let took_all = written == own + gathered.map_or(0, |g| g.bytes);
-                    let gathered_all = gathered
-                        .map_or(true, |g| g.slices < broadcast::MAX_SLICES && g.bytes < MAX_WRITE_BYTES);
-                    if took_all && gathered_all && !conn.closing {
-                        conn.out = Vec::new();
-                        conn.out_at = 0;
-                        return;
-                    }
-                }
-                Outcome::WouldBlock => {
-                    conn.blocked = true;
-                    self.check_lag(key);
-                    self.schedule(key);
-                    return;
-                }
-                Outcome::Closed => return self.close(key, CloseReason::PeerClosed),
-                Outcome::Failed(e) => {
-                    debug!("conn={} write failed: {e}", key.slot);
-                    return self.close(key, CloseReason::Error);
-                }
+            Outcome::Closed => {
+                self.close(key, CloseReason::PeerClosed);
+                Wrote::Stopped
+            }
+            Outcome::Failed(e) => {
+                debug!("conn={} write failed: {e}", key.slot);
+                self.close(key, CloseReason::Error);
+                Wrote::Stopped
             }
         }
     }
