@@ -84,6 +84,17 @@ pub struct Cursor {
     offset: usize,
 }
 
+impl Framing {
+    /// Chunked for HTTP/1.1, bare (close-delimited) for HTTP/1.0.
+    pub fn for_http10(http10: bool) -> Framing {
+        if http10 {
+            Framing::Raw
+        } else {
+            Framing::Chunked
+        }
+    }
+}
+
 impl Cursor {
     /// Whether the last write stopped inside a frame, whose rest must go out before anything else.
     pub fn mid_frame(&self) -> bool {

@@ -40,6 +40,14 @@ pub struct Meta {
     pub origin: Option<String>,
 }
 
+impl Meta {
+    /// For an answer to a request whose head was never parsed (malformed, or timed out): nothing
+    /// is known of it, so the answer is plain and the connection closes.
+    pub fn unparsed() -> Meta {
+        Meta { keep_alive: false, http10: false, head_only: false, origin: None }
+    }
+}
+
 /// The output of [`RequestReader::poll_request`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
@@ -151,7 +159,7 @@ impl RequestReader {
             Err(e) => {
                 self.input.clear();
                 (self.head_lines, self.head_searched) = (0, 0);
-                let meta = Meta { keep_alive: false, http10: false, head_only: false, origin: None };
+                let meta = Meta::unparsed();
                 return Some(Incoming::Refused(meta, e.into()));
             }
         };

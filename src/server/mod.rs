@@ -310,11 +310,9 @@ impl Stream {
     }
 
     /// The subscriber lists the stream is on, in position order.
-    fn lists(&self) -> Vec<List> {
-        match &self.selection {
-            Selection::All => vec![List::All],
-            other => other.topics().iter().map(|&t| List::Topic(t)).collect(),
-        }
+    fn lists(&self) -> impl Iterator<Item = List> + '_ {
+        let all = matches!(self.selection, Selection::All).then_some(List::All);
+        all.into_iter().chain(self.selection.topics().iter().map(|&t| List::Topic(t)))
     }
 }
 

@@ -205,9 +205,8 @@ impl Loop {
         let keep_alive = meta.keep_alive && !over_capacity;
         match action {
             Action::Health => {
-                let conn = self.conns.get_mut(key).expect("caller holds a live key");
-                response::text(200, "ok\n", keep_alive, meta.head_only, &cors, &mut conn.out);
-                conn.closing |= !keep_alive;
+                let out = answer_buffer(&mut self.conns, key, keep_alive);
+                response::text(200, "ok\n", keep_alive, meta.head_only, &cors, out);
             }
             Action::Metrics => {
                 let gauges = Gauges {
@@ -217,34 +216,40 @@ impl Loop {
                     history_bytes: self.log.bytes(),
                 };
                 let body = self.metrics.render(&gauges);
-                let conn = self.conns.get_mut(key).expect("caller holds a live key");
-                response::text(200, &body, keep_alive, meta.head_only, &cors, &mut conn.out);
-                conn.closing |= !keep_alive;
+                let out = answer_buffer(&mut self.conns, key, keep_alive);
+                response::text(200, &body, keep_alive, meta.head_only, &cors, out);
             }
             Action::Preflight => {
-                let conn = self.conns.get_mut(key).expect("caller holds a live key");
-                response::preflight(&self.config, meta.origin.as_deref(), keep_alive, &mut conn.out);
-                conn.closing |= !keep_alive;
+                let out = answer_buffer(&mut self.conns, key, keep_alive);
+                response::preflight(&self.config, meta.origin.as_deref(), keep_alive, out);
             }
             Action::Publish(publish) => match self.publish(&publish) {
                 Ok(id) => {
-                    let defer = self.defers_acks();
-                    let conn = self.conns.get_mut(key).expect("caller holds a live key");
-                    if defer {
+                    if self.defers_acks() {
+                        let conn = self.conns.get_mut(key).expect("caller holds a live key");
                         conn.awaiting_commit += 1;
                         self.pending_acks.push(Ack::Http { key, out_start: conn.out.len() });
                     }
-                    response::text(200, &format!("{id}\n"), keep_alive, false, &cors, &mut conn.out);
-                    conn.closing |= !keep_alive;
+                    let out = answer_buffer(&mut self.conns, key, keep_alive);
+                    response::text(200, &format!("{id}\n"), keep_alive, false, &cors, out);
                 }
                 Err(refusal) => self.refuse(key, &meta, &refusal),
             },
             Action::Subscribe(subscribe) if subscribe.head_only => {
-                let conn = self.conns.get_mut(key).expect("caller holds a live key");
-                response::stream_head(meta.http10, keep_alive, &cors, &mut conn.out);
-                conn.closing |= !keep_alive;
+                let out = answer_buffer(&mut self.conns, key, keep_alive);
+                response::stream_head(meta.http10, keep_alive, &cors, out);
             }
             Action::Subscribe(subscribe) => self.subscribe(key, &meta, &subscribe, &cors),
         }
     }
+}
+
+/// The buffer a complete answer is queued in; the connection closes after it unless kept alive.
+///
+/// A free function over the slab (not a method) so that an answer can borrow other parts of the
+/// loop, such as its configuration, while it is written.
+fn answer_buffer(conns: &mut Slab<Conn>, key: Key, keep_alive: bool) -> &mut Vec<u8> {
+    let conn = conns.get_mut(key).expect("caller holds a live key");
+    conn.closing |= !keep_alive;
+    &mut conn.out
 }

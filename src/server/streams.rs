@@ -5,6 +5,42 @@ use super::*;
 /// Slices of the first write to a connection: its own bytes and up to three frames.
 const FIRST_WRITE_SLICES: usize = 4;
 
+/// A stream's next deadline and what it is for; `deadline_of` and `handle_timeout` both ask
+/// here, so what is scheduled and what is handled cannot drift apart.
+///
+/// A closing stream only waits for its end to be written, as long as a request head may take
+/// (its lifetime and heartbeats are over); an open one ends at its lifetime or is due a heartbeat.
+fn stream_deadline(config: &Config, conn: &Conn, stream: &Stream) -> Option<(Instant, StreamTimer)> {
+    if conn.closing {
+        return Some((conn.last_write + config.header_timeout, StreamTimer::GiveUp));
+    }
+    let heartbeat =
+        (!config.heartbeat.is_zero()).then(|| (conn.last_write + config.heartbeat, StreamTimer::Heartbeat));
+    let lifetime = stream.ends_at.map(|at| (at, StreamTimer::Lifetime));
+    [lifetime, heartbeat].into_iter().flatten().min_by_key(|&(at, _)| at)
+}
+
+/// Queues a stream's response head and the start of its body (prelude, gap notice) with the
+/// framing its HTTP version calls for, which it returns. A stream's connection is never reused, so
+/// the head says `Connection: close`.
+fn queue_stream_start(meta: &Meta, cors: &[u8], body: &[u8], out: &mut Vec<u8>) -> Framing {
+    let framing = Framing::for_http10(meta.http10);
+    response::stream_head(meta.http10, false, cors, out);
+    push_body(framing, body, out);
+    framing
+}
+
+/// What a stream's deadline is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamTimer {
+    /// A closing stream whose end could not be written in time.
+    GiveUp,
+    /// `--max-lifetime` is up: end the stream cleanly.
+    Lifetime,
+    /// Quiet for `--heartbeat`: send a comment.
+    Heartbeat,
+}
+
 /// What one vectored write came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wrote {
@@ -21,7 +57,7 @@ impl Loop {
         let names: Vec<&str> = subscribe.topics.iter().map(String::as_str).collect();
         let selection = self.log.acquire(&names);
         let resume = self.log.resume(&selection, subscribe.last_event_id);
-        let framing = if meta.http10 { Framing::Raw } else { Framing::Chunked };
+        let framing = Framing::for_http10(meta.http10);
         let mut stream = Stream {
             selection,
             position: 0,
@@ -30,8 +66,7 @@ impl Loop {
             framing,
             ends_at: None,
         };
-        let positions: Vec<u32> =
-            stream.lists().into_iter().map(|list| self.registry.add(list, key)).collect();
+        let positions: Vec<u32> = stream.lists().map(|list| self.registry.add(list, key)).collect();
         stream.position = positions[0];
         stream.more_positions = positions[1..].into();
         stream.ends_at = (!self.config.max_lifetime.is_zero()).then(|| {
@@ -46,8 +81,7 @@ impl Loop {
             sse::encode_gap(last, oldest, &mut body);
         }
         let conn = self.conns.get_mut(key).expect("caller holds a live key");
-        response::stream_head(meta.http10, false, cors, &mut conn.out);
-        push_body(framing, &body, &mut conn.out);
+        queue_stream_start(meta, cors, &body, &mut conn.out);
         conn.phase = Phase::Streaming(stream);
         conn.last_write = self.now;
         self.subscribers += 1;
@@ -63,14 +97,11 @@ impl Loop {
     pub(super) fn turn_away_subscriber(&mut self, key: Key, meta: &Meta) {
         let retry_ms = self.rng.between(1_000, 10_000);
         let cors = self.cors(meta.origin.as_deref());
-        let framing = if meta.http10 { Framing::Raw } else { Framing::Chunked };
         let mut body = Vec::new();
         sse::encode_prelude(retry_ms, &mut body);
         info!("conn={} subscriber turned away at --max-connections (retry {retry_ms} ms)", key.slot);
         let conn = self.conns.get_mut(key).expect("caller holds a live key");
-        response::stream_head(meta.http10, false, &cors, &mut conn.out);
-        push_body(framing, &body, &mut conn.out);
-        if framing == Framing::Chunked {
+        if queue_stream_start(meta, &cors, &body, &mut conn.out) == Framing::Chunked {
             conn.out.extend_from_slice(LAST_CHUNK);
         }
         conn.closing = true;
@@ -247,15 +278,7 @@ impl Loop {
         }
         match &conn.phase {
             Phase::Requests(reader) => Some(reader.poll_deadline(&self.config)),
-            Phase::Streaming(stream) => {
-                let heartbeat = (!self.config.heartbeat.is_zero() && !conn.closing)
-                    .then(|| conn.last_write + self.config.heartbeat);
-                // A stream that cannot flush its end is given as long as a request head.
-                let closing = conn.closing.then(|| conn.last_write + self.config.header_timeout);
-                // Once closing, the lifetime has done its work: a past `ends_at` would fire forever.
-                let ends_at = stream.ends_at.filter(|_| !conn.closing);
-                [heartbeat, ends_at, closing].into_iter().flatten().min()
-            }
+            Phase::Streaming(stream) => stream_deadline(&self.config, conn, stream).map(|(at, _)| at),
         }
     }
 
@@ -305,33 +328,30 @@ impl Loop {
                 if reader.waiting() == Waiting::Idle {
                     return self.close(key, CloseReason::IdleTimeout);
                 }
-                let meta = Meta { keep_alive: false, http10: false, head_only: false, origin: None };
-                self.refuse(key, &meta, &Refusal::Timeout);
+                self.refuse(key, &Meta::unparsed(), &Refusal::Timeout);
                 self.flush(key);
             }
             Phase::Streaming(stream) => {
-                if conn.closing {
-                    if conn.last_write + self.config.header_timeout <= now {
-                        self.close(key, CloseReason::IdleTimeout);
-                    }
+                let Some((at, timer)) = stream_deadline(&self.config, conn, stream) else { return };
+                if at > now {
                     return;
                 }
-                if stream.ends_at.is_some_and(|t| t <= now) {
-                    self.metrics.dropped(DropReason::Lifetime);
-                    debug!("conn={} reached --max-lifetime", key.slot);
-                    self.end_stream(key);
-                    return;
-                }
-                if !self.config.heartbeat.is_zero() && conn.last_write + self.config.heartbeat <= now {
-                    if conn.blocked {
-                        // A full socket is not idle: nothing to add behind it; look again later.
-                        conn.last_write = now;
-                        return;
+                match timer {
+                    // Its end could not be written within the time: give up on it.
+                    StreamTimer::GiveUp => self.close(key, CloseReason::IdleTimeout),
+                    StreamTimer::Lifetime => {
+                        self.metrics.dropped(DropReason::Lifetime);
+                        debug!("conn={} reached --max-lifetime", key.slot);
+                        self.end_stream(key);
                     }
-                    // Not blocked means the last write finished every frame, so a comment cannot
-                    // land inside one.
-                    push_body(stream.framing, sse::HEARTBEAT, &mut conn.out);
-                    self.flush(key);
+                    // A full socket is not idle: nothing to add behind it; look again later.
+                    StreamTimer::Heartbeat if conn.blocked => conn.last_write = now,
+                    StreamTimer::Heartbeat => {
+                        // Not blocked means the last write finished every frame, so a comment
+                        // cannot land inside one.
+                        push_body(stream.framing, sse::HEARTBEAT, &mut conn.out);
+                        self.flush(key);
+                    }
                 }
             }
         }
@@ -374,7 +394,7 @@ impl Loop {
             }
         }
         if let Phase::Streaming(stream) = &conn.phase {
-            for (index, list) in stream.lists().into_iter().enumerate() {
+            for (index, list) in stream.lists().enumerate() {
                 if let Some(moved) = self.registry.remove(list, stream.position(index)) {
                     let moved_conn = self.conns.get_mut(moved).expect("registry holds live keys");
                     if let Phase::Streaming(other) = &mut moved_conn.phase {
