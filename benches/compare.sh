@@ -70,18 +70,7 @@ BIN=$OUT/bin
     echo "started $(date -u +%FT%TZ)"
 } >"$OUT/meta.txt"
 
-server_pid=
-cleanup() {
-    if [ -n "$server_pid" ]; then
-        kill "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-    fi
-}
-trap cleanup EXIT
-
-port_open() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null
-}
+. benches/common.sh
 
 # The subscribe and publish URLs of a peer.
 sub_url() {
@@ -96,10 +85,7 @@ pub_url() {
 
 start_server() {
     local peer=$1
-    if port_open; then
-        echo "compare.sh: something already listens on 127.0.0.1:$PORT (set PORT=...)" >&2
-        exit 1
-    fi
+    ensure_port_free
     echo "== start $peer $(date -u +%T)" >>"$OUT/servers.log"
     case $peer in
         ssed)
@@ -124,19 +110,11 @@ start_server() {
             ;;
     esac
     server_pid=$!
-    for _ in $(seq 200); do
-        port_open && return 0
-        kill -0 "$server_pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    echo "compare.sh: $peer did not start; see $OUT/servers.log" >&2
-    exit 1
+    wait_until_listening "$peer" "$OUT/servers.log"
 }
 
-stop_server() {
-    kill "$server_pid"
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=
+stop_peer() {
+    stop_server
     # A stopped server's sockets linger in TIME_WAIT on the bench's side only (the client closes
     # last); a short pause lets the kernel settle before the next ramp.
     sleep 1
@@ -154,7 +132,7 @@ bench_run() {
     line=$(taskset -c "$BENCH_CPU" "$BIN/ssed-bench" --url "$(sub_url)" --connections "$n" \
         --server-pid "$server_pid" --body-size "$BODY" --json --quiet "$@" 2>"$OUT/last-table.txt") ||
         status=$?
-    stop_server
+    stop_peer
     sed 's/^/   /' "$OUT/last-table.txt"
     if [ -z "$line" ]; then
         echo "!! $peer $scenario run $run: ssed-bench failed with status $status"
@@ -235,7 +213,7 @@ if [ "$KERNEL" = 1 ]; then
     snapshot "$OUT/kernel/held"
     echo "   $(metric ssed_subscribers) streams held at the snapshot"
     wait "$bench_pid" || true
-    stop_server
+    stop_peer
     sleep 2
     snapshot "$OUT/kernel/after"
     # Per slab cache: the growth in bytes of active objects and of whole slabs, per connection. Both

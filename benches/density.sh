@@ -30,39 +30,14 @@ URL="http://127.0.0.1:$PORT/events?topic=density"
 cargo build --release --bin ssed --bin ssed-bench
 mkdir -p "$OUT"
 
-server_pid=
-cleanup() {
-    if [ -n "$server_pid" ]; then
-        kill "$server_pid" 2>/dev/null || true
-    fi
-}
-trap cleanup EXIT
-
-port_open() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null
-}
+. benches/common.sh
 
 start_server() {
-    if port_open; then
-        echo "density.sh: something already listens on 127.0.0.1:$PORT (set PORT=...)" >&2
-        exit 1
-    fi
+    ensure_port_free
     taskset -c "$SERVER_CPU" target/release/ssed --listen "127.0.0.1:$PORT" --heartbeat 0 \
         >>"$OUT/ssed.log" 2>&1 &
     server_pid=$!
-    for _ in $(seq 100); do
-        port_open && return 0
-        kill -0 "$server_pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    echo "density.sh: ssed did not start; see $OUT/ssed.log" >&2
-    exit 1
-}
-
-stop_server() {
-    kill "$server_pid"
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=
+    wait_until_listening ssed "$OUT/ssed.log"
 }
 
 # One load run against a fresh server; the JSON line goes to $OUT/$1.json, the table to the terminal.
