@@ -433,11 +433,12 @@ impl Loop {
 
     /// Pings the watchdog and refreshes the status when due; called once per turn.
     fn supervise(&mut self) {
-        let status = self.status();
-        let Some(supervisor) = &mut self.supervisor else { return };
-        if supervisor.next_tick > self.now {
+        if self.supervisor.as_ref().map_or(true, |s| s.next_tick > self.now) {
             return;
         }
+        // Formatted only when due: this runs on every loop turn.
+        let status = self.status();
+        let Some(supervisor) = &mut self.supervisor else { return };
         let ping = if supervisor.notifier.watchdog_interval().is_some() { "WATCHDOG=1\n" } else { "" };
         supervisor.send(&format!("{ping}{status}"));
         supervisor.next_tick = self.now + supervisor.interval();
