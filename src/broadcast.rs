@@ -157,7 +157,8 @@ pub enum PublishError {
 
 struct Entry {
     id: u64,
-    seq: u64,
+    /// Wire bytes of every event stored before this one (the every-topic backlog's reference).
+    total_before: u64,
     /// The topics the event belongs to, sorted and distinct.
     topics: Box<[TopicId]>,
     /// Chunk header, frame, CRLF.
@@ -207,10 +208,8 @@ pub struct Broadcast {
     first_seq: u64,
     /// Wire bytes held by `ring`.
     bytes: usize,
-    /// Running total of wire bytes of every event ever stored; `ring_cum[i]` is the total up to
-    /// `ring[i]` inclusive, kept inline for the every-topic backlog.
+    /// Running total of wire bytes of every event ever stored.
     total_bytes: u64,
-    ring_cum: VecDeque<u64>,
     /// The lowest id the next event may have.
     next_id: u64,
     /// Highest id that left the history, any topic. It starts at the id below the first one this log
@@ -253,7 +252,6 @@ impl Broadcast {
             first_seq: 0,
             bytes: 0,
             total_bytes: 0,
-            ring_cum: VecDeque::new(),
             next_id: start_id,
             evicted_max_id: start_id - 1,
             forgotten_max_id: start_id - 1,
@@ -410,16 +408,15 @@ impl Broadcast {
             let total = log.total_bytes;
             log.events.push_back((seq, total));
         }
-        self.total_bytes += size;
-        self.ring_cum.push_back(self.total_bytes);
-        self.bytes += encoded.wire.len();
         self.ring.push_back(Entry {
             id: encoded.id,
-            seq,
+            total_before: self.total_bytes,
             topics: topic_ids.into_boxed_slice(),
             wire: encoded.wire,
             frame_start: encoded.frame_start,
         });
+        self.total_bytes += size;
+        self.bytes += size as usize;
         self.next_id = encoded.id + 1;
         while self.ring.len() > self.limits.events || self.bytes > self.limits.bytes {
             self.evict_oldest();
@@ -460,7 +457,6 @@ impl Broadcast {
         }
         while self.next_seq() > self.visible_end.max(self.first_seq) {
             let entry = self.ring.pop_back().expect("uncommitted entries exist");
-            self.ring_cum.pop_back();
             self.bytes -= entry.wire.len();
             self.total_bytes -= entry.wire.len() as u64;
             for &t in entry.topics.iter() {
@@ -493,16 +489,16 @@ impl Broadcast {
 
     fn evict_oldest(&mut self) {
         let entry = self.ring.pop_front().expect("evicting from a non-empty history");
-        self.ring_cum.pop_front();
+        let seq = self.first_seq;
         self.first_seq += 1;
         self.bytes -= entry.wire.len();
         self.evicted_max_id = entry.id;
         for &t in entry.topics.iter() {
             let log = self.topic_mut(t);
             let front = log.events.pop_front();
-            debug_assert_eq!(front.map(|(s, _)| s), Some(entry.seq));
+            debug_assert_eq!(front.map(|(s, _)| s), Some(seq));
             log.evicted_max_id = entry.id;
-            log.evicted_max_seq = Some(entry.seq);
+            log.evicted_max_seq = Some(seq);
             self.drop_topic_if_unused(t);
         }
     }
@@ -560,17 +556,9 @@ impl Broadcast {
     pub fn backlog(&self, selection: &Selection, cursor: &Cursor) -> u64 {
         let before = match selection {
             Selection::All => {
-                if cursor.seq <= self.first_seq {
-                    self.ring_cum
-                        .front()
-                        .zip(self.ring.front())
-                        .map_or(self.total_bytes, |(c, e)| c - e.wire.len() as u64)
-                } else {
-                    self.ring_cum
-                        .get((cursor.seq - self.first_seq - 1) as usize)
-                        .copied()
-                        .unwrap_or(self.total_bytes)
-                }
+                // The first retained event at or after the cursor; none: the cursor is caught up.
+                let at = cursor.seq.saturating_sub(self.first_seq) as usize;
+                self.ring.get(at).map_or(self.total_bytes, |e| e.total_before)
             }
             _ => {
                 return selection
