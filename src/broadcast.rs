@@ -13,9 +13,11 @@
 //! The interface the server uses is narrow on purpose (publish, acquire/release a topic, resume,
 //! gather/advance, backlog/lost); a file- or Redis-backed history plugs in behind the same calls.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::io::IoSlice;
+use std::sync::Arc;
 
 use crate::http::chunk;
 use crate::sse;
@@ -118,6 +120,9 @@ pub struct Resume {
     pub cursor: Cursor,
     /// `Some((last_event_id, oldest_retained))` when events it may need have left the history.
     pub gap: Option<(u64, u64)>,
+    /// The first sequence number that is live for it: events from here on were published after it
+    /// started, those before are its catch-up (see [`Broadcast::lag`]).
+    pub live_from: u64,
 }
 
 /// The fields of an event to publish, already validated.
@@ -145,6 +150,11 @@ impl Encoded {
     /// The id the event was encoded with.
     pub fn id(&self) -> EventId {
         EventId(self.id)
+    }
+
+    /// Its size on the wire (chunked framing).
+    pub fn wire_len(&self) -> usize {
+        self.wire.len()
     }
 }
 
@@ -176,9 +186,18 @@ impl Entry {
     }
 }
 
+/// Memory a topic costs beyond its name: its slot in the topic table, its entry in the name map, the
+/// shared name's header and its index's first allocation (measured with `tests/it/abuse` topic
+/// floods; an estimate, not an exact figure, since the allocator rounds).
+const TOPIC_BYTES: usize = 192;
+/// Memory one event costs in the index of each of its topics: a `(seq, bytes)` pair there and a
+/// [`TopicId`] in the event's own topic list.
+const INDEX_ENTRY_BYTES: usize = 20;
+
 /// Per-topic index: the sequence numbers of the topic's retained events, and what it has lost.
 struct TopicLog {
-    name: Box<str>,
+    /// The name, shared with the name map so it is stored once.
+    name: Arc<str>,
     /// `(seq, bytes of this topic's events up to and including it)`, ascending.
     events: VecDeque<(u64, u64)>,
     /// Wire bytes of every event ever indexed here (the running total behind `events`).
@@ -208,6 +227,11 @@ pub struct Broadcast {
     first_seq: u64,
     /// Wire bytes held by `ring`.
     bytes: usize,
+    /// Memory of the topic index that retained events need: their entries in the topic indexes, and
+    /// the topics nobody subscribes to (a subscriber's topics are its connection's cost, bounded by
+    /// the per-stream topic cap). Capped by `limits.bytes` on its own, so a flood of new topic names
+    /// evicts old events like a flood of data does, and the memory comes back when they go.
+    index_bytes: usize,
     /// Running total of wire bytes of every event ever stored.
     total_bytes: u64,
     /// The lowest id the next event may have.
@@ -217,9 +241,15 @@ pub struct Broadcast {
     evicted_max_id: u64,
     /// Highest id evicted from a topic whose index has since been dropped.
     forgotten_max_id: u64,
-    topics: Vec<Option<TopicLog>>,
-    free_topics: Vec<u32>,
-    names: HashMap<Box<str>, TopicId>,
+    /// Boxed, so a free slot that a long-lived topic further up keeps in the table costs 8 bytes.
+    topics: Vec<Option<Box<TopicLog>>>,
+    /// Free slots of `topics`, lowest first, so live topics stay packed at the front and the table
+    /// can shrink; may hold stale entries (slots reused or cut off), skipped when popped.
+    free_topics: BinaryHeap<Reverse<u32>>,
+    /// Topics whose slots were freed so far (the server gives memory back to the system now and
+    /// then, when many were).
+    topics_dropped: u64,
+    names: HashMap<Arc<str>, TopicId>,
     /// Scratch space for encoding, reused across publishes.
     scratch: Vec<u8>,
     /// Sequence number from which events await a commit (`u64::MAX`: everything is visible).
@@ -251,12 +281,14 @@ impl Broadcast {
             ring: VecDeque::new(),
             first_seq: 0,
             bytes: 0,
+            index_bytes: 0,
             total_bytes: 0,
             next_id: start_id,
             evicted_max_id: start_id - 1,
             forgotten_max_id: start_id - 1,
             topics: Vec::new(),
-            free_topics: Vec::new(),
+            free_topics: BinaryHeap::new(),
+            topics_dropped: 0,
             names: HashMap::new(),
             scratch: Vec::new(),
             visible_end: u64::MAX,
@@ -276,6 +308,23 @@ impl Broadcast {
     /// Wire bytes retained.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Memory of the topic index the retained events need (see `index_bytes`), capped by the byte
+    /// limit separately from the wire bytes.
+    pub fn index_bytes(&self) -> usize {
+        self.index_bytes
+    }
+
+    /// Topics dropped since the log began: the caller may return freed memory to the system after
+    /// many.
+    pub fn topics_dropped(&self) -> u64 {
+        self.topics_dropped
+    }
+
+    /// Topics currently known (subscribed to or holding retained events).
+    pub fn topic_count(&self) -> usize {
+        self.names.len()
     }
 
     /// The newest id given out (or the floor, before the first publish).
@@ -299,13 +348,16 @@ impl Broadcast {
         self.topics[id.index()].as_mut().expect("topic ids held by callers stay valid")
     }
 
-    /// The topic id for `name`, creating its (empty) index if needed.
+    /// The topic id for `name`, creating its (empty) index if needed. A new topic has no subscriber
+    /// yet, so it is charged to the history's index until one acquires it.
     fn intern(&mut self, name: &str) -> TopicId {
         if let Some(&id) = self.names.get(name) {
             return id;
         }
+        let name: Arc<str> = name.into();
+        self.index_bytes += topic_charge(&name);
         let log = TopicLog {
-            name: name.into(),
+            name: Arc::clone(&name),
             events: VecDeque::new(),
             total_bytes: 0,
             refs: 0,
@@ -313,27 +365,61 @@ impl Broadcast {
             evicted_max_id: self.forgotten_max_id,
             evicted_max_seq: None,
         };
-        let id = match self.free_topics.pop() {
+        let id = match self.take_free_slot() {
             Some(slot) => {
-                self.topics[slot as usize] = Some(log);
+                self.topics[slot as usize] = Some(Box::new(log));
                 TopicId(slot)
             }
             None => {
-                self.topics.push(Some(log));
+                self.topics.push(Some(Box::new(log)));
                 TopicId(u32::try_from(self.topics.len() - 1).expect("fewer than 2^32 topics"))
             }
         };
-        self.names.insert(name.into(), id);
+        self.names.insert(name, id);
         id
+    }
+
+    /// The lowest free slot of the topic table, skipping stale entries.
+    fn take_free_slot(&mut self) -> Option<u32> {
+        while let Some(Reverse(slot)) = self.free_topics.pop() {
+            if self.topics.get(slot as usize).is_some_and(Option::is_none) {
+                return Some(slot);
+            }
+        }
+        None
     }
 
     fn drop_topic_if_unused(&mut self, id: TopicId) {
         let log = self.topic(id);
         if log.refs == 0 && log.events.is_empty() {
             let log = self.topics[id.index()].take().expect("checked above");
+            self.index_bytes -= topic_charge(&log.name);
             self.forgotten_max_id = self.forgotten_max_id.max(log.evicted_max_id);
             self.names.remove(&log.name);
-            self.free_topics.push(id.0);
+            self.topics_dropped += 1;
+            self.free_topics.push(Reverse(id.0));
+            self.shrink_topic_tables();
+        }
+    }
+
+    /// Gives back the memory of a topic table that a flood of names grew: trailing free slots are
+    /// cut off, and the table, the name map and the free list shrink once they are mostly empty.
+    /// Each shrink halves at least, so the cost is amortised over the drops that made it possible.
+    fn shrink_topic_tables(&mut self) {
+        while self.topics.last().is_some_and(Option::is_none) {
+            self.topics.pop();
+        }
+        let live = self.names.len();
+        if self.topics.capacity() > 4 * self.topics.len().max(16) {
+            self.topics.shrink_to(2 * self.topics.len());
+        }
+        if self.names.capacity() > 4 * live.max(16) {
+            self.names.shrink_to(2 * live);
+        }
+        if self.free_topics.len() > 2 * (self.topics.len() - live) + 16 {
+            let topics = &self.topics;
+            self.free_topics.retain(|&Reverse(s)| topics.get(s as usize).is_some_and(Option::is_none));
+            self.free_topics.shrink_to_fit();
         }
     }
 
@@ -344,7 +430,13 @@ impl Broadcast {
         ids.sort_unstable();
         ids.dedup();
         for &id in &ids {
-            self.topic_mut(id).refs += 1;
+            let log = self.topic_mut(id);
+            log.refs += 1;
+            if log.refs == 1 {
+                // Now the subscriber's cost, not the history's.
+                let charge = topic_charge(&log.name);
+                self.index_bytes -= charge;
+            }
         }
         match ids.len() {
             0 => Selection::All,
@@ -356,7 +448,12 @@ impl Broadcast {
     /// Lets go of a selection made by [`Broadcast::acquire`].
     pub fn release(&mut self, selection: &Selection) {
         for &id in selection.topics() {
-            self.topic_mut(id).refs -= 1;
+            let log = self.topic_mut(id);
+            log.refs -= 1;
+            if log.refs == 0 {
+                let charge = topic_charge(&log.name);
+                self.index_bytes += charge;
+            }
             self.drop_topic_if_unused(id);
         }
     }
@@ -417,8 +514,15 @@ impl Broadcast {
         });
         self.total_bytes += size;
         self.bytes += size as usize;
+        self.index_bytes += self.ring.back().map_or(0, |e| e.topics.len()) * INDEX_ENTRY_BYTES;
         self.next_id = encoded.id + 1;
-        while self.ring.len() > self.limits.events || self.bytes > self.limits.bytes {
+        // The new event itself always stays: `encode` refused one whose wire bytes alone exceed the
+        // limit, and its index entries are at most a few kilobytes (64 topics of 128 bytes).
+        while self.ring.len() > 1
+            && (self.ring.len() > self.limits.events
+                || self.bytes > self.limits.bytes
+                || self.index_bytes > self.limits.bytes)
+        {
             self.evict_oldest();
         }
         &self.ring.back().expect("the new event fits the limits alone").topics
@@ -458,6 +562,7 @@ impl Broadcast {
         while self.next_seq() > self.visible_end.max(self.first_seq) {
             let entry = self.ring.pop_back().expect("uncommitted entries exist");
             self.bytes -= entry.wire.len();
+            self.index_bytes -= entry.topics.len() * INDEX_ENTRY_BYTES;
             self.total_bytes -= entry.wire.len() as u64;
             for &t in entry.topics.iter() {
                 let log = self.topic_mut(t);
@@ -492,11 +597,16 @@ impl Broadcast {
         let seq = self.first_seq;
         self.first_seq += 1;
         self.bytes -= entry.wire.len();
+        self.index_bytes -= entry.topics.len() * INDEX_ENTRY_BYTES;
         self.evicted_max_id = entry.id;
         for &t in entry.topics.iter() {
             let log = self.topic_mut(t);
             let front = log.events.pop_front();
             debug_assert_eq!(front.map(|(s, _)| s), Some(seq));
+            if log.events.capacity() > 4 * log.events.len().max(4) {
+                // A subscribed topic outlives its events: do not keep the index a burst grew.
+                log.events.shrink_to(2 * log.events.len());
+            }
             log.evicted_max_id = entry.id;
             log.evicted_max_seq = Some(seq);
             self.drop_topic_if_unused(t);
@@ -510,7 +620,10 @@ impl Broadcast {
     /// history (or may have existed before this log), the gap is reported with the oldest id retained
     /// in those topics (the next id to be given out when none is).
     pub fn resume(&self, selection: &Selection, last_event_id: Option<u64>) -> Resume {
-        let live = Resume { cursor: Cursor { seq: self.next_seq(), offset: 0 }, gap: None };
+        // Events held for a commit are not published yet: a subscriber that starts now must get them
+        // when they become visible, since their publishers have not had their answer.
+        let live_from = self.next_seq().min(self.visible_end);
+        let live = Resume { cursor: Cursor { seq: live_from, offset: 0 }, gap: None, live_from };
         let Some(last) = last_event_id else { return live };
         if last > self.newest_id() {
             return live;
@@ -532,7 +645,7 @@ impl Broadcast {
             };
             (last, oldest.unwrap_or(self.next_id))
         });
-        Resume { cursor, gap }
+        Resume { cursor, gap, live_from }
     }
 
     /// Whether an event the cursor still needs has left the history (the subscriber must go).
@@ -581,6 +694,25 @@ impl Broadcast {
             }
         };
         (self.total_bytes - before).saturating_sub(cursor.offset as u64)
+    }
+
+    /// How far a subscriber has fallen behind, in wire bytes, for `--max-lag`.
+    ///
+    /// Only events published since the stream started (from `live_from` on) count: replaying
+    /// retained events to a resuming client is a catch-up, not lag, however large. The event the
+    /// cursor is in (or at) does not count either, so a single event larger than the limit reaches a
+    /// reader that keeps reading. What is left is what was published while the subscriber was not
+    /// taking it: a stalled reader, during its catch-up or live, and a reader slower than the
+    /// publish rate both pass the limit once enough new events pile up.
+    pub fn lag(&self, selection: &Selection, cursor: &Cursor, live_from: u64) -> u64 {
+        let mut first = None;
+        self.for_each_pending(selection, cursor, |seq| {
+            first = Some(seq);
+            false
+        });
+        let Some(current) = first else { return 0 };
+        let from = Cursor { seq: (current + 1).max(live_from), offset: 0 };
+        self.backlog(selection, &from)
     }
 
     /// Calls `each` with the sequence numbers of the retained events the cursor still needs, in order,
@@ -709,6 +841,11 @@ impl Broadcast {
     }
 }
 
+/// What a topic nobody subscribes to costs the history's index.
+fn topic_charge(name: &str) -> usize {
+    TOPIC_BYTES + name.len()
+}
+
 /// The index of the first entry with a sequence number at or above `seq`.
 ///
 /// Subscribers are nearly always at or near the newest event, so the search gallops from the back
@@ -822,6 +959,8 @@ mod tests {
             probe.bytes() - before
         };
         let mut log = log(Limits { events: 100, bytes: frame_len * 2 + frame_len / 2 });
+        // Subscribed, the topic is not charged to the index, so only the wire bytes decide here.
+        let _subscriber = log.acquire(&["a"]);
         let ids: Vec<u64> = (0..4).map(|_| publish(&mut log, &["a"], "0123456789")).collect();
         assert_eq!(log.len(), 2);
         assert!(log.bytes() <= frame_len * 2 + frame_len / 2);
@@ -1006,6 +1145,111 @@ mod tests {
         log.release(&sel);
         assert!(!log.names.contains_key("a"));
         assert!(log.names.contains_key("b"), "b still has a retained event");
+    }
+
+    #[test]
+    fn new_topic_names_are_capped_by_the_byte_limit_and_freed_with_their_events() {
+        let limit = 64 * 1024;
+        let mut log = log(Limits { events: 20, bytes: limit });
+        let topics: Vec<String> = (0..64).map(|j| format!("{j:0>120}")).collect();
+        for i in 0..2_000 {
+            let names: Vec<String> = topics.iter().map(|t| format!("{i}-{t}")).collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            publish(&mut log, &names, "x");
+            assert!(log.index_bytes() <= limit + 64 * (TOPIC_BYTES + 128 + INDEX_ENTRY_BYTES));
+        }
+        assert!(log.len() < 10, "the names evicted old events: {} retained", log.len());
+        let peak_slots = log.topics.capacity();
+        // Plain events on one topic push the flood out; its topics and their table go with it.
+        for _ in 0..20 {
+            publish(&mut log, &["a"], "y");
+        }
+        assert_eq!(log.topic_count(), 1);
+        // "a" took the lowest slot free when it came, and the table is cut back to it.
+        assert!(log.topics.len() <= 64 * 10, "{} slots", log.topics.len());
+        assert!(
+            log.topics.capacity() <= 4 * log.topics.len().max(16),
+            "{} of {peak_slots}",
+            log.topics.capacity()
+        );
+        assert!(log.names.capacity() <= 64);
+        assert_eq!(log.index_bytes(), topic_charge("a") + 20 * INDEX_ENTRY_BYTES);
+        assert!(log.topics_dropped() >= 2_000 * 64 - 64 * 10);
+    }
+
+    #[test]
+    fn only_unsubscribed_topics_are_charged_to_the_history() {
+        let mut log = log(BIG);
+        let sel = log.acquire(&["a"]);
+        assert_eq!(log.index_bytes(), 0, "a subscriber's topic is its connection's cost");
+        publish(&mut log, &["a", "b"], "x");
+        assert_eq!(log.index_bytes(), topic_charge("b") + 2 * INDEX_ENTRY_BYTES);
+        log.release(&sel);
+        assert_eq!(log.index_bytes(), topic_charge("a") + topic_charge("b") + 2 * INDEX_ENTRY_BYTES);
+        let again = log.acquire(&["b"]);
+        assert_eq!(log.index_bytes(), topic_charge("a") + 2 * INDEX_ENTRY_BYTES);
+        log.release(&again);
+    }
+
+    #[test]
+    fn freed_topic_slots_are_reused_lowest_first() {
+        let mut log = log(BIG);
+        let sels: Vec<Selection> = ["a", "b", "c", "d"].iter().map(|t| log.acquire(&[t])).collect();
+        log.release(&sels[1]);
+        log.release(&sels[2]);
+        assert_eq!(log.acquire(&["e"]), Selection::One(TopicId(1)));
+        assert_eq!(log.acquire(&["f"]), Selection::One(TopicId(2)));
+        log.release(&sels[3]);
+        assert_eq!(log.topics.len(), 3, "a free slot at the end is cut off");
+        assert_eq!(log.acquire(&["g"]), Selection::One(TopicId(3)));
+    }
+
+    #[test]
+    fn a_subscriber_starting_while_events_are_held_gets_them_at_the_commit() {
+        let mut log = log(BIG);
+        log.hold();
+        let held = publish(&mut log, &["a"], "held");
+        let sel = log.acquire(&["a"]);
+        let mut resume = log.resume(&sel, None);
+        assert_eq!(drain(&log, &sel, &mut resume.cursor, Framing::Raw), "", "not visible before the commit");
+        log.commit();
+        assert_eq!(ids_in(&drain(&log, &sel, &mut resume.cursor, Framing::Raw)), vec![held]);
+
+        log.hold();
+        publish(&mut log, &["a"], "rolled back");
+        let mut late = log.resume(&sel, None);
+        log.rollback();
+        let next = publish(&mut log, &["a"], "after the rollback");
+        assert_eq!(ids_in(&drain(&log, &sel, &mut late.cursor, Framing::Raw)), vec![next]);
+    }
+
+    #[test]
+    fn lag_counts_neither_the_catch_up_nor_the_event_being_written() {
+        let mut log = log(BIG);
+        let sel = log.acquire(&["a"]);
+        let old: Vec<u64> = (0..5).map(|_| publish(&mut log, &["a"], &"o".repeat(100))).collect();
+        let mut resume = log.resume(&sel, Some(old[0]));
+        assert!(log.backlog(&sel, &resume.cursor) > 400);
+        assert_eq!(log.lag(&sel, &resume.cursor, resume.live_from), 0, "replaying retained events is no lag");
+        let before = log.bytes();
+        publish(&mut log, &["a"], &"n".repeat(50));
+        let new_len = (log.bytes() - before) as u64;
+        assert_eq!(log.lag(&sel, &resume.cursor, resume.live_from), new_len, "what came since counts");
+        drain(&log, &sel, &mut resume.cursor, Framing::Chunked);
+        assert_eq!(log.lag(&sel, &resume.cursor, resume.live_from), 0);
+
+        // Live: the event at the cursor is free, even one written halfway; the ones after it count.
+        let big = publish(&mut log, &["a"], &"b".repeat(10_000));
+        assert_eq!(log.lag(&sel, &resume.cursor, resume.live_from), 0, "a single large event is no lag");
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let g = log.gather(&sel, &resume.cursor, Framing::Chunked, &mut slices, usize::MAX);
+        log.advance(&sel, &mut resume.cursor, Framing::Chunked, &g, 4_000);
+        assert_eq!(log.lag(&sel, &resume.cursor, resume.live_from), 0);
+        let before = log.bytes();
+        publish(&mut log, &["a"], "after");
+        let after_len = (log.bytes() - before) as u64;
+        assert_eq!(log.lag(&sel, &resume.cursor, resume.live_from), after_len);
+        let _ = big;
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::broadcast::TopicId;
 use crate::slab::Key;
 
 /// A subscriber list: one topic's, or the list of every-topic streams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum List {
     /// Streams that take every event.
     All,

@@ -6,7 +6,7 @@
 //! stored and answered at once, its subscribers only marked); fire due deadlines; then write once to
 //! every marked subscriber, so events published in the same turn leave in one vectored write.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::{IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +64,11 @@ const MAX_WRITE_BYTES: usize = 256 * 1024;
 /// At ~8 µs per loopback write a slice is ~4 ms: publishes that arrive during a long fan-out are
 /// answered within that and coalesce into the writes still to come.
 const FANOUT_SLICE: usize = 512;
+/// Publishes one turn may hold for the durable history's commit, and their wire bytes; past either,
+/// further requests wait for the commit. This bounds a turn's bookkeeping and the time everyone else
+/// waits for it, however many publishers pipeline at once.
+const MAX_HELD_EVENTS: usize = 1024;
+const MAX_HELD_BYTES: usize = 4 << 20;
 /// Readiness events taken per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -182,7 +187,9 @@ impl Server {
             log,
             store,
             pending_acks: Vec::new(),
-            held_lists: Vec::new(),
+            held_lists: HashSet::new(),
+            held_bytes: 0,
+            resume_after_commit: Vec::new(),
             overflow,
             config,
             poll,
@@ -287,6 +294,9 @@ struct Stream {
     /// for a one-list stream.
     more_positions: Box<[u32]>,
     cursor: Cursor,
+    /// The first sequence number published after the stream started: what came before is its
+    /// catch-up, which never counts as lag.
+    live_from: u64,
     framing: Framing,
     /// `--max-lifetime`: when the stream ends cleanly.
     ends_at: Option<Instant>,
@@ -378,8 +388,13 @@ struct Loop {
     store: Option<Store>,
     /// Publishes of this turn waiting for the commit.
     pending_acks: Vec<Ack>,
-    /// Subscriber lists of the events held for the commit, marked once it lands.
-    held_lists: Vec<List>,
+    /// Subscriber lists of the events held for the commit, marked once it lands (a set: a turn may
+    /// hold a thousand events of 64 topics each, and each list is marked once).
+    held_lists: HashSet<List>,
+    /// Wire bytes of the events held for the commit.
+    held_bytes: usize,
+    /// Connections whose requests wait because the turn holds all it may (`turn_full`).
+    resume_after_commit: Vec<Key>,
     /// Connections allowed beyond `max_connections` to receive their "full" answer.
     overflow: usize,
     poll: Poll,

@@ -18,6 +18,7 @@ impl Loop {
         };
         let id = self.log.next_id(wall_micros());
         let encoded = self.log.encode(&event, id).map_err(|_| Refusal::EventTooLarge)?;
+        let wire_len = encoded.wire_len();
         let mut held = false;
         if let Some(store) = &mut self.store {
             let record = Record {
@@ -35,6 +36,7 @@ impl Loop {
                 // Subscribers see it only once it is on disk: a crash must not leave delivered
                 // events that a restart does not know.
                 self.log.hold();
+                self.held_bytes += wire_len;
                 held = true;
             }
         }
@@ -44,11 +46,7 @@ impl Loop {
         let lists: Vec<List> =
             topic_ids.iter().map(|&t| List::Topic(t)).chain(std::iter::once(List::All)).collect();
         if held {
-            for list in lists {
-                if !self.held_lists.contains(&list) {
-                    self.held_lists.push(list);
-                }
-            }
+            self.held_lists.extend(lists);
         } else {
             for list in lists {
                 self.mark_list(list);
@@ -93,6 +91,12 @@ impl Loop {
         }
     }
 
+    /// Whether this turn holds as many publishes for the commit as it may: further requests wait
+    /// for the commit (`resume_after_commit`).
+    pub(super) fn turn_full(&self) -> bool {
+        self.pending_acks.len() >= MAX_HELD_EVENTS || self.held_bytes >= MAX_HELD_BYTES
+    }
+
     /// Whether publishes are answered only after the turn's commit (a durable history that syncs).
     pub(super) fn defers_acks(&self) -> bool {
         self.store.as_ref().is_some_and(|s| s.fsync() != Fsync::Never)
@@ -113,6 +117,7 @@ impl Loop {
             return;
         }
         let acks = std::mem::take(&mut self.pending_acks);
+        self.held_bytes = 0;
         match result {
             Ok(()) => {
                 self.log.commit();
@@ -165,6 +170,10 @@ impl Loop {
                     }
                 }
             }
+        }
+        // Requests that waited for this commit; what they publish is held for the next one.
+        for key in std::mem::take(&mut self.resume_after_commit) {
+            self.read_requests(key);
         }
     }
 }

@@ -109,6 +109,11 @@ impl Loop {
     pub(super) fn read_requests(&mut self, key: Key) {
         loop {
             self.process_requests(key);
+            if self.turn_full() {
+                // Picked up again, and read until `WouldBlock`, once the commit lands.
+                self.resume_after_commit.push(key);
+                return;
+            }
             let Some(conn) = self.conns.get_mut(key) else { return };
             if conn.closing || conn.pending_out() >= MAX_PENDING_RESPONSES {
                 return;
@@ -160,6 +165,10 @@ impl Loop {
                     _ => break,
                 }
             }
+            if self.turn_full() {
+                break; // `read_requests` queues the connection for after the commit
+            }
+            let Some(conn) = self.conns.get_mut(key) else { return };
             let Phase::Requests(reader) = &mut conn.phase else { break };
             let Some(incoming) = reader.poll_request(&self.config, self.now) else { break };
             match incoming {

@@ -63,6 +63,7 @@ impl Loop {
             position: 0,
             more_positions: Box::new([]),
             cursor: resume.cursor,
+            live_from: resume.live_from,
             framing,
             ends_at: None,
         };
@@ -142,15 +143,18 @@ impl Loop {
         }
     }
 
-    /// Closes a stream whose socket is full and whose backlog passed `--max-lag` or left the history.
+    /// Closes a stream whose socket is full and whose lag passed `--max-lag` (see
+    /// [`Broadcast::lag`]: a catch-up and the event being written do not count) or whose next event
+    /// left the history.
     pub(super) fn check_lag(&mut self, key: Key) {
         let Some(conn) = self.conns.get(key) else { return };
         let Phase::Streaming(stream) = &conn.phase else { return };
         if self.log.lost(&stream.selection, &stream.cursor) {
             return self.close(key, CloseReason::Dropped(DropReason::Evicted));
         }
-        let backlog = self.log.backlog(&stream.selection, &stream.cursor) + conn.pending_out() as u64;
-        if backlog > self.config.max_lag as u64 {
+        let lag =
+            self.log.lag(&stream.selection, &stream.cursor, stream.live_from) + conn.pending_out() as u64;
+        if lag > self.config.max_lag as u64 {
             self.close(key, CloseReason::Dropped(DropReason::Lag));
         }
     }

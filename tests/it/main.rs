@@ -10,6 +10,7 @@ mod durable;
 mod external;
 mod fuzz_regressions;
 mod injection;
+mod lag;
 mod regressions;
 mod service;
 mod soak;
