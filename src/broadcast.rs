@@ -170,11 +170,36 @@ struct Entry {
     /// Wire bytes of every event stored before this one (the every-topic backlog's reference).
     total_before: u64,
     /// The topics the event belongs to, sorted and distinct.
-    topics: Box<[TopicId]>,
+    topics: EventTopics,
     /// Chunk header, frame, CRLF.
     wire: Box<[u8]>,
     /// Where the bare frame starts inside `wire`.
     frame_start: u8,
+}
+
+/// An event's topics: one inline (nearly every event, and one allocation fewer each: a retained
+/// event costs its wire bytes and nothing else on the heap), or several.
+enum EventTopics {
+    One(TopicId),
+    Many(Box<[TopicId]>),
+}
+
+impl EventTopics {
+    fn new(mut ids: Vec<TopicId>) -> EventTopics {
+        ids.sort_unstable();
+        ids.dedup();
+        match ids[..] {
+            [one] => EventTopics::One(one),
+            _ => EventTopics::Many(ids.into_boxed_slice()),
+        }
+    }
+
+    fn as_slice(&self) -> &[TopicId] {
+        match self {
+            EventTopics::One(t) => std::slice::from_ref(t),
+            EventTopics::Many(ts) => ts,
+        }
+    }
 }
 
 impl Entry {
@@ -494,12 +519,10 @@ impl Broadcast {
     /// put it on disk first; [`Broadcast::rollback`] drops it instead.
     pub fn insert(&mut self, topics: &[&str], encoded: Encoded) -> &[TopicId] {
         debug_assert!(encoded.id >= self.next_id, "ids only grow");
-        let mut topic_ids: Vec<TopicId> = topics.iter().map(|n| self.intern(n)).collect();
-        topic_ids.sort_unstable();
-        topic_ids.dedup();
+        let topic_ids = EventTopics::new(topics.iter().map(|n| self.intern(n)).collect());
         let seq = self.next_seq();
         let size = encoded.wire.len() as u64;
-        for &t in &topic_ids {
+        for &t in topic_ids.as_slice() {
             let log = self.topic_mut(t);
             log.total_bytes += size;
             let total = log.total_bytes;
@@ -508,13 +531,13 @@ impl Broadcast {
         self.ring.push_back(Entry {
             id: encoded.id,
             total_before: self.total_bytes,
-            topics: topic_ids.into_boxed_slice(),
+            topics: topic_ids,
             wire: encoded.wire,
             frame_start: encoded.frame_start,
         });
         self.total_bytes += size;
         self.bytes += size as usize;
-        self.index_bytes += self.ring.back().map_or(0, |e| e.topics.len()) * INDEX_ENTRY_BYTES;
+        self.index_bytes += self.ring.back().map_or(0, |e| e.topics.as_slice().len()) * INDEX_ENTRY_BYTES;
         self.next_id = encoded.id + 1;
         // The new event itself always stays: `encode` refused one whose wire bytes alone exceed the
         // limit, and its index entries are at most a few kilobytes (64 topics of 128 bytes).
@@ -525,7 +548,7 @@ impl Broadcast {
         {
             self.evict_oldest();
         }
-        &self.ring.back().expect("the new event fits the limits alone").topics
+        self.ring.back().expect("the new event fits the limits alone").topics.as_slice()
     }
 
     /// Encodes, stores and commits an event with the next id: the whole publish for a history that
@@ -562,9 +585,9 @@ impl Broadcast {
         while self.next_seq() > self.visible_end.max(self.first_seq) {
             let entry = self.ring.pop_back().expect("uncommitted entries exist");
             self.bytes -= entry.wire.len();
-            self.index_bytes -= entry.topics.len() * INDEX_ENTRY_BYTES;
+            self.index_bytes -= entry.topics.as_slice().len() * INDEX_ENTRY_BYTES;
             self.total_bytes -= entry.wire.len() as u64;
-            for &t in entry.topics.iter() {
+            for &t in entry.topics.as_slice() {
                 let log = self.topic_mut(t);
                 log.events.pop_back();
                 log.total_bytes -= entry.wire.len() as u64;
@@ -597,9 +620,9 @@ impl Broadcast {
         let seq = self.first_seq;
         self.first_seq += 1;
         self.bytes -= entry.wire.len();
-        self.index_bytes -= entry.topics.len() * INDEX_ENTRY_BYTES;
+        self.index_bytes -= entry.topics.as_slice().len() * INDEX_ENTRY_BYTES;
         self.evicted_max_id = entry.id;
-        for &t in entry.topics.iter() {
+        for &t in entry.topics.as_slice() {
             let log = self.topic_mut(t);
             let front = log.events.pop_front();
             debug_assert_eq!(front.map(|(s, _)| s), Some(seq));

@@ -69,6 +69,9 @@ const FANOUT_SLICE: usize = 512;
 /// waits for it, however many publishers pipeline at once.
 const MAX_HELD_EVENTS: usize = 1024;
 const MAX_HELD_BYTES: usize = 4 << 20;
+/// Topics dropped between two returns of free memory to the system (`return_free_memory`): a
+/// flood of new names leaves at most this many topics' worth (a few hundred bytes each) unreturned.
+const TRIM_AFTER_TOPICS: u64 = 4096;
 /// Readiness events taken per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -207,6 +210,7 @@ impl Server {
             exhaustion_reported: None,
             exhausted_accepts: 0,
             scratch: vec![0; 64 * 1024],
+            trimmed_at_topics: 0,
             rng: Rng::seeded(),
             now,
             supervisor: notifier.map(|notifier| Supervisor { notifier, next_tick: now }),
@@ -417,6 +421,8 @@ struct Loop {
     exhausted_accepts: u64,
     /// One read buffer for every connection: connections keep only what they have not parsed yet.
     scratch: Vec<u8>,
+    /// `log.topics_dropped()` when free memory was last returned to the system.
+    trimmed_at_topics: u64,
     rng: Rng,
     /// The clock, read once per turn.
     now: Instant,
@@ -501,6 +507,10 @@ impl Loop {
             self.fire_timers();
             self.commit_turn();
             self.flush_dirty();
+            if self.log.topics_dropped() >= self.trimmed_at_topics + TRIM_AFTER_TOPICS {
+                self.trimmed_at_topics = self.log.topics_dropped();
+                return_free_memory();
+            }
             if let Some(by) = self.stopping_by {
                 if self.conns.len() == 0 || self.now >= by {
                     if self.conns.len() > 0 {
@@ -529,6 +539,27 @@ impl Loop {
         timeout
     }
 }
+
+/// Gives the allocator's wholly free pages back to the system.
+///
+/// A topic is a handful of small allocations (its name, index, slot); glibc keeps the freed ones in
+/// its heap, interleaved with live ones, so after a flood of new topic names is evicted the memory
+/// is free but still resident. `malloc_trim` returns the free pages inside the heap too
+/// (`madvise(MADV_DONTNEED)`), which is what brings RSS back to where it was. Called only after
+/// thousands of topics went; it walks the heap, a few milliseconds at most.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_free_memory() {
+    // SAFETY: malloc_trim takes no pointers and only rearranges the allocator's own free memory; it
+    // is safe to call at any time from any thread.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Other allocators (musl's, for one) return memory on their own terms; nothing to do.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_free_memory() {}
 
 /// Appends a body fragment with the stream's framing.
 fn push_body(framing: Framing, payload: &[u8], out: &mut Vec<u8>) {

@@ -9,6 +9,7 @@ mod contract;
 mod durable;
 mod external;
 mod fuzz_regressions;
+mod held;
 mod injection;
 mod lag;
 mod regressions;
