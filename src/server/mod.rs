@@ -32,6 +32,7 @@ use crate::slab::{Key, Slab};
 use crate::sse;
 use crate::store::{Fsync, Record, Store};
 use crate::systemd::Notifier;
+use crate::timer::deadline_after;
 
 mod publish;
 mod requests;
