@@ -418,7 +418,7 @@ impl Loop {
     }
 
     pub(super) fn begin_shutdown(&mut self) {
-        info!("ssed shutting down: ending {} streams", self.subscribers);
+        info!("ssed shutting down; streams to end: {}", self.subscribers);
         if let Some(supervisor) = &self.supervisor {
             supervisor.send("STOPPING=1\nSTATUS=shutting down");
         }
