@@ -259,3 +259,35 @@ fn sizes_take_binary_units() {
         assert!(answer.starts_with(b"HTTP/1.1 413"), "{}", String::from_utf8_lossy(&answer));
     }
 }
+
+/// The shipped environment file's example values are all accepted, units included (with the data
+/// directory and address overridden by flags, which win), and it mentions every variable
+/// `ssed --help` lists.
+#[test]
+fn the_environment_file_examples_are_accepted() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/ssed.env")).unwrap();
+    let examples: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix('#')?.split_once('='))
+        .filter(|(name, _)| name.starts_with("SSED_"))
+        .collect();
+    let mut help = ssed();
+    help.arg("--help");
+    let help = String::from_utf8(finished(help).stdout).unwrap();
+    for variable in help.split("[env: ").skip(1).filter_map(|rest| rest.split_once(']')).map(|(v, _)| v) {
+        assert!(examples.iter().any(|(name, _)| *name == variable), "{variable} missing from ssed.env");
+    }
+    let dir = std::env::temp_dir().join(format!("ssed-it-envfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut command = ssed();
+    command.envs(examples.iter().copied()).args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(&dir);
+    let mut proc = Proc::spawn(command);
+    let addr = proc.listening_addr();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(crate::support::DEADLINE)).unwrap();
+    write!(stream, "GET /health HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    let answer = read_until(&mut stream, b"\r\n");
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    drop(proc);
+    let _ = std::fs::remove_dir_all(&dir);
+}
