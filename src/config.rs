@@ -30,6 +30,26 @@ pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time a graceful shutdown waits for buffered bytes to drain.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
+// The ceilings below keep every setting far from where arithmetic on it could overflow (a deadline
+// `now + timeout`, a jittered lifetime in milliseconds, `max_connections` plus its overflow allowance),
+// while staying well above anything a deployment needs. `Config::validate` and the `ssed` flags
+// both enforce them, and `ssed --help` shows them.
+
+/// Longest `heartbeat`, `header_timeout`, `keep_alive_timeout` and `shutdown_timeout`: a day.
+pub const TIMEOUT_CEILING: Duration = Duration::from_secs(24 * 60 * 60);
+/// Longest `max_lifetime` and `history_age`: a year of 365 days.
+pub const AGE_CEILING: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// Longest `retry`: `u32::MAX` milliseconds (about 49.7 days), what an `EventSource` can take.
+pub const RETRY_CEILING: Duration = Duration::from_millis(u32::MAX as u64);
+/// Most events `history` may keep: a hundred million.
+pub const HISTORY_CEILING: usize = 100_000_000;
+/// Most connections `max_connections` may allow: a hundred million (the open-file limit caps it further).
+pub const CONNECTIONS_CEILING: usize = 100_000_000;
+/// Largest `max_body`: 1 GiB.
+pub const BODY_CEILING: usize = 1 << 30;
+/// Largest `history_bytes` and `max_lag`: 1 TiB.
+pub const BYTES_CEILING: u64 = 1 << 40;
+
 /// Everything that shapes a server's behaviour, as one value.
 ///
 /// Build it with [`Config::default`] and change the fields you need; [`Server`](crate::Server) checks it
@@ -132,14 +152,16 @@ impl Config {
     ///
     /// The rules are the contract's: `--max-lag` must be at least twice `--max-body` (otherwise one
     /// large event could disconnect every subscriber that has not yet taken it), the history holds at
-    /// least one event and one maximal body, and the timeouts are non-zero.
+    /// least one event and one maximal body, and the timeouts are non-zero. Every number also stays
+    /// under its ceiling ([`TIMEOUT_CEILING`], [`AGE_CEILING`], [`BYTES_CEILING`], ...), so no
+    /// deadline or size computed from it can overflow, and every CORS origin has the form a browser
+    /// sends (`scheme://host[:port]`) or is `*`.
     pub fn validate(&self) -> Result<(), Error> {
-        if self.history == 0 {
-            return Err(Error::config("--history must be at least 1"));
-        }
-        if self.max_body == 0 {
-            return Err(Error::config("--max-body must be at least 1"));
-        }
+        check_count("--history", self.history, 1, HISTORY_CEILING, "events")?;
+        check_count("--max-body", self.max_body, 1, BODY_CEILING, "bytes")?;
+        check_bytes("--history-bytes", self.history_bytes)?;
+        check_bytes("--max-lag", self.max_lag)?;
+        check_count("--max-connections", self.max_connections, 1, CONNECTIONS_CEILING, "connections")?;
         if self.max_lag < self.max_body.saturating_mul(2) {
             return Err(Error::config(format!(
                 "--max-lag ({}) must be at least twice --max-body ({})",
@@ -152,17 +174,24 @@ impl Config {
                 self.history_bytes, self.max_body
             )));
         }
-        if self.max_connections == 0 {
-            return Err(Error::config("--max-connections must be at least 1"));
-        }
         if self.header_timeout.is_zero() {
             return Err(Error::config("--header-timeout must be at least 1 second"));
         }
         if self.keep_alive_timeout.is_zero() {
             return Err(Error::config("--keep-alive-timeout must be at least 1 second"));
         }
-        if self.retry.as_millis() > u128::from(u32::MAX) {
-            return Err(Error::config("--retry-ms is too large"));
+        check_duration("--heartbeat", self.heartbeat, TIMEOUT_CEILING)?;
+        check_duration("--header-timeout", self.header_timeout, TIMEOUT_CEILING)?;
+        check_duration("--keep-alive-timeout", self.keep_alive_timeout, TIMEOUT_CEILING)?;
+        check_duration("--shutdown-timeout", self.shutdown_timeout, TIMEOUT_CEILING)?;
+        check_duration("--max-lifetime", self.max_lifetime, AGE_CEILING)?;
+        check_duration("--history-age", self.history_age, AGE_CEILING)?;
+        if self.retry > RETRY_CEILING {
+            return Err(Error::config(format!(
+                "--retry-ms ({}) is out of range: 0 to {} milliseconds",
+                self.retry.as_millis(),
+                RETRY_CEILING.as_millis()
+            )));
         }
         for token in [&self.publish_token, &self.subscribe_token].into_iter().flatten() {
             if token.is_empty() || token.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
@@ -170,12 +199,108 @@ impl Config {
             }
         }
         for origin in &self.cors_origins {
-            if origin.is_empty() || origin.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-                return Err(Error::config(format!("--cors-origin {origin:?} is not a valid origin")));
+            if let Err(problem) = check_origin(origin) {
+                return Err(Error::config(format!(
+                    "--cors-origin {origin:?} is not an origin: {problem}; a browser sends scheme://host[:port] \
+                     in lowercase, such as https://app.example.com or http://localhost:3000, with no path and \
+                     no trailing slash (or use * for any origin)"
+                )));
             }
         }
         Ok(())
     }
+}
+
+fn check_count(flag: &str, value: usize, min: usize, max: usize, unit: &str) -> Result<(), Error> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::config(format!("{flag} ({value}) is out of range: {min} to {max} {unit}")))
+    }
+}
+
+fn check_bytes(flag: &str, value: usize) -> Result<(), Error> {
+    if value as u64 <= BYTES_CEILING {
+        Ok(())
+    } else {
+        Err(Error::config(format!("{flag} ({value}) is out of range: at most {BYTES_CEILING} bytes (1 TiB)")))
+    }
+}
+
+fn check_duration(flag: &str, value: Duration, max: Duration) -> Result<(), Error> {
+    if value <= max {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "{flag} ({value:?}) is out of range: 0 to {} seconds ({})",
+            max.as_secs(),
+            if max == AGE_CEILING { "a year" } else { "a day" }
+        )))
+    }
+}
+
+/// Whether `origin` could ever equal a browser's `Origin` header, which is the serialized origin of
+/// the WHATWG URL Standard: lowercase `scheme://host`, then `:port` only when the port is not the
+/// scheme's default; no path, no trailing slash, no user, IDN hosts in their punycode form. The
+/// comparison in `http::response` is exact, so anything else would silently never match.
+fn check_origin(origin: &str) -> Result<(), &'static str> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else { return Err("it has no scheme://") };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && scheme.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+    if !scheme_ok {
+        return Err("its scheme is not lowercase letters");
+    }
+    if rest.contains(['/', '?', '#']) {
+        return Err("it has a path, query or trailing slash");
+    }
+    if rest.contains('@') {
+        return Err("it has a user name");
+    }
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => {
+            let Some((address, after)) = v6.split_once(']') else { return Err("its IPv6 address has no ]") };
+            if address.is_empty() || !address.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            {
+                return Err("its IPv6 address is malformed");
+            }
+            if address.bytes().any(|b| b.is_ascii_uppercase()) {
+                return Err("its host is not lowercase");
+            }
+            match after {
+                "" => (address, None),
+                _ => match after.strip_prefix(':') {
+                    Some(port) => (address, Some(port)),
+                    None => return Err("it has text after its IPv6 address"),
+                },
+            }
+        }
+        None => match rest.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        },
+    };
+    if host.is_empty() {
+        return Err("it has no host");
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err("its host is not lowercase");
+    }
+    if !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b)) {
+        return Err("its host has characters a browser would not send (use the punycode form of a name)");
+    }
+    if let Some(port) = port {
+        let number = match port.parse::<u16>() {
+            Ok(n) if n > 0 && port.bytes().all(|b| b.is_ascii_digit()) && !port.starts_with('0') => n,
+            _ => return Err("its port is not a number from 1 to 65535"),
+        };
+        if (scheme, number) == ("http", 80) || (scheme, number) == ("https", 443) {
+            return Err("it names the scheme's default port, which a browser leaves out");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -216,5 +341,93 @@ mod tests {
     fn tokens_with_spaces_are_refused() {
         let config = Config { publish_token: Some("a b".into()), ..Config::default() };
         assert!(config.validate().is_err());
+    }
+
+    /// Every setting at its ceiling: the largest configuration a user can ask for is accepted.
+    fn at_ceilings() -> Config {
+        Config {
+            history: HISTORY_CEILING,
+            history_bytes: BYTES_CEILING as usize,
+            heartbeat: TIMEOUT_CEILING,
+            retry: RETRY_CEILING,
+            max_connections: CONNECTIONS_CEILING,
+            max_body: BODY_CEILING,
+            max_lag: BYTES_CEILING as usize,
+            header_timeout: TIMEOUT_CEILING,
+            keep_alive_timeout: TIMEOUT_CEILING,
+            max_lifetime: AGE_CEILING,
+            shutdown_timeout: TIMEOUT_CEILING,
+            history_age: AGE_CEILING,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn settings_at_their_ceilings_are_valid() {
+        at_ceilings().validate().unwrap();
+    }
+
+    #[test]
+    fn settings_past_their_ceilings_are_refused_with_the_range() {
+        let just_over = |d: Duration| d + Duration::from_nanos(1);
+        let cases: Vec<(&str, Config)> = vec![
+            ("--heartbeat", Config { heartbeat: Duration::MAX, ..Config::default() }),
+            ("--heartbeat", Config { heartbeat: just_over(TIMEOUT_CEILING), ..Config::default() }),
+            ("--header-timeout", Config { header_timeout: Duration::MAX, ..Config::default() }),
+            ("--keep-alive-timeout", Config { keep_alive_timeout: Duration::MAX, ..Config::default() }),
+            ("--shutdown-timeout", Config { shutdown_timeout: Duration::MAX, ..Config::default() }),
+            ("--max-lifetime", Config { max_lifetime: Duration::MAX, ..Config::default() }),
+            ("--max-lifetime", Config { max_lifetime: just_over(AGE_CEILING), ..Config::default() }),
+            ("--history-age", Config { history_age: Duration::MAX, ..Config::default() }),
+            ("--retry-ms", Config { retry: Duration::MAX, ..Config::default() }),
+            ("--history", Config { history: usize::MAX, ..Config::default() }),
+            ("--history-bytes", Config { history_bytes: usize::MAX, ..Config::default() }),
+            ("--max-lag", Config { max_lag: usize::MAX, ..Config::default() }),
+            ("--max-body", Config { max_body: BODY_CEILING + 1, max_lag: usize::MAX, ..Config::default() }),
+            ("--max-connections", Config { max_connections: usize::MAX, ..Config::default() }),
+        ];
+        for (flag, config) in cases {
+            let message = config.validate().expect_err(flag).to_string();
+            assert!(message.starts_with(flag) && message.contains("out of range"), "{flag}: {message}");
+        }
+    }
+
+    #[test]
+    fn cors_origins_must_be_what_a_browser_sends() {
+        for good in [
+            "*",
+            "https://app.example.com",
+            "http://localhost:3000",
+            "http://[::1]:8080",
+            "https://a.example:8443",
+        ] {
+            let config = Config { cors_origins: vec![good.into()], ..Config::default() };
+            assert!(config.validate().is_ok(), "{good} refused");
+        }
+        for bad in [
+            "",
+            "app.example.com",
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "https://app.example.com?x",
+            "https://App.example.com",
+            "HTTPS://app.example.com",
+            "https://user@app.example.com",
+            "https://app.example.com:443",
+            "http://app.example.com:80",
+            "https://app.example.com:0",
+            "https://app.example.com:99999",
+            "https://app.example.com:",
+            "https://",
+            "https://bücher.example",
+            "https://a b.example",
+            "null",
+            "http://[::1",
+            "**",
+        ] {
+            let config = Config { cors_origins: vec![bad.into()], ..Config::default() };
+            let message = config.validate().expect_err(bad).to_string();
+            assert!(message.contains("scheme://host[:port]"), "{bad}: {message}");
+        }
     }
 }

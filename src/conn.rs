@@ -132,8 +132,8 @@ impl RequestReader {
     /// When the connection must be answered `408` or closed if nothing more happens.
     pub fn poll_deadline(&self, config: &Config) -> Instant {
         match self.waiting() {
-            Waiting::Idle => self.since + config.keep_alive_timeout,
-            Waiting::Request => self.since + config.header_timeout,
+            Waiting::Idle => crate::timer::deadline_after(self.since, config.keep_alive_timeout),
+            Waiting::Request => crate::timer::deadline_after(self.since, config.header_timeout),
         }
     }
 
@@ -417,5 +417,18 @@ mod tests {
         reader.input.extend_from_slice(b"GET /hea");
         reader.handle_input_at(true, later);
         assert_eq!(reader.poll_deadline(&config), later + config.header_timeout);
+    }
+
+    #[test]
+    fn deadlines_saturate_for_timeouts_too_long_to_add() {
+        // `Config::validate` refuses such timeouts, but the core must not panic on an unchecked one.
+        let config =
+            Config { header_timeout: Duration::MAX, keep_alive_timeout: Duration::MAX, ..Config::default() };
+        let start = Instant::now();
+        let mut reader = RequestReader::new(start);
+        assert!(reader.poll_deadline(&config) > start + Duration::from_secs(1 << 32));
+        reader.input.extend_from_slice(b"GET /health HTTP/1.1\r\n\r\n");
+        assert!(reader.poll_request(&config, start).is_some());
+        assert!(reader.poll_deadline(&config) > start + Duration::from_secs(1 << 32));
     }
 }

@@ -1,19 +1,36 @@
 //! The `ssed` binary: flags (and their environment variables) to a validated [`Config`], a logger, run.
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use ssed::{systemd, Config, Server};
 
-/// One flag: its name, environment variable, default as shown in `--help`, and meaning. The same table
-/// drives parsing, the environment and the help text, so they cannot drift apart.
+/// One flag: its name, environment variable, default as shown in `--help`, meaning, and the kind of
+/// value it takes (with its range). The same table drives parsing, the environment and the help
+/// text, so they cannot drift apart.
 struct Flag {
     name: &'static str,
     env: &'static str,
     value: &'static str,
     default: &'static str,
     help: &'static str,
+    kind: Kind,
 }
+
+/// What a flag's value is: it decides how the value is parsed and what range `--help` shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Taken as written: an address, a token, an origin, a path, a mode.
+    Text,
+    /// A whole number from `min` to `max`.
+    Number { min: u64, max: u64 },
+    /// A number of bytes from `min` to `max`, optionally with a binary unit (see [`parse_size`]).
+    Size { min: u64, max: u64 },
+}
+
+const DAY_SECS: u64 = ssed::TIMEOUT_CEILING.as_secs();
+const YEAR_SECS: u64 = ssed::AGE_CEILING.as_secs();
 
 const FLAGS: &[Flag] = &[
     Flag {
@@ -22,6 +39,7 @@ const FLAGS: &[Flag] = &[
         value: "ADDR",
         default: "127.0.0.1:8080",
         help: "address to bind (ignored under systemd socket activation)",
+        kind: Kind::Text,
     },
     Flag {
         name: "history",
@@ -29,13 +47,15 @@ const FLAGS: &[Flag] = &[
         value: "N",
         default: "10000",
         help: "events kept for resume",
+        kind: Kind::Number { min: 1, max: ssed::HISTORY_CEILING as u64 },
     },
     Flag {
         name: "history-bytes",
         env: "SSED_HISTORY_BYTES",
-        value: "N",
-        default: "67108864",
-        help: "cap on the bytes those events hold; the oldest are dropped first",
+        value: "BYTES",
+        default: "64MiB",
+        help: "cap on the bytes those events hold; the oldest are dropped first; at least twice --max-body",
+        kind: Kind::Size { min: 1, max: ssed::BYTES_CEILING },
     },
     Flag {
         name: "heartbeat",
@@ -43,6 +63,7 @@ const FLAGS: &[Flag] = &[
         value: "SECS",
         default: "15",
         help: "comment line after this long without bytes on a stream; 0 disables",
+        kind: Kind::Number { min: 0, max: DAY_SECS },
     },
     Flag {
         name: "retry-ms",
@@ -50,34 +71,39 @@ const FLAGS: &[Flag] = &[
         value: "MS",
         default: "3000",
         help: "retry: sent at the start of each stream",
+        kind: Kind::Number { min: 0, max: ssed::RETRY_CEILING.as_millis() as u64 },
     },
     Flag {
         name: "max-connections",
         env: "SSED_MAX_CONNECTIONS",
         value: "N",
         default: "100000",
-        help: "connections held open (capped by the file-descriptor limit)",
+        help: "connections held open (capped by the open-file limit)",
+        kind: Kind::Number { min: 1, max: ssed::CONNECTIONS_CEILING as u64 },
     },
     Flag {
         name: "max-body",
         env: "SSED_MAX_BODY",
         value: "BYTES",
-        default: "65536",
+        default: "64KiB",
         help: "larger publish bodies get 413",
+        kind: Kind::Size { min: 1, max: ssed::BODY_CEILING as u64 },
     },
     Flag {
         name: "max-lag",
         env: "SSED_MAX_LAG",
         value: "BYTES",
-        default: "1048576",
-        help: "a subscriber this far behind is disconnected (at least 2 x --max-body)",
+        default: "1MiB",
+        help: "a subscriber this far behind is disconnected; at least twice --max-body",
+        kind: Kind::Size { min: 1, max: ssed::BYTES_CEILING },
     },
     Flag {
         name: "header-timeout",
         env: "SSED_HEADER_TIMEOUT",
         value: "SECS",
         default: "10",
-        help: "a request head not complete by then gets 408",
+        help: "a request (head and body) not complete this long after its first byte gets 408",
+        kind: Kind::Number { min: 1, max: DAY_SECS },
     },
     Flag {
         name: "keep-alive-timeout",
@@ -85,6 +111,7 @@ const FLAGS: &[Flag] = &[
         value: "SECS",
         default: "60",
         help: "an idle keep-alive connection is closed after this long",
+        kind: Kind::Number { min: 1, max: DAY_SECS },
     },
     Flag {
         name: "publish-token",
@@ -92,6 +119,7 @@ const FLAGS: &[Flag] = &[
         value: "TOKEN",
         default: "unset",
         help: "publishing needs Authorization: Bearer TOKEN",
+        kind: Kind::Text,
     },
     Flag {
         name: "subscribe-token",
@@ -99,13 +127,16 @@ const FLAGS: &[Flag] = &[
         value: "TOKEN",
         default: "unset",
         help: "subscribing needs that bearer token or cookie ssed_token=TOKEN",
+        kind: Kind::Text,
     },
     Flag {
         name: "cors-origin",
         env: "SSED_CORS_ORIGIN",
         value: "ORIGIN",
         default: "unset",
-        help: "allow this origin (repeatable; the variable takes a comma-separated list), or *",
+        help: "allow this origin, scheme://host[:port] as a browser sends it, or *; repeatable \
+               (the variable takes a comma-separated list, which the flags replace)",
+        kind: Kind::Text,
     },
     Flag {
         name: "max-lifetime",
@@ -113,6 +144,7 @@ const FLAGS: &[Flag] = &[
         value: "SECS",
         default: "0",
         help: "end each stream after this long, +-20% at random; 0 disables",
+        kind: Kind::Number { min: 0, max: YEAR_SECS },
     },
     Flag {
         name: "shutdown-timeout",
@@ -120,6 +152,7 @@ const FLAGS: &[Flag] = &[
         value: "SECS",
         default: "5",
         help: "how long a graceful shutdown waits for buffered bytes",
+        kind: Kind::Number { min: 0, max: DAY_SECS },
     },
     Flag {
         name: "data-dir",
@@ -127,13 +160,16 @@ const FLAGS: &[Flag] = &[
         value: "DIR",
         default: "unset",
         help: "keep the history in segment files here so it survives restarts and crashes",
+        kind: Kind::Text,
     },
     Flag {
         name: "fsync",
         env: "SSED_FSYNC",
         value: "MODE",
         default: "batch",
-        help: "with --data-dir: always (sync each event), batch (one sync per loop turn), never",
+        help: "only with --data-dir (refused without it): always (sync each event), batch (one sync per \
+               loop turn), never",
+        kind: Kind::Text,
     },
     Flag {
         name: "history-age",
@@ -141,6 +177,7 @@ const FLAGS: &[Flag] = &[
         value: "SECS",
         default: "0",
         help: "events older than this leave the history (memory and disk); 0 keeps them",
+        kind: Kind::Number { min: 0, max: YEAR_SECS },
     },
 ];
 
@@ -148,12 +185,24 @@ fn help() -> String {
     let mut text = String::from(
         "ssed: a Server-Sent Events broadcast server\n\n\
          Usage: ssed [OPTIONS]\n\n\
-         Every option can also be set through the environment variable shown; a flag wins over it.\n\n\
+         Every option can also be set through the environment variable shown; a flag wins over its\n\
+         variable, and an empty variable counts as unset. Repeated --cors-origin flags replace the\n\
+         variable's list. BYTES take an optional unit: K, M, G or T, all powers of 1024 however\n\
+         written (64MiB = 64M = 64mb = 67108864). Numbers outside the range shown are refused; in\n\
+         seconds, 86400 is a day and 31536000 a year.\n\n\
          Options:\n",
     );
     for flag in FLAGS {
         let left = format!("  --{} {}", flag.name, flag.value);
-        text.push_str(&format!("{left:<34}{} [default: {}] [env: {}]\n", flag.help, flag.default, flag.env));
+        let range = match flag.kind {
+            Kind::Text => String::new(),
+            Kind::Number { min, max } => format!(" [range: {min}-{max}]"),
+            Kind::Size { min, max } => format!(" [range: {}-{}]", show_size(min), show_size(max)),
+        };
+        text.push_str(&format!(
+            "{left:<34}{}{range} [default: {}] [env: {}]\n",
+            flag.help, flag.default, flag.env
+        ));
     }
     text.push_str("  -h, --help                      print this help\n  -V, --version                   print the version\n");
     text.push_str("\nLogging: RUST_LOG=debug (or info, warn, ...); default info.\n");
@@ -167,25 +216,114 @@ enum Command {
     Version,
 }
 
-fn parse_number<T: std::str::FromStr>(name: &str, text: &str) -> Result<T, String> {
-    text.trim().parse().map_err(|_| format!("--{name}: {text:?} is not a valid number"))
+/// Why a number could not be taken.
+#[derive(Debug, PartialEq, Eq)]
+enum BadNumber {
+    /// A whole number (perhaps negative, perhaps with a unit) that does not fit the range.
+    OutOfRange,
+    /// Not a whole number (with a known unit) at all.
+    Malformed,
 }
 
-fn apply(config: &mut Config, name: &str, value: &str) -> Result<(), String> {
-    let secs = |v: &str| parse_number::<u64>(name, v).map(Duration::from_secs);
-    match name {
+/// Units a size may carry: each a power of 1024, whatever the spelling, as systemd reads sizes.
+const UNITS: &[(&str, u64)] = &[
+    ("", 1),
+    ("b", 1),
+    ("k", 1 << 10),
+    ("kb", 1 << 10),
+    ("kib", 1 << 10),
+    ("m", 1 << 20),
+    ("mb", 1 << 20),
+    ("mib", 1 << 20),
+    ("g", 1 << 30),
+    ("gb", 1 << 30),
+    ("gib", 1 << 30),
+    ("t", 1 << 40),
+    ("tb", 1 << 40),
+    ("tib", 1 << 40),
+];
+
+/// Reads a whole number of bytes with an optional unit (`64MiB`, `256K`, `1 g`, `65536`); units
+/// are case-insensitive and all binary. With `units` false only a bare whole number is taken.
+fn parse_size(text: &str, units: bool) -> Result<u64, BadNumber> {
+    let text = text.trim();
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(BadNumber::Malformed);
+    }
+    let (number, unit) = text.split_at(digits);
+    let unit = unit.trim_start().to_ascii_lowercase();
+    let Some(&(_, scale)) = UNITS.iter().find(|(name, _)| *name == unit) else {
+        return Err(BadNumber::Malformed);
+    };
+    if !units && !unit.is_empty() {
+        return Err(BadNumber::Malformed);
+    }
+    if negative && number.bytes().any(|b| b != b'0') {
+        return Err(BadNumber::OutOfRange);
+    }
+    // Only digits are left, so a parse failure means too many of them.
+    let number: u64 = number.parse().map_err(|_| BadNumber::OutOfRange)?;
+    number.checked_mul(scale).ok_or(BadNumber::OutOfRange)
+}
+
+/// A byte count as `--help` shows it: in the largest unit that divides it exactly.
+fn show_size(bytes: u64) -> String {
+    for (unit, scale) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if bytes >= scale && bytes % scale == 0 {
+            return format!("{}{unit}", bytes / scale);
+        }
+    }
+    bytes.to_string()
+}
+
+/// Reads a numeric flag's value and checks it against the flag's range.
+fn number(flag: &Flag, text: &str) -> Result<u64, String> {
+    let (min, max, parsed, what) = match flag.kind {
+        Kind::Number { min, max } => (min, max, parse_size(text, false), "a whole number"),
+        Kind::Size { min, max } => {
+            (min, max, parse_size(text, true), "a whole number of bytes, optionally with K, M, G or T")
+        }
+        Kind::Text => unreachable!("--{} takes text", flag.name),
+    };
+    let range = match flag.kind {
+        Kind::Size { .. } => format!("{min} to {max} ({} to {})", show_size(min), show_size(max)),
+        _ => format!("{min} to {max}"),
+    };
+    match parsed {
+        Ok(value) if (min..=max).contains(&value) => Ok(value),
+        Ok(_) | Err(BadNumber::OutOfRange) => {
+            Err(format!("--{}: {text:?} is out of range: {range}", flag.name))
+        }
+        Err(BadNumber::Malformed) => Err(format!("--{}: {text:?} is not {what} ({range})", flag.name)),
+    }
+}
+
+fn apply(config: &mut Config, flag: &Flag, value: &str) -> Result<(), String> {
+    let count = |v: &str| {
+        let n = number(flag, v)?;
+        usize::try_from(n)
+            .map_err(|_| format!("--{}: {v:?} is more than this machine can address", flag.name))
+    };
+    let secs = |v: &str| number(flag, v).map(Duration::from_secs);
+    match flag.name {
         "listen" => {
             config.listen = value
+                .trim()
                 .parse()
                 .map_err(|_| format!("--listen: {value:?} is not an address like 127.0.0.1:8080"))?
         }
-        "history" => config.history = parse_number(name, value)?,
-        "history-bytes" => config.history_bytes = parse_number(name, value)?,
+        "history" => config.history = count(value)?,
+        "history-bytes" => config.history_bytes = count(value)?,
         "heartbeat" => config.heartbeat = secs(value)?,
-        "retry-ms" => config.retry = Duration::from_millis(parse_number(name, value)?),
-        "max-connections" => config.max_connections = parse_number(name, value)?,
-        "max-body" => config.max_body = parse_number(name, value)?,
-        "max-lag" => config.max_lag = parse_number(name, value)?,
+        "retry-ms" => config.retry = Duration::from_millis(number(flag, value)?),
+        "max-connections" => config.max_connections = count(value)?,
+        "max-body" => config.max_body = count(value)?,
+        "max-lag" => config.max_lag = count(value)?,
         "header-timeout" => config.header_timeout = secs(value)?,
         "keep-alive-timeout" => config.keep_alive_timeout = secs(value)?,
         "publish-token" => config.publish_token = Some(value.to_string()),
@@ -194,58 +332,105 @@ fn apply(config: &mut Config, name: &str, value: &str) -> Result<(), String> {
         "max-lifetime" => config.max_lifetime = secs(value)?,
         "shutdown-timeout" => config.shutdown_timeout = secs(value)?,
         "data-dir" => config.data_dir = Some(value.into()),
-        "fsync" => config.fsync = value.parse().map_err(|e: ssed::Error| e.to_string())?,
+        "fsync" => config.fsync = value.trim().parse().map_err(|e: ssed::Error| e.to_string())?,
         "history-age" => config.history_age = secs(value)?,
-        _ => return Err(format!("unknown option --{name}")),
+        other => return Err(format!("unknown option --{other}")),
     }
     Ok(())
 }
 
-/// Reads the environment first, then the flags, so a flag overrides its variable.
-fn parse_args() -> Result<Command, String> {
-    let mut config = Config::default();
-    for flag in FLAGS {
-        if let Ok(value) = std::env::var(flag.env) {
-            if value.is_empty() {
-                continue; // an empty line in an EnvironmentFile means "not set"
+/// Turns the command line and the environment into a [`Command`].
+///
+/// The command line is read first and whole: `--help` and `--version` then answer whatever the
+/// environment holds, and a variable is only read (and so only refused) when its flag is absent,
+/// since the flag would override it. An empty or blank variable counts as unset: that is what an
+/// `EnvironmentFile=` line like `SSED_HISTORY=` means.
+fn parse_args(
+    args: impl IntoIterator<Item = OsString>,
+    env: impl Fn(&str) -> Option<OsString>,
+) -> Result<Command, String> {
+    let mut given: Vec<(&'static Flag, String)> = Vec::new();
+    let mut problem = None;
+    let mut parser = lexopt::Parser::from_args(args);
+    loop {
+        let arg = match parser.next() {
+            Ok(Some(arg)) => arg,
+            Ok(None) => break,
+            Err(e) => {
+                problem.get_or_insert(e.to_string());
+                break;
             }
-            if flag.name == "cors-origin" {
-                config
-                    .cors_origins
-                    .extend(value.split(',').map(str::trim).filter(|o| !o.is_empty()).map(String::from));
-            } else {
-                apply(&mut config, flag.name, &value).map_err(|e| format!("{} (from {})", e, flag.env))?;
-            }
-        }
-    }
-    let mut from_env_cors = true;
-    let mut parser = lexopt::Parser::from_env();
-    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        };
         match arg {
             lexopt::Arg::Short('h') | lexopt::Arg::Long("help") => return Ok(Command::Help),
             lexopt::Arg::Short('V') | lexopt::Arg::Long("version") => return Ok(Command::Version),
             lexopt::Arg::Long(name) => {
-                let name = name.to_string();
-                if !FLAGS.iter().any(|f| f.name == name) {
-                    return Err(format!("unknown option --{name} (see --help)"));
+                let Some(flag) = FLAGS.iter().find(|f| f.name == name) else {
+                    problem.get_or_insert(format!("unknown option --{name} (see --help)"));
+                    continue;
+                };
+                match parser.value() {
+                    Ok(value) => match value.into_string() {
+                        Ok(value) => given.push((flag, value)),
+                        Err(_) => {
+                            problem.get_or_insert(format!("--{}: value is not UTF-8", flag.name));
+                        }
+                    },
+                    Err(e) => {
+                        problem.get_or_insert(e.to_string());
+                        break;
+                    }
                 }
-                let value = parser.value().map_err(|e| e.to_string())?;
-                let value = value.into_string().map_err(|_| format!("--{name}: value is not UTF-8"))?;
-                if name == "cors-origin" && from_env_cors {
-                    // Flags replace the variable's list rather than add to it.
-                    config.cors_origins.clear();
-                    from_env_cors = false;
-                }
-                apply(&mut config, &name, &value)?;
             }
-            other => return Err(other.unexpected().to_string()),
+            other => {
+                problem.get_or_insert(other.unexpected().to_string());
+            }
         }
+    }
+    if let Some(problem) = problem {
+        return Err(problem);
+    }
+    let mut config = Config::default();
+    let mut fsync_from = None;
+    for flag in FLAGS {
+        if given.iter().any(|(f, _)| f.name == flag.name) {
+            continue; // the flag wins; repeated --cors-origin flags replace the variable's list
+        }
+        let Some(value) = env(flag.env) else { continue };
+        let value = value.into_string().map_err(|_| format!("{}: value is not UTF-8", flag.env))?;
+        if value.trim().is_empty() {
+            continue;
+        }
+        if flag.name == "cors-origin" {
+            config
+                .cors_origins
+                .extend(value.split(',').map(str::trim).filter(|o| !o.is_empty()).map(String::from));
+        } else {
+            apply(&mut config, flag, &value).map_err(|e| format!("{e} (from {})", flag.env))?;
+        }
+        if flag.name == "fsync" {
+            fsync_from = Some(flag.env.to_string());
+        }
+    }
+    for (flag, value) in &given {
+        apply(&mut config, flag, value)?;
+        if flag.name == "fsync" {
+            fsync_from = Some(format!("--fsync {value}"));
+        }
+    }
+    if let (Some(from), None) = (fsync_from, &config.data_dir) {
+        // Refused rather than ignored: whoever asks for a sync policy believes events reach a disk,
+        // and without --data-dir they live in memory only and a restart loses them.
+        return Err(format!(
+            "--fsync applies only with --data-dir (set by {from}); without a data directory the history \
+             is kept in memory only. Set --data-dir DIR (SSED_DATA_DIR) or leave --fsync unset"
+        ));
     }
     Ok(Command::Run(Box::new(config)))
 }
 
 fn run() -> Result<(), String> {
-    let config = match parse_args()? {
+    let config = match parse_args(std::env::args_os().skip(1), |name| std::env::var_os(name))? {
         Command::Help => {
             print!("{}", help());
             return Ok(());
@@ -336,6 +521,197 @@ fn main() -> ExitCode {
         Err(message) => {
             eprintln!("ssed: {message}");
             ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
+        let env: Vec<(String, OsString)> =
+            env.iter().map(|(k, v)| (k.to_string(), OsString::from(v))).collect();
+        let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        match parse_args(args.iter().map(OsString::from), lookup)? {
+            Command::Run(config) => Ok(*config),
+            Command::Help => Err("help".into()),
+            Command::Version => Err("version".into()),
+        }
+    }
+
+    #[test]
+    fn sizes_take_binary_units() {
+        use BadNumber::*;
+        let cases: &[(&str, Result<u64, BadNumber>)] = &[
+            ("0", Ok(0)),
+            ("65536", Ok(65536)),
+            (" 65536 ", Ok(65536)),
+            ("+7", Ok(7)),
+            ("1K", Ok(1024)),
+            ("1k", Ok(1024)),
+            ("1KiB", Ok(1024)),
+            ("64kB", Ok(65536)),
+            ("256KiB", Ok(262_144)),
+            ("1M", Ok(1 << 20)),
+            ("64MiB", Ok(64 << 20)),
+            ("64 MiB", Ok(64 << 20)),
+            ("64mib", Ok(64 << 20)),
+            ("2G", Ok(2 << 30)),
+            ("1GB", Ok(1 << 30)),
+            ("1TiB", Ok(1 << 40)),
+            ("12B", Ok(12)),
+            ("-0", Ok(0)),
+            ("-5", Err(OutOfRange)),
+            ("-5M", Err(OutOfRange)),
+            ("18446744073709551615", Ok(u64::MAX)),
+            ("18446744073709551616", Err(OutOfRange)),
+            ("99999999999999999999999", Err(OutOfRange)),
+            ("16777216T", Err(OutOfRange)),
+            ("16777215T", Ok(16_777_215 << 40)),
+            ("", Err(Malformed)),
+            ("M", Err(Malformed)),
+            ("1.5M", Err(Malformed)),
+            ("1 000", Err(Malformed)),
+            ("1MM", Err(Malformed)),
+            ("1P", Err(Malformed)),
+            ("0x10", Err(Malformed)),
+            ("ten", Err(Malformed)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(&parse_size(text, true), expected, "{text:?}");
+        }
+        assert_eq!(parse_size("1K", false), Err(Malformed), "plain numbers take no unit");
+        assert_eq!(parse_size("42", false), Ok(42));
+    }
+
+    #[test]
+    fn sizes_are_shown_in_the_largest_exact_unit() {
+        assert_eq!(show_size(1), "1");
+        assert_eq!(show_size(1536), "1536");
+        assert_eq!(show_size(65536), "64KiB");
+        assert_eq!(show_size(1 << 30), "1GiB");
+        assert_eq!(show_size(3 << 40), "3TiB");
+    }
+
+    #[test]
+    fn size_flags_and_variables_take_units() {
+        let config =
+            parse(&["--max-body", "256KiB", "--history-bytes", "64MiB"], &[("SSED_MAX_LAG", "1M")]).unwrap();
+        assert_eq!((config.max_body, config.history_bytes, config.max_lag), (256 << 10, 64 << 20, 1 << 20));
+    }
+
+    #[test]
+    fn out_of_range_numbers_name_the_flag_and_the_range() {
+        for (flag, max) in [
+            ("--heartbeat", ssed::TIMEOUT_CEILING.as_secs()),
+            ("--header-timeout", ssed::TIMEOUT_CEILING.as_secs()),
+            ("--keep-alive-timeout", ssed::TIMEOUT_CEILING.as_secs()),
+            ("--shutdown-timeout", ssed::TIMEOUT_CEILING.as_secs()),
+            ("--max-lifetime", ssed::AGE_CEILING.as_secs()),
+            ("--history-age", ssed::AGE_CEILING.as_secs()),
+            ("--retry-ms", ssed::RETRY_CEILING.as_millis() as u64),
+            ("--history", ssed::HISTORY_CEILING as u64),
+            ("--max-connections", ssed::CONNECTIONS_CEILING as u64),
+            ("--max-body", ssed::BODY_CEILING as u64),
+            ("--history-bytes", ssed::BYTES_CEILING),
+            ("--max-lag", ssed::BYTES_CEILING),
+        ] {
+            for value in [(max + 1).to_string(), u64::MAX.to_string(), "99999999999999999999".into()] {
+                let err = parse(&[flag, &value], &[]).map(|_| ()).unwrap_err();
+                assert!(err.starts_with(flag), "{err}");
+                assert!(err.contains("out of range: ") && err.contains(&format!(" to {max}")), "{err}");
+            }
+            let at_max = parse(&[flag, &max.to_string()], &[]);
+            assert!(at_max.is_ok(), "{flag} {max}: {:?}", at_max.map(|_| ()));
+        }
+        let err = parse(&["--history", "-5"], &[]).map(|_| ()).unwrap_err();
+        assert!(err.contains("out of range: 1 to"), "{err}");
+        let err = parse(&["--history", "lots"], &[]).map(|_| ()).unwrap_err();
+        assert!(err.contains("is not a whole number"), "{err}");
+    }
+
+    #[test]
+    fn a_flag_overrides_a_bad_variable_and_help_ignores_them() {
+        let env = [("SSED_HISTORY", "-5"), ("SSED_HEARTBEAT", "forever")];
+        assert_eq!(parse(&["--help"], &env).map(|_| ()), Err("help".into()));
+        assert_eq!(parse(&["--history", "x", "-h"], &env).map(|_| ()), Err("help".into()));
+        assert_eq!(parse(&["--version"], &env).map(|_| ()), Err("version".into()));
+        let config = parse(&["--history", "10", "--heartbeat", "0"], &env).unwrap();
+        assert_eq!((config.history, config.heartbeat), (10, Duration::ZERO));
+        let err = parse(&["--history", "10"], &env).map(|_| ()).unwrap_err();
+        assert!(err.contains("--heartbeat") && err.contains("(from SSED_HEARTBEAT)"), "{err}");
+    }
+
+    #[test]
+    fn empty_variables_count_as_unset() {
+        let env =
+            [("SSED_HISTORY", ""), ("SSED_HEARTBEAT", "  "), ("SSED_CORS_ORIGIN", ""), ("SSED_FSYNC", "")];
+        assert_eq!(parse(&[], &env).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn cors_flags_replace_the_variables_list() {
+        let env = [("SSED_CORS_ORIGIN", "https://a.example, https://b.example")];
+        assert_eq!(parse(&[], &env).unwrap().cors_origins, ["https://a.example", "https://b.example"]);
+        let config =
+            parse(&["--cors-origin", "https://c.example", "--cors-origin", "https://d.example"], &env)
+                .unwrap();
+        assert_eq!(config.cors_origins, ["https://c.example", "https://d.example"]);
+    }
+
+    #[test]
+    fn fsync_without_a_data_dir_is_refused() {
+        for (args, env) in [
+            (&["--fsync", "never"][..], &[][..]),
+            (&[][..], &[("SSED_FSYNC", "always")][..]),
+            (&["--fsync", "batch"][..], &[("SSED_DATA_DIR", "")][..]),
+        ] {
+            let err = parse(args, env).map(|_| ()).unwrap_err();
+            assert!(err.contains("--fsync applies only with --data-dir"), "{err}");
+        }
+        let config = parse(&["--fsync", "never", "--data-dir", "/var/lib/ssed"], &[]).unwrap();
+        assert_eq!(config.fsync, ssed::Fsync::Never);
+        let config = parse(&["--fsync", "always"], &[("SSED_DATA_DIR", "/var/lib/ssed")]).unwrap();
+        assert_eq!(config.fsync, ssed::Fsync::Always);
+    }
+
+    #[test]
+    fn help_states_the_rules_and_every_range() {
+        let text = help();
+        for needle in [
+            "a request (head and body) not complete",
+            "an empty variable counts as unset",
+            "Repeated --cors-origin flags replace the\nvariable's list",
+            "K, M, G or T, all powers of 1024",
+            "only with --data-dir (refused without it)",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from\n{text}");
+        }
+        let line =
+            |name: &str| text.lines().find(|l| l.starts_with(&format!("  --{name} "))).unwrap().to_string();
+        assert!(line("history-bytes").contains("at least twice --max-body"));
+        assert!(line("max-lag").contains("at least twice --max-body"));
+        assert!(line("heartbeat").contains("[range: 0-86400]"), "{}", line("heartbeat"));
+        assert!(line("max-body").contains("[range: 1-1GiB]"), "{}", line("max-body"));
+        for flag in FLAGS {
+            assert!(line(flag.name).contains(flag.env));
+            if flag.kind != Kind::Text {
+                assert!(line(flag.name).contains("[range: "), "{}", line(flag.name));
+            }
+        }
+    }
+
+    #[test]
+    fn every_default_shown_parses_to_the_default() {
+        for flag in FLAGS.iter().filter(|f| f.default != "unset") {
+            let config = parse(&[&format!("--{}", flag.name), flag.default], &[]);
+            let config = match (flag.name, config) {
+                ("fsync", Err(_)) => parse(&["--fsync", flag.default, "--data-dir", "d"], &[])
+                    .map(|c| Config { data_dir: None, ..c }),
+                (_, config) => config,
+            };
+            assert_eq!(config.unwrap(), Config::default(), "--{} {}", flag.name, flag.default);
         }
     }
 }

@@ -12,6 +12,22 @@ use std::time::{Duration, Instant};
 
 use crate::slab::Key;
 
+/// `now + wait`, or the latest instant that can be represented when that would overflow.
+///
+/// Every deadline computed from a setting goes through here: `Instant + Duration` panics on overflow,
+/// and a deadline too far away to represent may as well be never. Halving the wait until it fits
+/// finds a representable instant in at most ~100 steps (a zero wait always fits), and only on that
+/// overflowing path.
+pub fn deadline_after(now: Instant, wait: Duration) -> Instant {
+    let mut wait = wait;
+    loop {
+        if let Some(at) = now.checked_add(wait) {
+            return at;
+        }
+        wait /= 2;
+    }
+}
+
 /// The deadlines of every connection, earliest first.
 #[derive(Default)]
 pub struct Timers {
@@ -82,6 +98,19 @@ mod tests {
         assert_eq!(timers.poll_expired(later), Some((key(3), start + Duration::from_secs(2))));
         assert_eq!(timers.poll_expired(later), None);
         assert_eq!(timers.poll_timeout(later), Some(Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn deadlines_saturate_instead_of_overflowing() {
+        let now = Instant::now();
+        let far = deadline_after(now, Duration::MAX);
+        assert!(far > now + Duration::from_secs(100 * 365 * 24 * 3600), "{:?}", far - now);
+        assert!(deadline_after(far, Duration::MAX) >= far);
+        assert_eq!(deadline_after(now, Duration::from_secs(5)), now + Duration::from_secs(5));
+        let mut timers = Timers::new();
+        timers.schedule(key(1), far);
+        assert_eq!(timers.poll_expired(now), None);
+        assert!(timers.poll_timeout(now).unwrap() > Duration::from_secs(100 * 365 * 24 * 3600));
     }
 
     #[test]

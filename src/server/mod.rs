@@ -32,6 +32,7 @@ use crate::slab::{Key, Slab};
 use crate::sse;
 use crate::store::{Fsync, Record, Store};
 use crate::systemd::Notifier;
+use crate::timer::deadline_after;
 
 mod publish;
 mod requests;
@@ -114,7 +115,7 @@ impl Server {
             let usable = descriptors.saturating_sub(overflow as u64).max(1);
             if (config.max_connections as u64) > usable {
                 info!(
-                    "max-connections lowered from {} to {usable} by the open-file limit {limit} (raise LimitNOFILE / ulimit -n)",
+                    "max-connections lowered from {} to {usable} by the open-file limit {limit} (raise the hard limit: LimitNOFILE= or ulimit -Hn)",
                     config.max_connections
                 );
                 config.max_connections = usable as usize;

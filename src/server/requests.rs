@@ -16,7 +16,7 @@ impl Loop {
                     if self.exhaustion_reported.map_or(true, |t| self.now >= t + EXHAUSTION_REPORT) {
                         warn!(
                             "accept failed: {e} ({} times since the last report); pausing new connections for \
-                             {ACCEPT_PAUSE:?} at a time (raise LimitNOFILE / ulimit -n, or lower --max-connections)",
+                             {ACCEPT_PAUSE:?} at a time (raise the hard limit: LimitNOFILE= or ulimit -Hn, or lower --max-connections)",
                             self.exhausted_accepts
                         );
                         self.exhaustion_reported = Some(self.now);

@@ -12,10 +12,10 @@ const FIRST_WRITE_SLICES: usize = 4;
 /// (its lifetime and heartbeats are over); an open one ends at its lifetime or is due a heartbeat.
 fn stream_deadline(config: &Config, conn: &Conn, stream: &Stream) -> Option<(Instant, StreamTimer)> {
     if conn.closing {
-        return Some((conn.last_write + config.header_timeout, StreamTimer::GiveUp));
+        return Some((deadline_after(conn.last_write, config.header_timeout), StreamTimer::GiveUp));
     }
-    let heartbeat =
-        (!config.heartbeat.is_zero()).then(|| (conn.last_write + config.heartbeat, StreamTimer::Heartbeat));
+    let heartbeat = (!config.heartbeat.is_zero())
+        .then(|| (deadline_after(conn.last_write, config.heartbeat), StreamTimer::Heartbeat));
     let lifetime = stream.ends_at.map(|at| (at, StreamTimer::Lifetime));
     [lifetime, heartbeat].into_iter().flatten().min_by_key(|&(at, _)| at)
 }
@@ -73,7 +73,7 @@ impl Loop {
         stream.ends_at = (!self.config.max_lifetime.is_zero()).then(|| {
             let base = self.config.max_lifetime.as_millis() as u64;
             let jitter = self.rng.between(base * 8 / 10, base * 12 / 10);
-            self.now + Duration::from_millis(jitter)
+            deadline_after(self.now, Duration::from_millis(jitter))
         });
         let mut body = Vec::new();
         sse::encode_prelude(self.config.retry.as_millis() as u64, &mut body);
@@ -422,11 +422,11 @@ impl Loop {
     }
 
     pub(super) fn begin_shutdown(&mut self) {
-        info!("ssed shutting down: ending {} streams", self.subscribers);
+        info!("ssed shutting down; streams to end: {}", self.subscribers);
         if let Some(supervisor) = &self.supervisor {
             supervisor.send("STOPPING=1\nSTATUS=shutting down");
         }
-        self.stopping_by = Some(self.now + self.config.shutdown_timeout);
+        self.stopping_by = Some(deadline_after(self.now, self.config.shutdown_timeout));
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }

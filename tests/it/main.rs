@@ -8,6 +8,7 @@ mod abuse;
 mod contract;
 mod durable;
 mod external;
+mod flags;
 mod fuzz_regressions;
 mod held;
 mod injection;
