@@ -655,16 +655,36 @@ impl Store {
     }
 
     /// Deletes whole segments whose every event is older than `oldest_kept` (the oldest id the
-    /// in-memory history still holds; `None` when it holds none). The active segment stays.
+    /// in-memory history still holds; `None` when it holds none).
+    ///
+    /// The active segment goes too once every event in it has left memory (`--history-age` on a
+    /// quiet server): appends move on to a fresh, empty segment and the old one is deleted, so no
+    /// expired event stays on disk for a restart to serve.
     pub fn retain(&mut self, oldest_kept: Option<u64>) {
+        let expired = |segment: &Segment| oldest_kept.map_or(true, |oldest| segment.last_id < oldest);
+        let active = self.segments.back().expect("an active segment");
+        if self.len > 0 && active.last_id > 0 && expired(active) {
+            let next = active.last_id + 1;
+            if let Err(e) = self.roll(next) {
+                warn!("could not start a new segment in {} to drop expired events: {e}", self.dir.display());
+            }
+        }
+        let mut deleted = false;
         while self.segments.len() > 1 {
             let front = self.segments.front().expect("len > 1");
-            if oldest_kept.is_some_and(|oldest| front.last_id >= oldest) {
+            if !expired(front) {
                 break;
             }
             let segment = self.segments.pop_front().expect("len > 1");
             if let Err(e) = fs::remove_file(&segment.path) {
                 warn!("could not delete {}: {e}", segment.path.display());
+            }
+            deleted = true;
+        }
+        if deleted && self.fsync != Fsync::Never {
+            // Else a crash could bring the deleted names back, and a restart serve what expired.
+            if let Err(e) = sync_dir(&self.dir) {
+                warn!("syncing {} after deleting segments: {e}", self.dir.display());
             }
         }
     }
@@ -980,6 +1000,36 @@ mod tests {
         assert!(err.contains("empty"), "{err}");
         replay(&base.join("history"), 1 << 20).expect("the last component is created");
         fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn when_every_event_has_expired_the_active_segment_goes_too() {
+        let dir = temp_dir("expire");
+        let (mut store, _) = load(&dir, 1 << 20);
+        for id in 1..=3 {
+            store.append(&record(id, "x")).unwrap();
+        }
+        store.commit().unwrap();
+        store.retain(Some(3));
+        assert_eq!(segment_files(&dir).len(), 1, "event 3 still held: nothing goes");
+        store.retain(None);
+        let files = segment_files(&dir);
+        assert_eq!(files.len(), 1);
+        assert_eq!(fs::metadata(&files[0]).unwrap().len(), 0, "no expired record left on disk");
+        store.append(&record(4, "later")).unwrap();
+        store.commit().unwrap();
+        drop(store);
+        let (store, seen) = replay(&dir, 1 << 20).unwrap();
+        assert_eq!(seen, vec![4]);
+        assert_eq!(store.next_id_floor(), 5);
+        drop(store);
+        let (mut store, _) = load(&dir, 1 << 20);
+        store.retain(None);
+        drop(store);
+        let (store, seen) = replay(&dir, 1 << 20).unwrap();
+        assert!(seen.is_empty());
+        assert_eq!(store.next_id_floor(), 5, "ids never go back below what was given out");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

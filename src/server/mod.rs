@@ -33,6 +33,7 @@ use crate::sse;
 use crate::store::{Fsync, Record, Replayed, Store};
 use crate::systemd::Notifier;
 
+mod expiry;
 mod publish;
 mod requests;
 mod streams;
@@ -536,6 +537,9 @@ impl Loop {
         let supervise = self.supervisor.as_ref().map(|s| s.next_tick);
         for extra in [self.accept_paused_until, self.stopping_by, supervise].into_iter().flatten() {
             let wait = extra.saturating_duration_since(now);
+            timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
+        }
+        if let Some(wait) = self.expiry_timeout() {
             timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
         }
         timeout

@@ -479,6 +479,39 @@ fn a_second_server_in_one_process_on_the_same_data_dir_is_refused() {
     ssed::Server::bind(config).expect("free again once the first server is gone");
 }
 
+/// Item: `--history-age` left expired events in the active segment until it rolled over, and a
+/// restart without the flag served them again. On a quiet server they must leave the disk too.
+#[test]
+fn history_age_removes_expired_events_from_disk_on_a_quiet_server() {
+    let dir = TempDir::new("age");
+    let (mut proc, addr) = start(&dir.0, &["--history-age", "1"]);
+    publish(addr, "short-lived");
+    let published = std::time::Instant::now();
+    let on_disk = |dir: &Path| {
+        files_ending(dir, ".seg")
+            .iter()
+            .any(|p| std::fs::read(p).unwrap().windows(11).any(|w| w == b"short-lived"))
+    };
+    assert!(on_disk(&dir.0), "stored first");
+    // No further request of any kind: the server must wake up by itself.
+    let deadline = published + DEADLINE;
+    while on_disk(&dir.0) {
+        assert!(std::time::Instant::now() < deadline, "the expired event is still on disk");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let gone_after = published.elapsed();
+    eprintln!("history-age 1 s: the event left the disk {gone_after:?} after its publish");
+    assert!(gone_after >= Duration::from_millis(900), "not before its age");
+    proc.signal("TERM");
+    assert_eq!(proc.wait_exit().code(), Some(0));
+
+    let (mut proc, addr) = start(&dir.0, &[]);
+    proc.wait_for_line("loaded 0 events");
+    assert_eq!(replay(addr, Some(0)), Vec::new(), "nothing expired is served after a restart");
+    proc.signal("TERM");
+    assert_eq!(proc.wait_exit().code(), Some(0));
+}
+
 /// Starts the binary with `args` and returns its exit code and its stderr lines' first match of
 /// `needle`.
 fn failing_start(args: &[&std::ffi::OsStr], needle: &str) -> (Option<i32>, String) {
