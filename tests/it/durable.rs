@@ -402,6 +402,7 @@ fn damage_in_an_older_segment_keeps_the_records_after_it_and_resumes_across_it_g
     let (mut proc, addr) = start(&dir.0, &flags);
     let line = proc.wait_for_line("damaged");
     assert!(line.contains("ERROR") && line.contains("checksum"), "{line}");
+    eprintln!("older-segment damage: {after_damage} bytes after the flipped bit; log: {line}");
     proc.wait_for_line("durable history on");
     let damaged = files_ending(&dir.0, ".damaged");
     assert_eq!(damaged.len(), 1, "the damaged file is kept aside");
