@@ -1,10 +1,14 @@
 //! Durable history: events appended to segment files of checksummed records, read back on start.
 //!
 //! A record is `[payload length: u32 LE][CRC-32 of payload: u32 LE][payload]`, the payload holding
-//! what re-encodes the event: id, topics, type, retry and data. Segments are named after the lowest id
-//! they may hold (`00000001795654479027289.seg`), so names sort in id order, rolled at a size, and deleted whole once every event in them has
-//! left the in-memory history. On start every segment is read in order; a torn or corrupt record (short
-//! read, bad checksum, ids out of order) is cut off there and logged, never served.
+//! what re-encodes the event: id, topics, type, retry and data. Segments are named after the lowest
+//! id they may hold (`00000001795654479027289.seg`), so names sort in id order, rolled at a size, and
+//! deleted whole once every event in them has left the in-memory history. On start every segment is
+//! read in order and a damaged record (short read, bad checksum, ids out of order) is never served:
+//! at the end of the newest segment it is a torn write and cut off; anywhere else it is a hole,
+//! reported to the caller, and nothing intact is deleted (see [`Store::open`]).
+//!
+//! One process at a time: the directory is locked while the store is open.
 //!
 //! The store only writes and syncs; when a publish may be answered is the event loop's decision,
 //! driven by [`Fsync`].
