@@ -30,10 +30,11 @@ use crate::metrics::{DropReason, Gauges, Metrics};
 use crate::net::{self, Outcome};
 use crate::slab::{Key, Slab};
 use crate::sse;
-use crate::store::{Fsync, Record, Store};
+use crate::store::{Fsync, Record, Replayed, Store};
 use crate::systemd::Notifier;
 use crate::timer::deadline_after;
 
+mod expiry;
 mod publish;
 mod requests;
 mod streams;
@@ -228,13 +229,28 @@ impl Server {
 /// With a data directory the records are replayed through the same encoder (the in-memory limits
 /// evict as they go, so only the tail is kept), ids continue above the newest on disk, and segments
 /// that no longer hold a retained event are deleted.
+///
+/// Where damage may have lost records (a [`Replayed::Hole`]), everything before it is forgotten: the
+/// history starts afresh at the first record after the hole, so a resume from any id before that
+/// (in the hole included) is told of the gap. The log has no way to mark a gap in its middle, and a
+/// history that silently skipped lost events would break the promise that resumes miss nothing.
+/// The records before the hole stay on disk, set aside by the store.
 fn open_history(config: &Config) -> Result<(Broadcast, Option<Store>), Error> {
     let limits = Limits { events: config.history, bytes: config.history_bytes };
     let Some(dir) = &config.data_dir else { return Ok((Broadcast::new(limits, wall_micros()), None)) };
     // Segments small enough that deleting whole ones keeps the disk close to the memory limits.
     let segment_bytes = (config.history_bytes as u64 / 8).clamp(1 << 20, 64 << 20);
     let mut log: Option<Broadcast> = None;
-    let mut store = Store::open(dir, config.fsync, segment_bytes, |record| {
+    let mut loaded = 0u64;
+    let mut store = Store::open(dir, config.fsync, segment_bytes, |replayed| {
+        let record = match replayed {
+            Replayed::Record(record) => record,
+            Replayed::Hole => {
+                log = None;
+                loaded = 0;
+                return;
+            }
+        };
         let log = log.get_or_insert_with(|| Broadcast::new(limits, record.id));
         let topics: Vec<&str> = record.topics.iter().map(String::as_str).collect();
         let event = NewEvent {
@@ -246,12 +262,24 @@ fn open_history(config: &Config) -> Result<(Broadcast, Option<Store>), Error> {
         match log.encode(&event, record.id) {
             Ok(encoded) => {
                 log.insert(&topics, encoded);
+                loaded += 1;
             }
             Err(_) => warn!("event {} on disk is larger than --history-bytes allows; skipped", record.id),
         }
     })?;
-    let mut log = log.unwrap_or_else(|| Broadcast::new(limits, wall_micros()));
-    log.raise_next_id(wall_micros());
+    // With nothing after a hole (or nothing at all) the log starts above every id ever given out, so
+    // a resume from any of them is told of the gap.
+    let newest = log.as_ref().map(Broadcast::newest_id);
+    let floor = store.next_id_floor().max(wall_micros());
+    let mut log = log.unwrap_or_else(|| Broadcast::new(limits, floor));
+    log.raise_next_id(floor);
+    info!(
+        "durable history on in {} (fsync {}): loaded {loaded} event{}{}",
+        dir.display(),
+        config.fsync,
+        if loaded == 1 { "" } else { "s" },
+        newest.map(|id| format!(", newest id {id}")).unwrap_or_default(),
+    );
     store.retain(log.oldest_id());
     Ok((log, Some(store)))
 }
@@ -535,6 +563,9 @@ impl Loop {
         let supervise = self.supervisor.as_ref().map(|s| s.next_tick);
         for extra in [self.accept_paused_until, self.stopping_by, supervise].into_iter().flatten() {
             let wait = extra.saturating_duration_since(now);
+            timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
+        }
+        if let Some(wait) = self.expiry_timeout() {
             timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
         }
         timeout

@@ -106,10 +106,7 @@ impl Loop {
     /// commit), then the held answers and the events go out. If the sync fails the turn's events are
     /// dropped from memory as well as disk and their publishers get `503`.
     pub(super) fn commit_turn(&mut self) {
-        if !self.config.history_age.is_zero() {
-            let cutoff = wall_micros().saturating_sub(self.config.history_age.as_micros() as u64);
-            self.log.evict_below(cutoff);
-        }
+        self.expire_history();
         let Some(store) = &mut self.store else { return };
         let result = store.commit();
         store.retain(self.log.oldest_id());

@@ -307,3 +307,262 @@ fn a_full_disk_refuses_publishes_and_recovers() {
     proc.signal("TERM");
     assert_eq!(proc.wait_exit().code(), Some(0));
 }
+
+/// Reads a resume from `last` up to a marker published after it: the raw SSE text.
+fn resume_text(addr: SocketAddr, last: u64) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(stream, "GET /events?topic=t HTTP/1.0\r\nLast-Event-ID: {last}\r\n\r\n").unwrap();
+    let marker: u64 = publish(addr, "__end__").parse().unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    // Megabytes may come first: look for the marker only in what each read added (read_until
+    // searches everything each time).
+    let needle = format!("id: {marker}\n").into_bytes();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        assert!(std::time::Instant::now() < deadline, "never saw the marker {marker}");
+        match stream.read(&mut buf) {
+            Ok(0) => panic!("the stream ended before the marker"),
+            Ok(n) => {
+                seen.extend_from_slice(&buf[..n]);
+                let start = seen.len() - n;
+                let from = start.saturating_sub(needle.len());
+                if seen[from..].windows(needle.len()).any(|w| w == needle) {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("reading the resume: {e}"),
+        }
+    }
+    String::from_utf8(seen).unwrap()
+}
+
+fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_str().unwrap().ends_with(suffix))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Publishes `count` events of 4000 bytes (`00000-xxx…`, numbered) on one connection; their ids.
+fn publish_numbered(addr: SocketAddr, count: usize) -> Vec<u64> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let body = format!("{i:05}-{}", "x".repeat(3994));
+        let request =
+            format!("POST /events?topic=t HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = Vec::new();
+        let mut buf = [0u8; 512];
+        while !(response.ends_with(b"\n") && response.windows(4).any(|w| w == b"\r\n\r\n")) {
+            let n = match stream.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                result => result.unwrap(),
+            };
+            assert!(n > 0, "closed after {i} publishes");
+            response.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8(response).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        ids.push(text.rsplit("\r\n\r\n").next().unwrap().trim().parse().unwrap());
+    }
+    ids
+}
+
+/// Item: a bit flip in the middle of an older segment used to truncate every intact record after
+/// it (megabytes) and leave a hole that a resume crossed silently.
+#[test]
+fn damage_in_an_older_segment_keeps_the_records_after_it_and_resumes_across_it_get_a_gap() {
+    let dir = TempDir::new("older-damage");
+    // 1 MiB segments (the smallest): 600 events of ~4 KiB fill two and start a third.
+    let flags = ["--history-bytes", "4194304", "--max-body", "8192", "--max-lag", "8388608"];
+    let (mut proc, addr) = start(&dir.0, &flags);
+    let ids = publish_numbered(addr, 600);
+    proc.signal("TERM");
+    assert_eq!(proc.wait_exit().code(), Some(0));
+    let segments = files_ending(&dir.0, ".seg");
+    assert!(segments.len() >= 3, "{segments:?}");
+
+    // Flip one bit in the data of event 100, in the middle of the oldest segment.
+    let first = &segments[0];
+    let mut bytes = std::fs::read(first).unwrap();
+    let at = bytes.windows(6).position(|w| w == b"00100-").expect("event 100 is in the oldest segment");
+    bytes[at + 2000] ^= 0x01;
+    std::fs::write(first, &bytes).unwrap();
+    let after_damage = bytes.len() - at;
+    assert!(after_damage > 500_000, "the damage is mid-file: {after_damage} bytes after it");
+
+    let (mut proc, addr) = start(&dir.0, &flags);
+    let line = proc.wait_for_line("damaged");
+    assert!(line.contains("ERROR") && line.contains("checksum"), "{line}");
+    eprintln!("older-segment damage: {after_damage} bytes after the flipped bit; log: {line}");
+    proc.wait_for_line("durable history on");
+    let damaged = files_ending(&dir.0, ".damaged");
+    assert_eq!(damaged.len(), 1, "the damaged file is kept aside");
+    assert_eq!(std::fs::read(&damaged[0]).unwrap(), bytes, "byte for byte");
+
+    // Every event after the damaged one is served; a resume from before the damage is told of it.
+    let text = resume_text(addr, ids[0]);
+    assert!(text.contains("event: ssed-gap\n"), "{text:.300}");
+    let served: Vec<(u64, String)> = parse_events(&text)
+        .into_iter()
+        .filter(|(_, data)| data != "__end__" && !data.starts_with('{'))
+        .collect();
+    let served_ids: Vec<u64> = served.iter().map(|(id, _)| *id).collect();
+    assert_eq!(served_ids, ids[101..].to_vec(), "everything after the damaged event, nothing before");
+    assert!(served.iter().zip(101..).all(|((_, data), i)| data.starts_with(&format!("{i:05}-"))));
+    let text = resume_text(addr, ids[99]);
+    assert!(text.contains("event: ssed-gap\n"), "a resume from just before the damage: {text:.300}");
+    // A resume after the hole needs no notice and gets exactly what follows.
+    let text = resume_text(addr, ids[300]);
+    assert!(!text.contains("ssed-gap"), "{text:.300}");
+    let after: Vec<u64> =
+        parse_events(&text).into_iter().filter(|(_, d)| d != "__end__").map(|(id, _)| id).collect();
+    assert_eq!(after, ids[301..].to_vec());
+    proc.signal("TERM");
+    assert_eq!(proc.wait_exit().code(), Some(0));
+
+    // The next start still begins after the hole, and logs no new damage.
+    let (mut proc, addr) = start(&dir.0, &flags);
+    let line = proc.wait_for_line("durable history on");
+    assert!(line.contains(&format!("loaded {} events", 600 - 101 + 3)), "{line}");
+    assert!(resume_text(addr, ids[50]).contains("event: ssed-gap\n"));
+    proc.signal("TERM");
+    assert_eq!(proc.wait_exit().code(), Some(0));
+}
+
+/// Item: two processes on one data directory both answered 200, and a restart kept only the
+/// second one's events. The second start must fail, naming the directory and the holder; a crash of
+/// the holder frees the directory with no clean-up step.
+#[test]
+fn a_second_process_on_the_same_data_dir_is_refused_until_the_first_dies() {
+    let dir = TempDir::new("lock");
+    let (mut first, addr) = start(&dir.0, &[]);
+    publish(addr, "from the first");
+    let mut command = base_command();
+    command.args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(&dir.0);
+    let mut second = Proc::spawn(command);
+    let status = second.wait_exit();
+    assert_eq!(status.code(), Some(2), "refused");
+    let line = second.wait_for_line("in use");
+    assert!(line.contains(&dir.0.display().to_string()), "{line}");
+    assert!(line.contains(&format!("pid {}", first.child.id())), "{line}");
+
+    first.child.kill().unwrap(); // SIGKILL: no chance to clean up
+    first.wait_exit();
+    let (mut third, addr) = start(&dir.0, &[]);
+    third.wait_for_line("loaded 1 event,");
+    assert_eq!(replay(addr, Some(0)).len(), 1);
+    third.signal("TERM");
+    assert_eq!(third.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn a_second_server_in_one_process_on_the_same_data_dir_is_refused() {
+    let dir = TempDir::new("lock-inproc");
+    let config = ssed::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: Some(dir.0.clone()),
+        ..ssed::Config::default()
+    };
+    let first = ssed::Server::bind(config.clone()).expect("the first server starts");
+    let err = ssed::Server::bind(config.clone()).expect_err("the directory is taken");
+    let text = err.to_string();
+    assert!(text.contains(&dir.0.display().to_string()) && text.contains("in use"), "{text}");
+    drop(first);
+    ssed::Server::bind(config).expect("free again once the first server is gone");
+}
+
+/// Item: `--history-age` left expired events in the active segment until it rolled over, and a
+/// restart without the flag served them again. On a quiet server they must leave the disk too.
+#[test]
+fn history_age_removes_expired_events_from_disk_on_a_quiet_server() {
+    let dir = TempDir::new("age");
+    let (mut proc, addr) = start(&dir.0, &["--history-age", "1"]);
+    publish(addr, "short-lived");
+    let published = std::time::Instant::now();
+    let on_disk = |dir: &Path| {
+        files_ending(dir, ".seg")
+            .iter()
+            .any(|p| std::fs::read(p).unwrap().windows(11).any(|w| w == b"short-lived"))
+    };
+    assert!(on_disk(&dir.0), "stored first");
+    // No further request of any kind: the server must wake up by itself.
+    let deadline = published + DEADLINE;
+    while on_disk(&dir.0) {
+        assert!(std::time::Instant::now() < deadline, "the expired event is still on disk");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let gone_after = published.elapsed();
+    eprintln!("history-age 1 s: the event left the disk {gone_after:?} after its publish");
+    assert!(gone_after >= Duration::from_millis(900), "not before its age");
+    proc.signal("TERM");
+    assert_eq!(proc.wait_exit().code(), Some(0));
+
+    let (mut proc, addr) = start(&dir.0, &[]);
+    proc.wait_for_line("loaded 0 events");
+    assert_eq!(replay(addr, Some(0)), Vec::new(), "nothing expired is served after a restart");
+    proc.signal("TERM");
+    assert_eq!(proc.wait_exit().code(), Some(0));
+}
+
+/// Starts the binary with `args` and returns its exit code and its stderr lines' first match of
+/// `needle`.
+fn failing_start(args: &[&std::ffi::OsStr], needle: &str) -> (Option<i32>, String) {
+    let mut command = base_command();
+    command.args(["--listen", "127.0.0.1:0"]).args(args);
+    let mut proc = Proc::spawn(command);
+    let code = proc.wait_exit().code();
+    (code, proc.wait_for_line(needle))
+}
+
+/// Item: `--data-dir` created missing parents silently, said "File exists" for a file, and
+/// "listing the data directory :" for an empty path; a start said nothing about the history.
+#[test]
+fn data_dir_problems_are_named_and_a_start_says_what_it_loaded() {
+    let base = TempDir::new("datadir");
+    let nested = base.0.join("typo").join("history");
+    let (code, line) = failing_start(&["--data-dir".as_ref(), nested.as_os_str()], "ssed: ");
+    assert_eq!(code, Some(2), "{line}");
+    assert!(line.contains(&nested.display().to_string()) && line.contains("parent"), "{line}");
+    assert!(!base.0.join("typo").exists(), "no parent is created");
+
+    let file = base.0.join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let (code, line) = failing_start(&["--data-dir".as_ref(), file.as_os_str()], "ssed: ");
+    assert_eq!(code, Some(2), "{line}");
+    assert!(line.contains("not a directory") && line.contains(&file.display().to_string()), "{line}");
+
+    let (code, line) = failing_start(&["--data-dir".as_ref(), "".as_ref()], "ssed: ");
+    assert_eq!(code, Some(2), "{line}");
+    assert!(line.contains("--data-dir is empty"), "{line}");
+
+    // The last component is created, and the start says where, how and how much.
+    let dir = base.0.join("history");
+    let (mut proc, addr) = start(&dir, &["--fsync", "always"]);
+    proc.wait_for_line("created the data directory");
+    let line = proc.wait_for_line("durable history on");
+    assert!(line.contains(&dir.display().to_string()) && line.contains("fsync always"), "{line}");
+    assert!(line.contains("loaded 0 events"), "{line}");
+    publish(addr, "one");
+    proc.signal("TERM");
+    assert_eq!(proc.wait_exit().code(), Some(0));
+    let (mut proc, addr) = start(&dir, &[]);
+    let line = proc.wait_for_line("durable history on");
+    assert!(line.contains("fsync batch") && line.contains("loaded 1 event,"), "{line}");
+    publish(addr, "two");
+    proc.signal("TERM");
+    assert_eq!(proc.wait_exit().code(), Some(0));
+    let (mut proc, _) = start(&dir, &[]);
+    let line = proc.wait_for_line("durable history on");
+    assert!(line.contains("loaded 2 events"), "{line}");
+    proc.signal("TERM");
+    assert_eq!(proc.wait_exit().code(), Some(0));
+}
