@@ -49,6 +49,16 @@ const RESERVED_DESCRIPTORS: u64 = 64;
 fn overflow_allowance(descriptors: u64) -> usize {
     (descriptors / 64).clamp(32, 1024) as usize
 }
+
+/// `n` and a noun, singular for exactly one: "1 subscriber", "2 subscribers".
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// How often running out of descriptors is reported while it lasts.
 const EXHAUSTION_REPORT: Duration = Duration::from_secs(10);
 /// How long accepting pauses after the process ran out of descriptors.
@@ -428,7 +438,7 @@ impl Supervisor {
 
 impl Loop {
     fn status(&self) -> String {
-        format!("STATUS={} subscribers, {} connections", self.subscribers, self.conns.len())
+        format!("STATUS={}, {}", count(self.subscribers, "subscriber"), count(self.conns.len(), "connection"))
     }
 
     /// Pings the watchdog and refreshes the status when due; called once per turn.
@@ -489,7 +499,7 @@ impl Loop {
             if let Some(by) = self.stopping_by {
                 if self.conns.len() == 0 || self.now >= by {
                     if self.conns.len() > 0 {
-                        warn!("shutdown deadline passed: cutting {} connections", self.conns.len());
+                        warn!("shutdown deadline passed: cutting {}", count(self.conns.len(), "connection"));
                     }
                     info!("ssed stopped");
                     return Ok(());
@@ -520,5 +530,17 @@ fn push_body(framing: Framing, payload: &[u8], out: &mut Vec<u8>) {
     match framing {
         Framing::Chunked => chunk::encode_chunk(payload, out),
         Framing::Raw => out.extend_from_slice(payload),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_read_as_english() {
+        assert_eq!(count(0, "connection"), "0 connections");
+        assert_eq!(count(1, "connection"), "1 connection");
+        assert_eq!(count(2, "subscriber"), "2 subscribers");
     }
 }

@@ -39,7 +39,8 @@ fn notifies_ready_watchdog_and_stopping_and_exits_cleanly_on_sigterm() {
     let mut stream = subscribe(addr);
     let id = publish(addr, "before the end");
     read_until(&mut stream, format!("id: {id}\ndata: before the end\n\n").as_bytes());
-    recv_until(&notify, "STATUS=1 subscribers", &mut received);
+    // "1 subscriber,", not "1 subscribers,".
+    recv_until(&notify, "STATUS=1 subscriber,", &mut received);
 
     proc.signal("TERM");
     recv_until(&notify, "STOPPING=1", &mut received);
