@@ -50,6 +50,15 @@ fn overflow_allowance(descriptors: u64) -> usize {
     (descriptors / 64).clamp(32, 1024) as usize
 }
 
+/// How an open-file limit is shared out: `(connections held open, connections that may wait beyond
+/// them for their one answer)`. `RESERVED_DESCRIPTORS` go first, then the overflow allowance of what
+/// is left; the rest is the most `--max-connections` can be. The README quotes these figures.
+fn descriptor_budget(limit: u64) -> (u64, usize) {
+    let descriptors = limit.saturating_sub(RESERVED_DESCRIPTORS);
+    let overflow = overflow_allowance(descriptors);
+    (descriptors.saturating_sub(overflow as u64).max(1), overflow)
+}
+
 /// `n` and a noun, singular for exactly one: "1 subscriber", "2 subscribers".
 fn count(n: usize, noun: &str) -> String {
     if n == 1 {
@@ -111,9 +120,8 @@ impl Server {
         let local_addr = listener.local_addr().map_err(|e| Error::io("reading the listener's address", e))?;
         let mut overflow = overflow_allowance(config.max_connections as u64);
         if let Some(limit) = net::descriptor_limit() {
-            let descriptors = limit.saturating_sub(RESERVED_DESCRIPTORS);
-            overflow = overflow_allowance(descriptors);
-            let usable = descriptors.saturating_sub(overflow as u64).max(1);
+            let usable;
+            (usable, overflow) = descriptor_budget(limit);
             if (config.max_connections as u64) > usable {
                 info!(
                     "max-connections lowered from {} to {usable} by the open-file limit {limit} (raise LimitNOFILE / ulimit -n)",
@@ -536,6 +544,50 @@ fn push_body(framing: Framing, payload: &[u8], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `20000` as `20,000`, the way the docs write figures.
+    fn with_commas(n: u64) -> String {
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, digit) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(digit);
+        }
+        out
+    }
+
+    #[test]
+    fn documented_capacity_figures_follow_the_descriptor_budget() {
+        // The limits the docs discuss: the benchmark machine's hard limit and the shipped unit's.
+        let docs = [
+            ("README.md", include_str!("../../README.md")),
+            ("docs/benchmarks.md", include_str!("../../docs/benchmarks.md")),
+        ];
+        for (name, text) in docs {
+            for limit in [20_000, 1_048_576] {
+                let (connections, _) = descriptor_budget(limit);
+                let figure = with_commas(connections);
+                assert!(
+                    text.contains(&figure),
+                    "{name} should give {figure} connections for a limit of {limit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_budget_reserves_descriptors_and_room_to_answer_at_capacity() {
+        for limit in [0, 1, 100, 160, 2_112, 20_000, 65_600, 1_048_576, u64::MAX] {
+            let (connections, overflow) = descriptor_budget(limit);
+            assert!((32..=1024).contains(&overflow), "limit {limit}: overflow {overflow}");
+            assert!(connections >= 1, "limit {limit}");
+            if limit > RESERVED_DESCRIPTORS + 1024 + 1 {
+                assert_eq!(connections + overflow as u64 + RESERVED_DESCRIPTORS, limit, "limit {limit}");
+            }
+        }
+    }
 
     #[test]
     fn counts_read_as_english() {
