@@ -51,6 +51,25 @@ const RESERVED_DESCRIPTORS: u64 = 64;
 fn overflow_allowance(descriptors: u64) -> usize {
     (descriptors / 64).clamp(32, 1024) as usize
 }
+
+/// How an open-file limit is shared out: `(connections held open, connections that may wait beyond
+/// them for their one answer)`. `RESERVED_DESCRIPTORS` go first, then the overflow allowance of what
+/// is left; the rest is the most `--max-connections` can be. The README quotes these figures.
+fn descriptor_budget(limit: u64) -> (u64, usize) {
+    let descriptors = limit.saturating_sub(RESERVED_DESCRIPTORS);
+    let overflow = overflow_allowance(descriptors);
+    (descriptors.saturating_sub(overflow as u64).max(1), overflow)
+}
+
+/// `n` and a noun, singular for exactly one: "1 subscriber", "2 subscribers".
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// How often running out of descriptors is reported while it lasts.
 const EXHAUSTION_REPORT: Duration = Duration::from_secs(10);
 /// How long accepting pauses after the process ran out of descriptors.
@@ -111,9 +130,8 @@ impl Server {
         let local_addr = listener.local_addr().map_err(|e| Error::io("reading the listener's address", e))?;
         let mut overflow = overflow_allowance(config.max_connections as u64);
         if let Some(limit) = net::descriptor_limit() {
-            let descriptors = limit.saturating_sub(RESERVED_DESCRIPTORS);
-            overflow = overflow_allowance(descriptors);
-            let usable = descriptors.saturating_sub(overflow as u64).max(1);
+            let usable;
+            (usable, overflow) = descriptor_budget(limit);
             if (config.max_connections as u64) > usable {
                 info!(
                     "max-connections lowered from {} to {usable} by the open-file limit {limit} (raise the hard limit: LimitNOFILE= or ulimit -Hn)",
@@ -478,7 +496,7 @@ impl Supervisor {
 
 impl Loop {
     fn status(&self) -> String {
-        format!("STATUS={} subscribers, {} connections", self.subscribers, self.conns.len())
+        format!("STATUS={}, {}", count(self.subscribers, "subscriber"), count(self.conns.len(), "connection"))
     }
 
     /// Pings the watchdog and refreshes the status when due; called once per turn.
@@ -543,7 +561,7 @@ impl Loop {
             if let Some(by) = self.stopping_by {
                 if self.conns.len() == 0 || self.now >= by {
                     if self.conns.len() > 0 {
-                        warn!("shutdown deadline passed: cutting {} connections", self.conns.len());
+                        warn!("shutdown deadline passed: cutting {}", count(self.conns.len(), "connection"));
                     }
                     info!("ssed stopped");
                     return Ok(());
@@ -598,5 +616,61 @@ fn push_body(framing: Framing, payload: &[u8], out: &mut Vec<u8>) {
     match framing {
         Framing::Chunked => chunk::encode_chunk(payload, out),
         Framing::Raw => out.extend_from_slice(payload),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `20000` as `20,000`, the way the docs write figures.
+    fn with_commas(n: u64) -> String {
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, digit) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(digit);
+        }
+        out
+    }
+
+    #[test]
+    fn documented_capacity_figures_follow_the_descriptor_budget() {
+        // The limits the docs discuss: the benchmark machine's hard limit and the shipped unit's.
+        let docs = [
+            ("README.md", include_str!("../../README.md")),
+            ("docs/benchmarks.md", include_str!("../../docs/benchmarks.md")),
+        ];
+        for (name, text) in docs {
+            for limit in [20_000, 1_048_576] {
+                let (connections, _) = descriptor_budget(limit);
+                let figure = with_commas(connections);
+                assert!(
+                    text.contains(&figure),
+                    "{name} should give {figure} connections for a limit of {limit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_budget_reserves_descriptors_and_room_to_answer_at_capacity() {
+        for limit in [0, 1, 100, 160, 2_112, 20_000, 65_600, 1_048_576, u64::MAX] {
+            let (connections, overflow) = descriptor_budget(limit);
+            assert!((32..=1024).contains(&overflow), "limit {limit}: overflow {overflow}");
+            assert!(connections >= 1, "limit {limit}");
+            if limit > RESERVED_DESCRIPTORS + 1024 + 1 {
+                assert_eq!(connections + overflow as u64 + RESERVED_DESCRIPTORS, limit, "limit {limit}");
+            }
+        }
+    }
+
+    #[test]
+    fn counts_read_as_english() {
+        assert_eq!(count(0, "connection"), "0 connections");
+        assert_eq!(count(1, "connection"), "1 connection");
+        assert_eq!(count(2, "subscriber"), "2 subscribers");
     }
 }

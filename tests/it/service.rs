@@ -39,7 +39,8 @@ fn notifies_ready_watchdog_and_stopping_and_exits_cleanly_on_sigterm() {
     let mut stream = subscribe(addr);
     let id = publish(addr, "before the end");
     read_until(&mut stream, format!("id: {id}\ndata: before the end\n\n").as_bytes());
-    recv_until(&notify, "STATUS=1 subscribers", &mut received);
+    // "1 subscriber,", not "1 subscribers,".
+    recv_until(&notify, "STATUS=1 subscriber,", &mut received);
 
     proc.signal("TERM");
     recv_until(&notify, "STOPPING=1", &mut received);
@@ -122,4 +123,29 @@ fn serves_on_a_socket_passed_by_systemd() {
     read_until(&mut stream, format!("id: {id}\ndata: through the inherited socket\n\n").as_bytes());
     proc.signal("TERM");
     assert_eq!(proc.wait_exit().code(), Some(0));
+}
+
+/// Every `file:` page the unit's `Documentation=` names is put in place by the README's install
+/// steps, so `systemctl help ssed` and `systemctl status` point at something that exists.
+#[test]
+fn the_units_documentation_is_installed_by_the_readme_steps() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let unit = std::fs::read_to_string(format!("{root}/systemd/ssed.service")).unwrap();
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    // The destination of each `install ... DEST` line, with its comment cut off.
+    let installed: Vec<&str> = readme
+        .lines()
+        .filter(|line| line.starts_with("install "))
+        .filter_map(|line| line.split('#').next().unwrap().split_whitespace().last())
+        .collect();
+    let pages: Vec<&str> = unit
+        .lines()
+        .filter_map(|line| line.strip_prefix("Documentation="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(!pages.is_empty(), "the unit names its documentation");
+    for page in pages {
+        let Some(path) = page.strip_prefix("file://") else { continue };
+        assert!(installed.contains(&path), "{path} is not installed by the README's steps {installed:?}");
+    }
 }

@@ -1,4 +1,4 @@
-//! The HTTP contract (`ssed-contract.md`, version 1) as a client sees it on the wire.
+//! The HTTP contract (version 1, as the README states it) as a client sees it on the wire.
 //!
 //! Every test starts its own server on a fresh loopback port, speaks raw HTTP/1.x to it over std
 //! `TcpStream`s, and asserts only what a browser, `curl` or a proxy would notice: status lines,
