@@ -90,6 +90,8 @@ const FANOUT_SLICE: usize = 512;
 /// waits for it, however many publishers pipeline at once.
 const MAX_HELD_EVENTS: usize = 1024;
 const MAX_HELD_BYTES: usize = 4 << 20;
+/// ... and their topic entries: an event of 64 new topics costs as much as 64 of one.
+const MAX_HELD_TOPICS: usize = 4096;
 /// Topics dropped between two returns of free memory to the system (`return_free_memory`): a
 /// flood of new names leaves at most this many topics' worth (a few hundred bytes each) unreturned.
 const TRIM_AFTER_TOPICS: u64 = 4096;
@@ -212,7 +214,8 @@ impl Server {
             pending_acks: Vec::new(),
             held_lists: HashSet::new(),
             held_bytes: 0,
-            resume_after_commit: Vec::new(),
+            held_topics: 0,
+            resume_after_commit: VecDeque::new(),
             overflow,
             config,
             poll,
@@ -404,6 +407,8 @@ struct Conn {
     closing: bool,
     /// Answers in `out` that wait for the durable history's commit at the end of the turn.
     awaiting_commit: u32,
+    /// On `resume_after_commit`: its requests wait for room in a later turn.
+    queued_for_commit: bool,
     /// Set once the write side is shut: the connection only drains the client's bytes until `LINGER`.
     lingering_until: Option<Instant>,
 }
@@ -444,8 +449,11 @@ struct Loop {
     held_lists: HashSet<List>,
     /// Wire bytes of the events held for the commit.
     held_bytes: usize,
-    /// Connections whose requests wait because the turn holds all it may (`turn_full`).
-    resume_after_commit: Vec<Key>,
+    /// Topic entries (events times their topics) held for the commit: the bookkeeping's measure.
+    held_topics: usize,
+    /// Connections whose requests wait because the turn holds all it may (`turn_full`), in the
+    /// order they are to be resumed.
+    resume_after_commit: VecDeque<Key>,
     /// Connections allowed beyond `max_connections` to receive their "full" answer.
     overflow: usize,
     poll: Poll,

@@ -37,6 +37,7 @@ impl Loop {
                 // events that a restart does not know.
                 self.log.hold();
                 self.held_bytes += wire_len;
+                self.held_topics += topics.len();
                 held = true;
             }
         }
@@ -94,7 +95,9 @@ impl Loop {
     /// Whether this turn holds as many publishes for the commit as it may: further requests wait
     /// for the commit (`resume_after_commit`).
     pub(super) fn turn_full(&self) -> bool {
-        self.pending_acks.len() >= MAX_HELD_EVENTS || self.held_bytes >= MAX_HELD_BYTES
+        self.pending_acks.len() >= MAX_HELD_EVENTS
+            || self.held_bytes >= MAX_HELD_BYTES
+            || self.held_topics >= MAX_HELD_TOPICS
     }
 
     /// Whether publishes are answered only after the turn's commit (a durable history that syncs).
@@ -115,6 +118,7 @@ impl Loop {
         }
         let acks = std::mem::take(&mut self.pending_acks);
         self.held_bytes = 0;
+        self.held_topics = 0;
         match result {
             Ok(()) => {
                 self.log.commit();
@@ -168,9 +172,16 @@ impl Loop {
                 }
             }
         }
-        // Requests that waited for this commit; what they publish is held for the next one.
-        for key in std::mem::take(&mut self.resume_after_commit) {
-            self.read_requests(key);
+        // Requests that waited for this commit, first come first served, until the next turn is
+        // full again; what they publish is held for the next commit. A connection that fills it
+        // goes to the back of the queue, so one busy publisher cannot keep the others (or a
+        // `/health` probe) waiting.
+        while !self.turn_full() {
+            let Some(key) = self.resume_after_commit.pop_front() else { break };
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.queued_for_commit = false;
+                self.read_requests(key);
+            }
         }
     }
 }

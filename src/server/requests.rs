@@ -51,6 +51,7 @@ impl Loop {
                 over_capacity,
                 closing: false,
                 awaiting_commit: 0,
+                queued_for_commit: false,
                 lingering_until: None,
             };
             let key = self.conns.insert(conn);
@@ -109,12 +110,16 @@ impl Loop {
     pub(super) fn read_requests(&mut self, key: Key) {
         loop {
             self.process_requests(key);
-            if self.turn_full() {
-                // Picked up again, and read until `WouldBlock`, once the commit lands.
-                self.resume_after_commit.push(key);
+            let full = self.turn_full();
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            if full {
+                // Picked up again, and read until `WouldBlock`, once a commit makes room.
+                if !conn.queued_for_commit {
+                    conn.queued_for_commit = true;
+                    self.resume_after_commit.push_back(key);
+                }
                 return;
             }
-            let Some(conn) = self.conns.get_mut(key) else { return };
             if conn.closing || conn.pending_out() >= MAX_PENDING_RESPONSES {
                 return;
             }
