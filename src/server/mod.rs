@@ -92,9 +92,11 @@ const MAX_HELD_EVENTS: usize = 1024;
 const MAX_HELD_BYTES: usize = 4 << 20;
 /// ... and their topic entries: an event of 64 new topics costs as much as 64 of one.
 const MAX_HELD_TOPICS: usize = 4096;
-/// Topics dropped between two returns of free memory to the system (`return_free_memory`): a
-/// flood of new names leaves at most this many topics' worth (a few hundred bytes each) unreturned.
+/// Topics dropped between two returns of free memory to the system (`return_free_memory`) while
+/// the loop is busy.
 const TRIM_AFTER_TOPICS: u64 = 4096;
+/// Topics dropped after which the loop returns free memory when it next goes idle.
+const TRIM_WHEN_IDLE: u64 = 256;
 /// Readiness events taken per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -562,10 +564,7 @@ impl Loop {
             self.fire_timers();
             self.commit_turn();
             self.flush_dirty();
-            if self.log.topics_dropped() >= self.trimmed_at_topics + TRIM_AFTER_TOPICS {
-                self.trimmed_at_topics = self.log.topics_dropped();
-                return_free_memory();
-            }
+            self.return_memory_of_dropped_topics();
             if let Some(by) = self.stopping_by {
                 if self.conns.len() == 0 || self.now >= by {
                     if self.conns.len() > 0 {
@@ -575,6 +574,18 @@ impl Loop {
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// Hands memory back to the system after topics were dropped: every `TRIM_AFTER_TOPICS` during
+    /// a flood of new names, and once it ends (the loop is about to wait), so what a flood leaves
+    /// unreturned is at most `TRIM_WHEN_IDLE` topics' worth.
+    fn return_memory_of_dropped_topics(&mut self) {
+        let dropped = self.log.topics_dropped() - self.trimmed_at_topics;
+        let idle = self.pending_acks.is_empty() && self.dirty.is_empty();
+        if dropped >= TRIM_AFTER_TOPICS || (idle && dropped >= TRIM_WHEN_IDLE) {
+            self.trimmed_at_topics = self.log.topics_dropped();
+            return_free_memory();
         }
     }
 
