@@ -52,6 +52,12 @@ impl TopicId {
     pub fn index(self) -> usize {
         self.0 as usize
     }
+
+    /// The id at `index` (tests of tables indexed by topic).
+    #[cfg(test)]
+    pub(crate) fn from_index(index: u32) -> TopicId {
+        TopicId(index)
+    }
 }
 
 /// The topics a subscriber listens to.

@@ -62,11 +62,22 @@ impl Registry {
         let entries = self.list_mut(list);
         let position = position as usize;
         entries.swap_remove(position);
+        let moved = entries.get(position).copied();
         if entries.is_empty() {
-            // Give back the memory of a topic nobody listens to any more.
+            // Give back the memory of a topic nobody listens to any more, and the table's tail
+            // once a burst of subscriptions to many topics is over (topic ids are reused lowest
+            // first, so the live ones stay at the front).
             *entries = Vec::new();
+            if let List::Topic(_) = list {
+                while self.topics.last().is_some_and(Vec::is_empty) {
+                    self.topics.pop();
+                }
+                if self.topics.capacity() > 4 * self.topics.len().max(16) {
+                    self.topics.shrink_to(2 * self.topics.len());
+                }
+            }
         }
-        entries.get(position).copied()
+        moved
     }
 }
 
@@ -88,5 +99,19 @@ mod tests {
         assert_eq!(registry.subscribers(list), &[key(2), key(1)]);
         assert_eq!(registry.remove(list, 1), None, "removing the last moves nothing");
         assert_eq!(registry.subscribers(list), &[key(2)]);
+    }
+
+    #[test]
+    fn the_topic_table_shrinks_when_its_last_lists_empty() {
+        let mut registry = Registry::new();
+        let positions: Vec<u32> =
+            (0..1000).map(|t| registry.add(List::Topic(TopicId::from_index(t)), key(t))).collect();
+        assert_eq!(registry.topics.len(), 1000);
+        for (t, &position) in positions.iter().enumerate().skip(1).rev() {
+            let _ = registry.remove(List::Topic(TopicId::from_index(t as u32)), position);
+        }
+        assert_eq!(registry.topics.len(), 1, "topic 0 still has its subscriber");
+        assert!(registry.topics.capacity() <= 64);
+        assert_eq!(registry.subscribers(List::Topic(TopicId::from_index(0))), &[key(0)]);
     }
 }

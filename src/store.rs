@@ -456,7 +456,11 @@ impl Store {
                 if let Some((at, what)) = &scanned.tail {
                     // The newest segment ends in a record the process never finished writing.
                     let cut = bytes.len() - at;
-                    warn!("{}: {what} at byte {at}; cutting off the last {cut} bytes", path.display());
+                    warn!(
+                        "{}: {what} at byte {at}; cutting off the last {}",
+                        path.display(),
+                        crate::server::count(cut as usize, "byte")
+                    );
                     let file = OpenOptions::new()
                         .write(true)
                         .open(path)

@@ -62,7 +62,7 @@ fn descriptor_budget(limit: u64) -> (u64, usize) {
 }
 
 /// `n` and a noun, singular for exactly one: "1 subscriber", "2 subscribers".
-fn count(n: usize, noun: &str) -> String {
+pub(crate) fn count(n: usize, noun: &str) -> String {
     if n == 1 {
         format!("{n} {noun}")
     } else {

@@ -145,7 +145,10 @@ impl Loop {
                 }
             }
             Err(e) => {
-                error!("syncing the history failed: {e}; this turn's {} events are dropped", acks.len());
+                error!(
+                    "syncing the history failed: {e}; dropping this turn's {}",
+                    count(acks.len(), "event")
+                );
                 self.log.rollback();
                 self.held_lists.clear();
                 let refusal = Refusal::Storage(format!("event not stored: syncing the history failed: {e}"));
