@@ -112,7 +112,11 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
             return Ok(None);
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(httparse::Error::Version) => return Err(HeadError::Version),
+        Err(httparse::Error::Version) => match version_error(buf) {
+            Some(e) => return Err(e),
+            None if buf.len() > MAX_HEAD_BYTES => return Err(HeadError::TooLarge),
+            None => return Ok(None),
+        },
         Err(_) => return Err(HeadError::Malformed),
     };
     if used > MAX_HEAD_BYTES {
@@ -202,6 +206,61 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
         (None, true) => BodyFraming::Chunked,
     };
     Ok(Some((head, used)))
+}
+
+/// The shape of `HTTP-version` (RFC 9112 §2.3: `HTTP-name "/" DIGIT "." DIGIT`, `HTTP` case-sensitive);
+/// `d` stands for a digit.
+const VERSION_SHAPE: &[u8] = b"HTTP/d.d";
+
+/// Tells what httparse's version error means: it knows only `HTTP/1.0` and `HTTP/1.1` and reports
+/// anything else after the target as a version, also a line that is not HTTP at all (`this is not
+/// http`) or a target with a raw space in it (`/events?topic=my room HTTP/1.1`).
+///
+/// `Some(Version)` for a well-formed version other than 1.0 and 1.1 (`505`), `Some(Malformed)` for
+/// a line outside the grammar (`400`), `None` while the line is incomplete and its version could still
+/// become well-formed, so the answer never depends on how the bytes were split into reads.
+fn version_error(buf: &[u8]) -> Option<HeadError> {
+    // httparse skips empty lines before the request line (RFC 9112 §2.2); by the time it reports a
+    // version they were well-formed.
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
+    let rest = &buf[start..];
+    let (line, complete) = match rest.iter().position(|&b| b == b'\n') {
+        Some(end) => (rest[..end].strip_suffix(b"\r").unwrap_or(&rest[..end]), true),
+        None => (rest, false),
+    };
+    // method SP request-target SP HTTP-version: whatever follows the second space is the version.
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let (Some(_method), Some(_target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+        return Some(HeadError::Malformed);
+    };
+    let fits = |version: &[u8]| {
+        version.len() <= VERSION_SHAPE.len()
+            && version.iter().zip(VERSION_SHAPE).all(|(&b, &shape)| match shape {
+                b'd' => b.is_ascii_digit(),
+                _ => b == shape,
+            })
+    };
+    if complete {
+        return Some(if version.len() == VERSION_SHAPE.len() && fits(version) {
+            HeadError::Version
+        } else {
+            HeadError::Malformed
+        });
+    }
+    // Incomplete: a prefix of the shape, or all of it and the CR of the line's end, may still be one.
+    let before_cr = version.strip_suffix(b"\r").filter(|v| v.len() == VERSION_SHAPE.len());
+    if fits(before_cr.unwrap_or(version)) {
+        None
+    } else {
+        Some(HeadError::Malformed)
+    }
+}
+
+/// Whether the request in `buf` (complete or not, parsed or not) uses the method `HEAD`, so that even
+/// the answer to a head that does not parse or never completes carries no body (RFC 9110 §9.3.2).
+pub fn names_head(buf: &[u8]) -> bool {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
+    buf[start..].starts_with(b"HEAD ")
 }
 
 /// Reduces a request target to path and query: origin-form as is, absolute-form without its scheme
@@ -342,6 +401,50 @@ mod tests {
         assert_eq!(parse("GET /x HTTP/1.1\r\nBad Header\r\n\r\n"), Err(HeadError::Malformed));
         assert_eq!(parse("GET /x HTTP/2.0\r\n\r\n"), Err(HeadError::Version));
         assert_eq!(parse("GET * HTTP/1.1\r\n\r\n"), Err(HeadError::Malformed));
+    }
+
+    #[test]
+    fn only_a_well_formed_version_is_505() {
+        // RFC 9112 §2.3: HTTP-version = HTTP-name "/" DIGIT "." DIGIT, HTTP-name = %s"HTTP".
+        let cases = [
+            ("GET /x HTTP/2.0\r\n\r\n", HeadError::Version),
+            ("GET /x HTTP/1.2\r\n\r\n", HeadError::Version),
+            ("GET /x HTTP/0.9\r\n\r\n", HeadError::Version),
+            ("GET /x HTTP/9.9\nHost: x\n\n", HeadError::Version),
+            ("\r\nGET /x HTTP/3.0\r\n\r\n", HeadError::Version),
+            ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", HeadError::Version),
+            ("this is not http at all\r\n\r\n", HeadError::Malformed),
+            ("POST /events?topic=my room HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", HeadError::Malformed),
+            ("GET /x HTTP/2\r\n\r\n", HeadError::Malformed),
+            ("GET /x http/1.1\r\n\r\n", HeadError::Malformed),
+            ("GET /x HTTP/10.0\r\n\r\n", HeadError::Malformed),
+            ("GET /x HTTP/1.10\r\n\r\n", HeadError::Malformed),
+            ("GET /x HTTP/2.0 \r\n\r\n", HeadError::Malformed),
+            ("GET /x HTTP/2.0\rX\r\n\r\n", HeadError::Malformed),
+            ("GET /x HTTP/a.b\r\n\r\n", HeadError::Malformed),
+            ("GET /x HTTP/1.1 x\r\n\r\n", HeadError::Malformed),
+        ];
+        for (raw, expected) in cases {
+            // `parse` also feeds every prefix and checks it waits or gives the same answer.
+            assert_eq!(parse(raw), Err(expected), "{raw:?}");
+        }
+        // A prefix that can still become a version waits for the rest of the line.
+        for partial in ["GET /x H", "GET /x HTTP/2", "GET /x HTTP/2.0", "GET /x HTTP/2.0\r"] {
+            assert_eq!(parse_head(partial.as_bytes()), Ok(None), "{partial:?}");
+        }
+        for garbage in ["GET /x h", "GET /x HTTP/2x", "GET /x HTTP/2.0x", "GET /x HTTP/2.0\rx", "GET /x y z"]
+        {
+            assert_eq!(parse_head(garbage.as_bytes()), Err(HeadError::Malformed), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn tells_head_requests_even_unparsed() {
+        assert!(names_head(b"HEAD /x HTTP/1.1\r\nBad header\r\n"));
+        assert!(names_head(b"\r\nHEAD /x"));
+        assert!(!names_head(b"HEADER /x HTTP/1.1\r\n"));
+        assert!(!names_head(b"GET /x HTTP/1.1\r\n"));
+        assert!(!names_head(b"HEA"));
     }
 
     #[test]

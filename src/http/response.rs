@@ -152,7 +152,11 @@ pub fn text(status: u16, body: &str, keep_alive: bool, head_only: bool, extra: &
 }
 
 /// A refusal: status, the headers it needs (`Allow`, `WWW-Authenticate`, `Retry-After`), one line.
-pub fn refusal(refusal: &Refusal, keep_alive: bool, cors: &[u8], out: &mut Vec<u8>) {
+///
+/// `head_only` (the request was `HEAD`) leaves the line out but keeps its length: a response to
+/// `HEAD` never has content, whatever its status (RFC 9110 §9.3.2), and on a kept-alive connection
+/// the client would read the line as the start of the next response.
+pub fn refusal(refusal: &Refusal, keep_alive: bool, head_only: bool, cors: &[u8], out: &mut Vec<u8>) {
     let mut extra = cors.to_vec();
     match refusal {
         Refusal::Route(RouteError::MethodNotAllowed(allow)) => {
@@ -163,7 +167,7 @@ pub fn refusal(refusal: &Refusal, keep_alive: bool, cors: &[u8], out: &mut Vec<u
         _ => {}
     }
     let body = format!("{}\n", refusal.reason());
-    text(refusal.status(), &body, keep_alive && !refusal.closes(), false, &extra, out);
+    text(refusal.status(), &body, keep_alive && !refusal.closes(), head_only, &extra, out);
 }
 
 /// The answer to a CORS preflight (`204`); CORS headers only for allowed origins.
@@ -232,7 +236,7 @@ mod tests {
     #[test]
     fn refusal_headers() {
         let mut out = Vec::new();
-        refusal(&Refusal::Route(RouteError::MethodNotAllowed("GET, HEAD")), true, b"", &mut out);
+        refusal(&Refusal::Route(RouteError::MethodNotAllowed("GET, HEAD")), true, false, b"", &mut out);
         let text = as_text(&out);
         assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{text}");
         assert!(text.contains("Allow: GET, HEAD\r\n"));
@@ -240,13 +244,32 @@ mod tests {
         assert!(!text.contains("Connection: close"));
 
         let mut out = Vec::new();
-        refusal(&Refusal::Route(RouteError::Unauthorized), true, b"", &mut out);
+        refusal(&Refusal::Route(RouteError::Unauthorized), true, false, b"", &mut out);
         assert!(as_text(&out).contains("WWW-Authenticate: Bearer\r\n"));
 
         let mut out = Vec::new();
-        refusal(&Refusal::Overloaded, true, b"", &mut out);
+        refusal(&Refusal::Overloaded, true, false, b"", &mut out);
         let text = as_text(&out);
         assert!(text.contains("Retry-After: ") && text.contains("Connection: close"), "{text}");
+    }
+
+    #[test]
+    fn refusals_to_head_have_no_body() {
+        for (refusal_to, keep_alive) in [
+            (Refusal::Route(RouteError::NotFound), true),
+            (Refusal::Route(RouteError::Unauthorized), true),
+            (Refusal::Head(HeadError::Version), false),
+            (Refusal::Timeout, false),
+        ] {
+            let mut get = Vec::new();
+            refusal(&refusal_to, keep_alive, false, b"", &mut get);
+            let mut head = Vec::new();
+            refusal(&refusal_to, keep_alive, true, b"", &mut head);
+            let get = as_text(&get);
+            let (get_head, body) = get.split_once("\r\n\r\n").unwrap();
+            assert!(!body.is_empty(), "{refusal_to:?}");
+            assert_eq!(as_text(&head), format!("{get_head}\r\n\r\n"), "same head, no body: {refusal_to:?}");
+        }
     }
 
     #[test]
