@@ -114,10 +114,11 @@ pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Appends the CORS headers for a request from `origin`: none unless the origin is allowed.
 ///
 /// A listed origin is echoed with credentials allowed (so cookies carry `ssed_token`); `*` allows any
-/// origin but never with credentials, which browsers would refuse anyway.
+/// origin but never with credentials, which browsers would refuse anyway. A request saying
+/// `Origin: *` (no browser does; it is not an origin) is not thereby "listed" under `*`.
 pub fn push_cors(config: &Config, origin: Option<&str>, out: &mut Vec<u8>) {
     let Some(origin) = origin else { return };
-    if config.cors_origins.iter().any(|o| o == origin) {
+    if origin != "*" && config.cors_origins.iter().any(|o| o == origin) {
         let _ = write!(
             out,
             "Access-Control-Allow-Origin: {origin}\r\nAccess-Control-Allow-Credentials: true\r\nVary: Origin\r\n"
@@ -288,6 +289,12 @@ mod tests {
         let mut out = Vec::new();
         push_cors(&any, Some("https://b.example"), &mut out);
         assert_eq!(as_text(&out), "Access-Control-Allow-Origin: *\r\n", "never credentials with *");
+        let mut out = Vec::new();
+        push_cors(&any, Some("*"), &mut out);
+        assert_eq!(as_text(&out), "Access-Control-Allow-Origin: *\r\n", "not even for `Origin: *`");
+        let mut out = Vec::new();
+        push_cors(&config, Some("*"), &mut out);
+        assert!(out.is_empty(), "`*` is not a listed origin");
 
         let mut out = Vec::new();
         preflight(&config, Some("https://a.example"), true, &mut out);

@@ -169,3 +169,31 @@ fn request_lines_that_are_not_http_are_400_and_other_versions_505() {
     let marker = publish(&server, "topic=my", "marker");
     assert_eq!(id_data(&sub.next_event()), (marker, "marker".to_string()));
 }
+
+#[test]
+fn an_origin_of_star_never_gets_credentials() {
+    let check = |response: &Response, what: &str| {
+        assert_eq!(response.header("access-control-allow-origin"), Some("*"), "{what}: {response:?}");
+        assert_eq!(response.header("access-control-allow-credentials"), None, "{what}: {response:?}");
+    };
+    for origins in [vec!["*".to_string()], vec!["https://app.example".into(), "*".into()]] {
+        let server = TestServer::start(Config { cors_origins: origins.clone(), ..quiet_config() });
+        let preflight = roundtrip(
+            &server,
+            b"OPTIONS /events HTTP/1.1\r\nHost: test\r\nOrigin: *\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(preflight.status, 204);
+        check(&preflight, "preflight");
+        let sub = Subscriber::open(&server, "/events?topic=t", "Origin: *\r\n");
+        check(&sub.response, "stream");
+        check(&get(&server, "/nope", "Origin: *\r\n"), "error");
+        check(&post(&server, "/events?topic=t", "Origin: *\r\n", b"x"), "publish");
+        // Any other origin, too.
+        check(&get(&server, "/health", "Origin: https://other.example\r\n"), "health");
+    }
+    // With only listed origins, `*` is not one of them.
+    let server =
+        TestServer::start(Config { cors_origins: vec!["https://app.example".into()], ..quiet_config() });
+    let response = get(&server, "/health", "Origin: *\r\n");
+    assert_eq!(response.header("access-control-allow-origin"), None, "{response:?}");
+}
