@@ -171,6 +171,62 @@ fn request_lines_that_are_not_http_are_400_and_other_versions_505() {
 }
 
 #[test]
+fn single_valued_parameters_given_twice_are_400() {
+    let server = TestServer::start(quiet_config());
+    let mut sub = Subscriber::open(&server, "/events", "");
+    let raw = [
+        ("/events?topic=t&event=a&event=b", "`event`"),
+        ("/events?topic=t&type=a&event=b", "`type`"),
+        ("/events?topic=t&event=a&event=a", "`event`"),
+    ];
+    for (path, field) in raw {
+        let response = post(&server, path, "", b"x");
+        assert_error(&response, 400);
+        assert!(response.body_text().contains(field), "{path}: {response:?}");
+        assert!(response.body_text().contains("given twice"), "{path}: {response:?}");
+    }
+    let forms = [
+        ("topic=t&data=a&data=b", "`data`"),
+        ("topic=t&data=a&type=e&type=f", "`type`"),
+        ("topic=t&data=a&retry=1&retry=2", "`retry`"),
+        ("data=a&topic=t&data=", "`data`"),
+    ];
+    for (form, field) in forms {
+        let response = post_form(&server, form);
+        assert_error(&response, 400);
+        assert!(response.body_text().contains(field), "{form}: {response:?}");
+        assert!(response.body_text().contains("given twice"), "{form}: {response:?}");
+    }
+    // An event type in the query and another in the form.
+    let response = post(
+        &server,
+        "/events?event=a",
+        "Content-Type: application/x-www-form-urlencoded\r\n",
+        b"topic=t&data=x&type=b",
+    );
+    assert_error(&response, 400);
+    assert!(response.body_text().contains("given twice"), "{response:?}");
+    for query in
+        ["lastEventId=1&lastEventId=2", "lastEventId=1&lastEventID=1", "topic=t&lastEventID=1&lastEventID=2"]
+    {
+        let response = get(&server, &format!("/events?{query}"), "");
+        assert_error(&response, 400);
+        assert!(response.body_text().contains("given twice"), "{query}: {response:?}");
+    }
+
+    // `topic` stays repeatable, everywhere.
+    let form_id = published_id(&post_form(&server, "topic=a&topic=b&data=form"));
+    let raw_id = published_id(&post(&server, "/events?topic=a&topic=b", "", b"raw"));
+    let two = Subscriber::open(&server, "/events?topic=a&topic=b", "");
+    assert_eq!(two.response.status, 200);
+    assert_eq!(
+        next_events(&mut sub, 2),
+        pairs(&[form_id, raw_id], &["form", "raw"]),
+        "nothing refused published"
+    );
+}
+
+#[test]
 fn an_origin_of_star_never_gets_credentials() {
     let check = |response: &Response, what: &str| {
         assert_eq!(response.header("access-control-allow-origin"), Some("*"), "{what}: {response:?}");
