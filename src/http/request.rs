@@ -101,9 +101,10 @@ impl fmt::Display for HeadError {
 pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    // Only the bytes a head may take are parsed, and one more to tell a head at the cap from a longer
-    // one: an oversized head is `431` whatever follows, however the bytes were split into reads.
-    let used = match request.parse(&buf[..buf.len().min(MAX_HEAD_BYTES + 1)]) {
+    // Only the bytes a head may take are parsed: a head not complete within them is `431` whatever
+    // follows (a bad byte just past the cap included), however the bytes were split into reads.
+    let window = &buf[..buf.len().min(MAX_HEAD_BYTES)];
+    let used = match request.parse(window) {
         Ok(httparse::Status::Complete(used)) => used,
         Ok(httparse::Status::Partial) => {
             if buf.len() > MAX_HEAD_BYTES {
@@ -112,16 +113,13 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
             return Ok(None);
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(httparse::Error::Version) => match version_error(buf) {
+        Err(httparse::Error::Version) => match version_error(window) {
             Some(e) => return Err(e),
             None if buf.len() > MAX_HEAD_BYTES => return Err(HeadError::TooLarge),
             None => return Ok(None),
         },
         Err(_) => return Err(HeadError::Malformed),
     };
-    if used > MAX_HEAD_BYTES {
-        return Err(HeadError::TooLarge);
-    }
     let http10 = match request.version {
         Some(0) => true,
         Some(1) => false,
@@ -153,6 +151,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
     };
     let mut content_length = None;
     let mut transfer_encoding = false;
+    let mut close = false;
     for header in request.headers.iter() {
         let name = header.name;
         let value = header.value;
@@ -173,8 +172,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
             for token in value.split(|&b| b == b',') {
                 let token = trim(token);
                 if token.eq_ignore_ascii_case(b"close") {
-                    head.keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     head.keep_alive = true;
                 }
             }
@@ -198,6 +197,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
             head.form = trim(media).eq_ignore_ascii_case(b"application/x-www-form-urlencoded");
         }
     }
+    // `close` wins over `keep-alive`, in whatever order they came (RFC 9112 §9.6).
+    head.keep_alive &= !close;
     head.body = match (content_length, transfer_encoding) {
         (Some(_), true) => return Err(HeadError::LengthAndEncoding),
         (Some(0), false) | (None, false) => BodyFraming::None,
@@ -361,12 +362,22 @@ mod tests {
         assert!(head.http10 && !head.keep_alive);
         assert!(ok("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
         assert!(!ok("GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n").keep_alive);
+        for version in ["1.0", "1.1"] {
+            for tokens in ["close, keep-alive", "keep-alive\r\nConnection: close", "Keep-Alive, CLOSE"] {
+                let raw = format!("GET / HTTP/{version}\r\nConnection: {tokens}\r\n\r\n");
+                assert!(!ok(&raw).keep_alive, "close wins: {raw:?}");
+            }
+        }
     }
 
     #[test]
     fn body_framing() {
         assert_eq!(ok("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n").body, BodyFraming::Length(5));
         assert_eq!(ok("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").body, BodyFraming::None);
+        assert_eq!(
+            ok("POST / HTTP/1.1\r\nContent-Length: 0000000000000000005\r\n\r\n").body,
+            BodyFraming::Length(5)
+        );
         assert_eq!(ok("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n").body, BodyFraming::Chunked);
         assert!(ok("POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n").expect_continue);
     }
@@ -383,6 +394,8 @@ mod tests {
             ("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", HeadError::BadLength),
             ("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n", HeadError::BadLength),
             ("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", HeadError::BadLength),
+            // At most 19 digits, leading zeros or not: a longer number is never a length ssed takes.
+            ("POST / HTTP/1.1\r\nContent-Length: 00000000000000000005\r\n\r\n", HeadError::BadLength),
             ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", HeadError::BadEncoding),
             (
                 "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -456,12 +469,48 @@ mod tests {
     }
 
     #[test]
+    fn the_cap_is_16_kib_exactly() {
+        // The contract's number: a head of 16 KiB is served, one byte more is `431`.
+        assert_eq!(MAX_HEAD_BYTES, 16 * 1024);
+        let head_of = |len: usize| {
+            let frame = "GET / HTTP/1.1\r\nX: \r\n\r\n".len();
+            format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(len - frame))
+        };
+        let at_cap = head_of(MAX_HEAD_BYTES);
+        assert_eq!(parse(&at_cap).unwrap().map(|(_, used)| used), Some(MAX_HEAD_BYTES));
+        assert_eq!(parse(&head_of(MAX_HEAD_BYTES + 1)), Err(HeadError::TooLarge));
+        // A well-formed version cut by the cap is too large too, not a version to refuse or wait for.
+        let line = format!("GET /{} HTTP/2.0\r\n\r\n", "a".repeat(MAX_HEAD_BYTES - "GET / HTTP/2".len()));
+        assert_eq!(parse(&line), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn errors_say_what_went_wrong() {
+        let all = [
+            HeadError::Malformed,
+            HeadError::TooLarge,
+            HeadError::LengthAndEncoding,
+            HeadError::BadLength,
+            HeadError::BadEncoding,
+            HeadError::Version,
+        ];
+        let texts: std::collections::HashSet<String> = all.iter().map(HeadError::to_string).collect();
+        assert_eq!(texts.len(), all.len(), "one distinct reason each: {texts:?}");
+        assert!(texts.iter().all(|t| !t.is_empty() && !t.contains('\n')));
+    }
+
+    #[test]
     fn an_oversized_head_is_431_whatever_follows() {
         // A bad byte past the cap: before, 400 when it arrived in the same read as the cap, else 431.
         let mut raw = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD_BYTES)).into_bytes();
         raw.extend_from_slice(b"\x01\r\n\r\n");
         assert_eq!(parse_head(&raw), Err(HeadError::TooLarge));
         assert_eq!(parse_head(&raw[..MAX_HEAD_BYTES + 1]), Err(HeadError::TooLarge));
+        // Even the first byte past the cap: a head needing it is over the cap, bad or not.
+        let mut raw = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD_BYTES - 19)).into_bytes();
+        assert_eq!(raw.len(), MAX_HEAD_BYTES);
+        raw.extend_from_slice(b"\x01\r\n\r\n");
+        assert_eq!(parse(std::str::from_utf8(&raw).unwrap()), Err(HeadError::TooLarge));
     }
 
     #[test]
@@ -487,6 +536,7 @@ mod tests {
     fn absolute_form_targets() {
         assert_eq!(split_target("http://h:1/events?topic=a"), Some(("/events", "topic=a")));
         assert_eq!(split_target("http://h"), Some(("/", "")));
+        assert_eq!(split_target("https://h:8080?topic=a"), Some(("/", "topic=a")));
         assert_eq!(split_target("/a?b#c"), Some(("/a", "b")));
         assert_eq!(split_target("*"), None);
     }
