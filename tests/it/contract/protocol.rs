@@ -16,8 +16,9 @@ fn get_twin(request: &[u8]) -> Vec<u8> {
 
 /// Sends `request` (a `HEAD`) followed at once by `GET /health` on one connection, and checks the
 /// answer to `HEAD` is a head only, with the status and `Content-Length` the `GET` twin gets; then,
-/// if the connection stays open, that the `/health` answer follows intact, else that nothing does.
-fn check_head_answer(server: &TestServer, what: &str, request: &[u8], status: u16) {
+/// if the connection stays open (as `kept` says it must), that the `/health` answer follows intact,
+/// else that nothing does.
+fn check_head_answer(server: &TestServer, what: &str, request: &[u8], status: u16, kept: bool) {
     let twin = {
         let mut stream = server.connect();
         let _ = stream.write_all(&get_twin(request));
@@ -38,6 +39,7 @@ fn check_head_answer(server: &TestServer, what: &str, request: &[u8], status: u1
         "{what}: HEAD says the length GET would have: {head:?} vs {twin:?}"
     );
     let closes = head.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    assert_eq!(closes, !kept, "{what}: {head:?}");
     if closes {
         assert_eq!(conn.buf, b"", "{what}: HEAD answer carried a body");
         assert_closed(&mut conn.stream);
@@ -66,36 +68,39 @@ fn head_answers_never_carry_a_body() {
     };
     let server = TestServer::start(config);
     let big = format!("HEAD /health HTTP/1.1\r\nHost: test\r\nX-Filler: {}\r\n\r\n", "a".repeat(17 * 1024));
-    let cases: &[(&str, &[u8], u16)] = &[
+    let cases: &[(&str, &[u8], u16, bool)] = &[
         // Kept alive: the next answer must follow at once.
-        ("unknown path", b"HEAD /nope HTTP/1.1\r\nHost: test\r\n\r\n", 404),
+        ("unknown path", b"HEAD /nope HTTP/1.1\r\nHost: test\r\n\r\n", 404, true),
         (
             "unknown path with CORS",
             b"HEAD /nope HTTP/1.1\r\nHost: test\r\nOrigin: https://app.example\r\n\r\n",
             404,
+            true,
         ),
-        ("no token", b"HEAD /events?topic=t HTTP/1.1\r\nHost: test\r\n\r\n", 401),
+        ("no token", b"HEAD /events?topic=t HTTP/1.1\r\nHost: test\r\n\r\n", 401, true),
         (
             "bad topic",
             b"HEAD /events?topic=bad%20topic HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer sub\r\n\r\n",
             400,
+            true,
         ),
-        ("health", b"HEAD /health HTTP/1.1\r\nHost: test\r\n\r\n", 200),
+        ("health", b"HEAD /health HTTP/1.1\r\nHost: test\r\n\r\n", 200, true),
         // Closed after the answer: nothing may follow it.
-        ("not HTTP/1.x", b"HEAD /health HTTP/1.2\r\nHost: test\r\n\r\n", 505),
-        ("malformed header", b"HEAD /health HTTP/1.1\r\nHost: test\r\nNo colon\r\n\r\n", 400),
-        ("bad Content-Length", b"HEAD /health HTTP/1.1\r\nContent-Length: five\r\n\r\n", 400),
-        ("transfer coding", b"HEAD /health HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
-        ("head over 16 KiB", big.as_bytes(), 431),
+        ("not HTTP/1.x", b"HEAD /health HTTP/1.2\r\nHost: test\r\n\r\n", 505, false),
+        ("malformed header", b"HEAD /health HTTP/1.1\r\nHost: test\r\nNo colon\r\n\r\n", 400, false),
+        ("bad Content-Length", b"HEAD /health HTTP/1.1\r\nContent-Length: five\r\n\r\n", 400, false),
+        ("transfer coding", b"HEAD /health HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501, false),
+        ("head over 16 KiB", big.as_bytes(), 431, false),
         (
             "a body on HEAD",
             b"HEAD /events?topic=t HTTP/1.1\r\nAuthorization: Bearer sub\r\nContent-Length: 3\r\n\r\nabc",
             400,
+            false,
         ),
-        ("HTTP/1.0", b"HEAD /nope HTTP/1.0\r\n\r\n", 404),
+        ("HTTP/1.0", b"HEAD /nope HTTP/1.0\r\n\r\n", 404, false),
     ];
-    for &(what, request, status) in cases {
-        check_head_answer(&server, what, request, status);
+    for &(what, request, status, kept) in cases {
+        check_head_answer(&server, what, request, status, kept);
     }
     // `/metrics` changes between the two requests; only its head matters.
     let mut conn = Conn::open(&server);
