@@ -42,7 +42,8 @@ pub struct Meta {
 
 impl Meta {
     /// For an answer to a request whose head was never parsed (malformed, or timed out): nothing
-    /// is known of it, so the answer is plain and the connection closes.
+    /// is known of it, so the answer is plain and the connection closes. (The reader still marks it
+    /// `head_only` when its first bytes name `HEAD`.)
     pub fn unparsed() -> Meta {
         Meta { keep_alive: false, http10: false, head_only: false, origin: None }
     }
@@ -146,6 +147,20 @@ impl RequestReader {
         }
     }
 
+    /// What is known of the request being read, for an answer given before it completes (`408`):
+    /// its meta once the head parsed, else [`Meta::unparsed`] (the connection closes after it), with
+    /// `head_only` if the bytes so far name `HEAD`.
+    pub fn pending_meta(&self) -> Meta {
+        match &self.body {
+            Some(reading) => Meta { keep_alive: false, ..reading.meta.clone() },
+            None => self.unparsed_meta(),
+        }
+    }
+
+    fn unparsed_meta(&self) -> Meta {
+        Meta { head_only: request::names_head(&self.input), ..Meta::unparsed() }
+    }
+
     /// Parses the next request, interim answer or refusal from `input`; `None` when more bytes are
     /// needed. `now` restarts the idle clock after a complete request.
     #[must_use]
@@ -157,9 +172,9 @@ impl RequestReader {
             Ok(None) => return None,
             Ok(Some(parsed)) => parsed,
             Err(e) => {
+                let meta = self.unparsed_meta();
                 self.input.clear();
                 (self.head_lines, self.head_searched) = (0, 0);
-                let meta = Meta::unparsed();
                 return Some(Incoming::Refused(meta, e.into()));
             }
         };
@@ -397,6 +412,31 @@ mod tests {
             matches!(&got[..], [Incoming::Refused(Meta { keep_alive: true, .. }, _)]),
             "no body: keep-alive"
         );
+    }
+
+    #[test]
+    fn refusals_of_unparsed_heads_know_head() {
+        let config = Config::default();
+        for (raw, head_only) in [
+            (&b"HEAD /health HTTP/1.1\r\nBad header\r\n\r\n"[..], true),
+            (b"HEAD /health HTTP/2.0\r\n\r\n", true),
+            (b"GET /health HTTP/2.0\r\n\r\n", false),
+        ] {
+            let mut reader = RequestReader::new(Instant::now());
+            let got = feed(&mut reader, raw, &config);
+            match &got[..] {
+                [Incoming::Refused(meta, Refusal::Head(_))] => {
+                    assert_eq!(meta.head_only, head_only, "{raw:?}");
+                    assert!(!meta.keep_alive);
+                }
+                other => panic!("{raw:?}: {other:?}"),
+            }
+        }
+        // A head that never completes: the timeout's answer knows it too.
+        let mut reader = RequestReader::new(Instant::now());
+        reader.input.extend_from_slice(b"HEAD /hea");
+        assert_eq!(reader.poll_request(&config, Instant::now()), None);
+        assert!(reader.pending_meta().head_only);
     }
 
     #[test]

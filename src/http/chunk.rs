@@ -208,6 +208,56 @@ mod tests {
         assert_eq!(decode_all(b"0\r\n\nNEXT", 100).unwrap().1, 4, "a bare LF is an empty line too");
     }
 
+    /// Feeds `input` in three pieces split at `i` and `j`, as reads would deliver it; returns the
+    /// decoded body and how many bytes each piece consumed.
+    fn decode_in_three(input: &[u8], i: usize, j: usize) -> (Vec<u8>, [usize; 3], bool) {
+        let mut decoder = ChunkedDecoder::new(100);
+        let mut body = Vec::new();
+        let mut used = [0; 3];
+        for (n, piece) in [&input[..i], &input[i..j], &input[j..]].into_iter().enumerate() {
+            if decoder.is_done() {
+                break;
+            }
+            used[n] = decoder.decode(piece, &mut body).expect("well-formed");
+            if !decoder.is_done() {
+                assert_eq!(used[n], piece.len(), "an unfinished decoder takes every byte it is given");
+            }
+        }
+        (body, used, decoder.is_done())
+    }
+
+    #[test]
+    fn a_chunk_split_anywhere_decodes_the_same() {
+        // Reads end anywhere: a size line and part of its data in one, the rest in the next (the data
+        // state must count what this read holds after the size line, not the whole read).
+        let input = b"5\r\nhello\r\nb;x=1\r\n world, and\r\n0\r\nT: 1\r\n\r\nNEXT";
+        let end = input.len() - b"NEXT".len();
+        for i in 0..=input.len() {
+            for j in i..=input.len() {
+                let (body, used, done) = decode_in_three(input, i, j);
+                assert!(done, "split at {i}, {j}");
+                assert_eq!(body, b"hello world, and", "split at {i}, {j}");
+                assert_eq!(used.iter().sum::<usize>(), end, "split at {i}, {j}: consumed {used:?}");
+                let expected = [i.min(end), j.min(end) - i.min(end), end - j.min(end)];
+                assert_eq!(used, expected, "split at {i}, {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_size_line_with_part_of_its_data_stops_at_the_read() {
+        let mut decoder = ChunkedDecoder::new(100);
+        let mut body = Vec::new();
+        assert_eq!(decoder.decode(b"a\r\n0123", &mut body), Ok(7));
+        assert_eq!(body, b"0123");
+        assert_eq!(decoder.state, State::Data { remaining: 6 });
+        assert_eq!(decoder.decode(b"45", &mut body), Ok(2));
+        assert_eq!(decoder.state, State::Data { remaining: 4 });
+        assert_eq!(decoder.decode(b"6789\r\n0\r\n\r\nGET", &mut body), Ok(11));
+        assert_eq!(body, b"0123456789");
+        assert!(decoder.is_done());
+    }
+
     #[test]
     fn refuses_malformed_framing() {
         for input in [

@@ -101,9 +101,10 @@ impl fmt::Display for HeadError {
 pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    // Only the bytes a head may take are parsed, and one more to tell a head at the cap from a longer
-    // one: an oversized head is `431` whatever follows, however the bytes were split into reads.
-    let used = match request.parse(&buf[..buf.len().min(MAX_HEAD_BYTES + 1)]) {
+    // Only the bytes a head may take are parsed: a head not complete within them is `431` whatever
+    // follows (a bad byte just past the cap included), however the bytes were split into reads.
+    let window = &buf[..buf.len().min(MAX_HEAD_BYTES)];
+    let used = match request.parse(window) {
         Ok(httparse::Status::Complete(used)) => used,
         Ok(httparse::Status::Partial) => {
             if buf.len() > MAX_HEAD_BYTES {
@@ -112,12 +113,13 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
             return Ok(None);
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(httparse::Error::Version) => return Err(HeadError::Version),
+        Err(httparse::Error::Version) => match version_error(window) {
+            Some(e) => return Err(e),
+            None if buf.len() > MAX_HEAD_BYTES => return Err(HeadError::TooLarge),
+            None => return Ok(None),
+        },
         Err(_) => return Err(HeadError::Malformed),
     };
-    if used > MAX_HEAD_BYTES {
-        return Err(HeadError::TooLarge);
-    }
     let http10 = match request.version {
         Some(0) => true,
         Some(1) => false,
@@ -149,6 +151,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
     };
     let mut content_length = None;
     let mut transfer_encoding = false;
+    let mut close = false;
     for header in request.headers.iter() {
         let name = header.name;
         let value = header.value;
@@ -169,8 +172,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
             for token in value.split(|&b| b == b',') {
                 let token = trim(token);
                 if token.eq_ignore_ascii_case(b"close") {
-                    head.keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     head.keep_alive = true;
                 }
             }
@@ -194,6 +197,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
             head.form = trim(media).eq_ignore_ascii_case(b"application/x-www-form-urlencoded");
         }
     }
+    // `close` wins over `keep-alive`, in whatever order they came (RFC 9112 §9.6).
+    head.keep_alive &= !close;
     head.body = match (content_length, transfer_encoding) {
         (Some(_), true) => return Err(HeadError::LengthAndEncoding),
         (Some(0), false) | (None, false) => BodyFraming::None,
@@ -202,6 +207,61 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
         (None, true) => BodyFraming::Chunked,
     };
     Ok(Some((head, used)))
+}
+
+/// The shape of `HTTP-version` (RFC 9112 §2.3: `HTTP-name "/" DIGIT "." DIGIT`, `HTTP` case-sensitive);
+/// `d` stands for a digit.
+const VERSION_SHAPE: &[u8] = b"HTTP/d.d";
+
+/// Tells what httparse's version error means: it knows only `HTTP/1.0` and `HTTP/1.1` and reports
+/// anything else after the target as a version, also a line that is not HTTP at all (`this is not
+/// http`) or a target with a raw space in it (`/events?topic=my room HTTP/1.1`).
+///
+/// `Some(Version)` for a well-formed version other than 1.0 and 1.1 (`505`), `Some(Malformed)` for
+/// a line outside the grammar (`400`), `None` while the line is incomplete and its version could still
+/// become well-formed, so the answer never depends on how the bytes were split into reads.
+fn version_error(buf: &[u8]) -> Option<HeadError> {
+    // httparse skips empty lines before the request line (RFC 9112 §2.2); by the time it reports a
+    // version they were well-formed.
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
+    let rest = &buf[start..];
+    let (line, complete) = match rest.iter().position(|&b| b == b'\n') {
+        Some(end) => (rest[..end].strip_suffix(b"\r").unwrap_or(&rest[..end]), true),
+        None => (rest, false),
+    };
+    // method SP request-target SP HTTP-version: whatever follows the second space is the version.
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let (Some(_method), Some(_target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+        return Some(HeadError::Malformed);
+    };
+    let fits = |version: &[u8]| {
+        version.len() <= VERSION_SHAPE.len()
+            && version.iter().zip(VERSION_SHAPE).all(|(&b, &shape)| match shape {
+                b'd' => b.is_ascii_digit(),
+                _ => b == shape,
+            })
+    };
+    if complete {
+        return Some(if version.len() == VERSION_SHAPE.len() && fits(version) {
+            HeadError::Version
+        } else {
+            HeadError::Malformed
+        });
+    }
+    // Incomplete: a prefix of the shape, or all of it and the CR of the line's end, may still be one.
+    let before_cr = version.strip_suffix(b"\r").filter(|v| v.len() == VERSION_SHAPE.len());
+    if fits(before_cr.unwrap_or(version)) {
+        None
+    } else {
+        Some(HeadError::Malformed)
+    }
+}
+
+/// Whether the request in `buf` (complete or not, parsed or not) uses the method `HEAD`, so that even
+/// the answer to a head that does not parse or never completes carries no body (RFC 9110 §9.3.2).
+pub fn names_head(buf: &[u8]) -> bool {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
+    buf[start..].starts_with(b"HEAD ")
 }
 
 /// Reduces a request target to path and query: origin-form as is, absolute-form without its scheme
@@ -302,12 +362,22 @@ mod tests {
         assert!(head.http10 && !head.keep_alive);
         assert!(ok("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
         assert!(!ok("GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n").keep_alive);
+        for version in ["1.0", "1.1"] {
+            for tokens in ["close, keep-alive", "keep-alive\r\nConnection: close", "Keep-Alive, CLOSE"] {
+                let raw = format!("GET / HTTP/{version}\r\nConnection: {tokens}\r\n\r\n");
+                assert!(!ok(&raw).keep_alive, "close wins: {raw:?}");
+            }
+        }
     }
 
     #[test]
     fn body_framing() {
         assert_eq!(ok("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n").body, BodyFraming::Length(5));
         assert_eq!(ok("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").body, BodyFraming::None);
+        assert_eq!(
+            ok("POST / HTTP/1.1\r\nContent-Length: 0000000000000000005\r\n\r\n").body,
+            BodyFraming::Length(5)
+        );
         assert_eq!(ok("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n").body, BodyFraming::Chunked);
         assert!(ok("POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n").expect_continue);
     }
@@ -324,6 +394,8 @@ mod tests {
             ("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", HeadError::BadLength),
             ("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n", HeadError::BadLength),
             ("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", HeadError::BadLength),
+            // At most 19 digits, leading zeros or not: a longer number is never a length ssed takes.
+            ("POST / HTTP/1.1\r\nContent-Length: 00000000000000000005\r\n\r\n", HeadError::BadLength),
             ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", HeadError::BadEncoding),
             (
                 "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -345,11 +417,86 @@ mod tests {
     }
 
     #[test]
+    fn only_a_well_formed_version_is_505() {
+        // RFC 9112 §2.3: HTTP-version = HTTP-name "/" DIGIT "." DIGIT, HTTP-name = %s"HTTP".
+        let cases = [
+            ("GET /x HTTP/2.0\r\n\r\n", HeadError::Version),
+            ("GET /x HTTP/1.2\r\n\r\n", HeadError::Version),
+            ("GET /x HTTP/0.9\r\n\r\n", HeadError::Version),
+            ("GET /x HTTP/9.9\nHost: x\n\n", HeadError::Version),
+            ("\r\nGET /x HTTP/3.0\r\n\r\n", HeadError::Version),
+            ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", HeadError::Version),
+            ("this is not http at all\r\n\r\n", HeadError::Malformed),
+            ("POST /events?topic=my room HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", HeadError::Malformed),
+            ("GET /x HTTP/2\r\n\r\n", HeadError::Malformed),
+            ("GET /x http/1.1\r\n\r\n", HeadError::Malformed),
+            ("GET /x HTTP/10.0\r\n\r\n", HeadError::Malformed),
+            ("GET /x HTTP/1.10\r\n\r\n", HeadError::Malformed),
+            ("GET /x HTTP/2.0 \r\n\r\n", HeadError::Malformed),
+            ("GET /x HTTP/2.0\rX\r\n\r\n", HeadError::Malformed),
+            ("GET /x HTTP/a.b\r\n\r\n", HeadError::Malformed),
+            ("GET /x HTTP/1.1 x\r\n\r\n", HeadError::Malformed),
+        ];
+        for (raw, expected) in cases {
+            // `parse` also feeds every prefix and checks it waits or gives the same answer.
+            assert_eq!(parse(raw), Err(expected), "{raw:?}");
+        }
+        // A prefix that can still become a version waits for the rest of the line.
+        for partial in ["GET /x H", "GET /x HTTP/2", "GET /x HTTP/2.0", "GET /x HTTP/2.0\r"] {
+            assert_eq!(parse_head(partial.as_bytes()), Ok(None), "{partial:?}");
+        }
+        for garbage in ["GET /x h", "GET /x HTTP/2x", "GET /x HTTP/2.0x", "GET /x HTTP/2.0\rx", "GET /x y z"]
+        {
+            assert_eq!(parse_head(garbage.as_bytes()), Err(HeadError::Malformed), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn tells_head_requests_even_unparsed() {
+        assert!(names_head(b"HEAD /x HTTP/1.1\r\nBad header\r\n"));
+        assert!(names_head(b"\r\nHEAD /x"));
+        assert!(!names_head(b"HEADER /x HTTP/1.1\r\n"));
+        assert!(!names_head(b"GET /x HTTP/1.1\r\n"));
+        assert!(!names_head(b"HEA"));
+    }
+
+    #[test]
     fn caps_the_head() {
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD_BYTES));
         assert_eq!(parse_head(big.as_bytes()), Err(HeadError::TooLarge));
         let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: 1\r\n")).collect();
         assert_eq!(parse_head(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn the_cap_is_16_kib_exactly() {
+        // The contract's number: a head of 16 KiB is served, one byte more is `431`.
+        assert_eq!(MAX_HEAD_BYTES, 16 * 1024);
+        let head_of = |len: usize| {
+            let frame = "GET / HTTP/1.1\r\nX: \r\n\r\n".len();
+            format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(len - frame))
+        };
+        let at_cap = head_of(MAX_HEAD_BYTES);
+        assert_eq!(parse(&at_cap).unwrap().map(|(_, used)| used), Some(MAX_HEAD_BYTES));
+        assert_eq!(parse(&head_of(MAX_HEAD_BYTES + 1)), Err(HeadError::TooLarge));
+        // A well-formed version cut by the cap is too large too, not a version to refuse or wait for.
+        let line = format!("GET /{} HTTP/2.0\r\n\r\n", "a".repeat(MAX_HEAD_BYTES - "GET / HTTP/2".len()));
+        assert_eq!(parse(&line), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn errors_say_what_went_wrong() {
+        let all = [
+            HeadError::Malformed,
+            HeadError::TooLarge,
+            HeadError::LengthAndEncoding,
+            HeadError::BadLength,
+            HeadError::BadEncoding,
+            HeadError::Version,
+        ];
+        let texts: std::collections::HashSet<String> = all.iter().map(HeadError::to_string).collect();
+        assert_eq!(texts.len(), all.len(), "one distinct reason each: {texts:?}");
+        assert!(texts.iter().all(|t| !t.is_empty() && !t.contains('\n')));
     }
 
     #[test]
@@ -359,6 +506,11 @@ mod tests {
         raw.extend_from_slice(b"\x01\r\n\r\n");
         assert_eq!(parse_head(&raw), Err(HeadError::TooLarge));
         assert_eq!(parse_head(&raw[..MAX_HEAD_BYTES + 1]), Err(HeadError::TooLarge));
+        // Even the first byte past the cap: a head needing it is over the cap, bad or not.
+        let mut raw = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD_BYTES - 19)).into_bytes();
+        assert_eq!(raw.len(), MAX_HEAD_BYTES);
+        raw.extend_from_slice(b"\x01\r\n\r\n");
+        assert_eq!(parse(std::str::from_utf8(&raw).unwrap()), Err(HeadError::TooLarge));
     }
 
     #[test]
@@ -384,6 +536,7 @@ mod tests {
     fn absolute_form_targets() {
         assert_eq!(split_target("http://h:1/events?topic=a"), Some(("/events", "topic=a")));
         assert_eq!(split_target("http://h"), Some(("/", "")));
+        assert_eq!(split_target("https://h:8080?topic=a"), Some(("/", "topic=a")));
         assert_eq!(split_target("/a?b#c"), Some(("/a", "b")));
         assert_eq!(split_target("*"), None);
     }

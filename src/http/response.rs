@@ -114,10 +114,11 @@ pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Appends the CORS headers for a request from `origin`: none unless the origin is allowed.
 ///
 /// A listed origin is echoed with credentials allowed (so cookies carry `ssed_token`); `*` allows any
-/// origin but never with credentials, which browsers would refuse anyway.
+/// origin but never with credentials, which browsers would refuse anyway. A request saying
+/// `Origin: *` (no browser does; it is not an origin) is not thereby "listed" under `*`.
 pub fn push_cors(config: &Config, origin: Option<&str>, out: &mut Vec<u8>) {
     let Some(origin) = origin else { return };
-    if config.cors_origins.iter().any(|o| o == origin) {
+    if origin != "*" && config.cors_origins.iter().any(|o| o == origin) {
         let _ = write!(
             out,
             "Access-Control-Allow-Origin: {origin}\r\nAccess-Control-Allow-Credentials: true\r\nVary: Origin\r\n"
@@ -152,7 +153,11 @@ pub fn text(status: u16, body: &str, keep_alive: bool, head_only: bool, extra: &
 }
 
 /// A refusal: status, the headers it needs (`Allow`, `WWW-Authenticate`, `Retry-After`), one line.
-pub fn refusal(refusal: &Refusal, keep_alive: bool, cors: &[u8], out: &mut Vec<u8>) {
+///
+/// `head_only` (the request was `HEAD`) leaves the line out but keeps its length: a response to
+/// `HEAD` never has content, whatever its status (RFC 9110 §9.3.2), and on a kept-alive connection
+/// the client would read the line as the start of the next response.
+pub fn refusal(refusal: &Refusal, keep_alive: bool, head_only: bool, cors: &[u8], out: &mut Vec<u8>) {
     let mut extra = cors.to_vec();
     match refusal {
         Refusal::Route(RouteError::MethodNotAllowed(allow)) => {
@@ -163,7 +168,7 @@ pub fn refusal(refusal: &Refusal, keep_alive: bool, cors: &[u8], out: &mut Vec<u
         _ => {}
     }
     let body = format!("{}\n", refusal.reason());
-    text(refusal.status(), &body, keep_alive && !refusal.closes(), false, &extra, out);
+    text(refusal.status(), &body, keep_alive && !refusal.closes(), head_only, &extra, out);
 }
 
 /// The answer to a CORS preflight (`204`); CORS headers only for allowed origins.
@@ -232,7 +237,7 @@ mod tests {
     #[test]
     fn refusal_headers() {
         let mut out = Vec::new();
-        refusal(&Refusal::Route(RouteError::MethodNotAllowed("GET, HEAD")), true, b"", &mut out);
+        refusal(&Refusal::Route(RouteError::MethodNotAllowed("GET, HEAD")), true, false, b"", &mut out);
         let text = as_text(&out);
         assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{text}");
         assert!(text.contains("Allow: GET, HEAD\r\n"));
@@ -240,13 +245,32 @@ mod tests {
         assert!(!text.contains("Connection: close"));
 
         let mut out = Vec::new();
-        refusal(&Refusal::Route(RouteError::Unauthorized), true, b"", &mut out);
+        refusal(&Refusal::Route(RouteError::Unauthorized), true, false, b"", &mut out);
         assert!(as_text(&out).contains("WWW-Authenticate: Bearer\r\n"));
 
         let mut out = Vec::new();
-        refusal(&Refusal::Overloaded, true, b"", &mut out);
+        refusal(&Refusal::Overloaded, true, false, b"", &mut out);
         let text = as_text(&out);
         assert!(text.contains("Retry-After: ") && text.contains("Connection: close"), "{text}");
+    }
+
+    #[test]
+    fn refusals_to_head_have_no_body() {
+        for (refusal_to, keep_alive) in [
+            (Refusal::Route(RouteError::NotFound), true),
+            (Refusal::Route(RouteError::Unauthorized), true),
+            (Refusal::Head(HeadError::Version), false),
+            (Refusal::Timeout, false),
+        ] {
+            let mut get = Vec::new();
+            refusal(&refusal_to, keep_alive, false, b"", &mut get);
+            let mut head = Vec::new();
+            refusal(&refusal_to, keep_alive, true, b"", &mut head);
+            let get = as_text(&get);
+            let (get_head, body) = get.split_once("\r\n\r\n").unwrap();
+            assert!(!body.is_empty(), "{refusal_to:?}");
+            assert_eq!(as_text(&head), format!("{get_head}\r\n\r\n"), "same head, no body: {refusal_to:?}");
+        }
     }
 
     #[test]
@@ -265,6 +289,12 @@ mod tests {
         let mut out = Vec::new();
         push_cors(&any, Some("https://b.example"), &mut out);
         assert_eq!(as_text(&out), "Access-Control-Allow-Origin: *\r\n", "never credentials with *");
+        let mut out = Vec::new();
+        push_cors(&any, Some("*"), &mut out);
+        assert_eq!(as_text(&out), "Access-Control-Allow-Origin: *\r\n", "not even for `Origin: *`");
+        let mut out = Vec::new();
+        push_cors(&config, Some("*"), &mut out);
+        assert!(out.is_empty(), "`*` is not a listed origin");
 
         let mut out = Vec::new();
         preflight(&config, Some("https://a.example"), true, &mut out);

@@ -145,13 +145,26 @@ fn push_topic(topics: &mut Vec<String>, name: String) -> Result<(), RouteError> 
     Ok(())
 }
 
+/// Sets a single-valued parameter: a second value is refused rather than one silently winning, since
+/// which one the client meant is a guess (and a proxy or cache in between may have kept the other).
+/// `field` names it in the refusal.
+fn set_once<T>(slot: &mut Option<T>, value: T, field: &str) -> Result<(), RouteError> {
+    if slot.is_some() {
+        return Err(RouteError::BadRequest(format!("{field} given twice")));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
 fn subscribe(head: &Head) -> Result<Route, RouteError> {
     let mut topics = Vec::new();
     let mut query_last = None;
     for (key, value) in query_pairs(&head.query)? {
         match key.as_str() {
             "topic" => push_topic(&mut topics, value)?,
-            "lastEventId" | "lastEventID" => query_last = Some(value),
+            "lastEventId" | "lastEventID" => {
+                set_once(&mut query_last, value, "`lastEventId` (or `lastEventID`)")?;
+            }
             _ => {}
         }
     }
@@ -171,7 +184,7 @@ fn publish_target(head: &Head) -> Result<Route, RouteError> {
             "event" | "type" => {
                 sse::validate_event_type(value.as_bytes())
                     .map_err(|e| RouteError::BadRequest(e.to_string()))?;
-                target.event_type = Some(value);
+                set_once(&mut target.event_type, value, "`event` (or `type`)")?;
             }
             _ => {}
         }
@@ -188,22 +201,22 @@ pub fn publish_body(target: PublishTarget, body: Vec<u8>) -> Result<Publish, Rou
         let data = String::from_utf8(body).map_err(|_| RouteError::BadRequest("data is not UTF-8".into()))?;
         return Ok(Publish { topics: target.topics, event_type: target.event_type, retry_ms: None, data });
     }
-    let mut publish =
-        Publish { topics: Vec::new(), event_type: target.event_type, retry_ms: None, data: String::new() };
+    let mut topics = Vec::new();
+    let (mut data, mut event_type, mut retry_ms) = (None, None, None);
     let body = std::str::from_utf8(&body).map_err(|_| RouteError::BadRequest("form is not UTF-8".into()))?;
     for (key, value) in form_pairs(body, true)? {
         match key.as_str() {
-            "topic" => push_topic(&mut publish.topics, value)?,
-            "data" => publish.data = value,
+            "topic" => push_topic(&mut topics, value)?,
+            "data" => set_once(&mut data, value, "`data`")?,
             "type" => {
                 sse::validate_event_type(value.as_bytes())
                     .map_err(|e| RouteError::BadRequest(e.to_string()))?;
-                publish.event_type = Some(value);
+                set_once(&mut event_type, value, "`type`")?;
             }
             "retry" => {
-                let ms =
+                let ms: u64 =
                     value.parse().map_err(|_| RouteError::BadRequest("bad retry: not a number".into()))?;
-                publish.retry_ms = Some(ms);
+                set_once(&mut retry_ms, ms, "`retry`")?;
             }
             "id" => {
                 return Err(RouteError::BadRequest(
@@ -213,10 +226,18 @@ pub fn publish_body(target: PublishTarget, body: Vec<u8>) -> Result<Publish, Rou
             _ => {}
         }
     }
-    if publish.topics.is_empty() {
+    if topics.is_empty() {
         return Err(RouteError::BadRequest("missing topic".into()));
     }
-    Ok(publish)
+    if target.event_type.is_some() && event_type.is_some() {
+        return Err(RouteError::BadRequest("event type given twice: in the query and in the form".into()));
+    }
+    Ok(Publish {
+        topics,
+        event_type: target.event_type.or(event_type),
+        retry_ms,
+        data: data.unwrap_or_default(),
+    })
 }
 
 /// Parses an event id the way the contract reads `Last-Event-ID`: a decimal `u64`, else absent.
@@ -417,6 +438,52 @@ mod tests {
             publish_body(target, b"topic=a&retry=soon".to_vec()),
             Err(RouteError::BadRequest(_))
         ));
+    }
+
+    #[test]
+    fn single_valued_parameters_are_refused_twice() {
+        let config = Config::default();
+        for query in ["topic=a&lastEventId=1&lastEventId=2", "lastEventID=1&lastEventId=1"] {
+            let refused = route_raw(&format!("GET /events?{query} HTTP/1.1\r\n\r\n"), &config);
+            assert!(
+                matches!(&refused, Err(RouteError::BadRequest(r)) if r.contains("given twice")),
+                "{query}"
+            );
+        }
+        for query in ["topic=a&event=x&event=y", "topic=a&event=x&type=x"] {
+            let refused = route_raw(&format!("POST /events?{query} HTTP/1.1\r\n\r\n"), &config);
+            assert!(
+                matches!(&refused, Err(RouteError::BadRequest(r)) if r.contains("given twice")),
+                "{query}"
+            );
+        }
+        let form = PublishTarget { topics: Vec::new(), event_type: None };
+        for (body, field) in [
+            ("topic=a&data=x&data=y", "`data`"),
+            ("topic=a&data=&data=", "`data`"),
+            ("topic=a&type=x&type=y", "`type`"),
+            ("topic=a&retry=1&retry=1", "`retry`"),
+        ] {
+            let refused = publish_body(form.clone(), body.as_bytes().to_vec());
+            assert_eq!(refused, Err(RouteError::BadRequest(format!("{field} given twice"))), "{body}");
+        }
+        let typed = PublishTarget { topics: Vec::new(), event_type: Some("q".into()) };
+        assert!(matches!(
+            publish_body(typed.clone(), b"topic=a&type=f".to_vec()),
+            Err(RouteError::BadRequest(_))
+        ));
+        assert_eq!(publish_body(typed, b"topic=a".to_vec()).unwrap().event_type.as_deref(), Some("q"));
+        // `topic` is a list, and other fields once each are fine.
+        let publish = publish_body(form, b"topic=a&data=x&topic=b&type=t&retry=5".to_vec()).unwrap();
+        assert_eq!(
+            publish,
+            Publish {
+                topics: vec!["a".into(), "b".into()],
+                event_type: Some("t".into()),
+                retry_ms: Some(5),
+                data: "x".into()
+            }
+        );
     }
 
     #[test]

@@ -163,7 +163,7 @@ impl Loop {
                             // the connection closes so pipelined requests are not left in doubt.
                             conn.out.truncate(out_start.max(conn.out_at));
                             conn.awaiting_commit = 0;
-                            response::refusal(&refusal, false, b"", &mut conn.out);
+                            response::refusal(&refusal, false, false, b"", &mut conn.out);
                             conn.closing = true;
                             self.metrics.refused(refusal.status());
                             self.flush(key);

@@ -199,7 +199,7 @@ impl Loop {
         let cors = self.cors(meta.origin.as_deref());
         let Some(conn) = self.conns.get_mut(key) else { return };
         let keep_alive = meta.keep_alive && !refusal.closes() && !conn.over_capacity;
-        response::refusal(refusal, keep_alive, &cors, &mut conn.out);
+        response::refusal(refusal, keep_alive, meta.head_only, &cors, &mut conn.out);
         if !keep_alive {
             conn.closing = true;
         }

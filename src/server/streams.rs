@@ -332,7 +332,8 @@ impl Loop {
                 if reader.waiting() == Waiting::Idle {
                     return self.close(key, CloseReason::IdleTimeout);
                 }
-                self.refuse(key, &Meta::unparsed(), &Refusal::Timeout);
+                let meta = reader.pending_meta();
+                self.refuse(key, &meta, &Refusal::Timeout);
                 self.flush(key);
             }
             Phase::Streaming(stream) => {

@@ -8,6 +8,7 @@
 mod access;
 mod errors;
 mod operations;
+mod protocol;
 mod publish;
 mod resume;
 mod subscribe;
