@@ -1207,6 +1207,45 @@ mod tests {
     }
 
     #[test]
+    fn an_event_whose_index_alone_passes_the_limit_is_still_kept() {
+        let mut log = log(Limits { events: 10, bytes: 1000 });
+        let names: Vec<String> = (0..64).map(|j| format!("topic-{j}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let id = publish(&mut log, &names, "x");
+        assert!(log.index_bytes() > 1000);
+        assert_eq!(log.len(), 1, "the newest event stays, however many topics it names");
+        assert_eq!(log.topic_count(), 64);
+        let sel = log.acquire(&["topic-7"]);
+        assert_eq!(
+            ids_in(&drain(&log, &sel, &mut log.resume(&sel, Some(id - 1)).cursor, Framing::Raw)),
+            vec![id]
+        );
+    }
+
+    #[test]
+    fn limits_are_inclusive() {
+        let frame_len = {
+            let mut probe = log(BIG);
+            publish(&mut probe, &["a"], "0123456789");
+            probe.bytes()
+        };
+        // Exactly two frames of wire bytes: both stay.
+        let mut log = log(Limits { events: 100, bytes: 2 * frame_len });
+        let _wire = log.acquire(&["a"]);
+        publish(&mut log, &["a"], "0123456789");
+        publish(&mut log, &["a"], "0123456789");
+        assert_eq!(log.len(), 2);
+        // Exactly two events' index: both stay; a third goes past it.
+        let index = topic_charge("b") + INDEX_ENTRY_BYTES;
+        let mut log = Broadcast::new(Limits { events: 100, bytes: index + INDEX_ENTRY_BYTES }, 100);
+        publish(&mut log, &["b"], "1");
+        publish(&mut log, &["b"], "2");
+        assert_eq!((log.len(), log.index_bytes()), (2, index + INDEX_ENTRY_BYTES));
+        publish(&mut log, &["b"], "3");
+        assert_eq!(log.len(), 2);
+    }
+
+    #[test]
     fn only_unsubscribed_topics_are_charged_to_the_history() {
         let mut log = log(BIG);
         let sel = log.acquire(&["a"]);
@@ -1228,8 +1267,10 @@ mod tests {
         log.release(&sels[2]);
         assert_eq!(log.acquire(&["e"]), Selection::One(TopicId(1)));
         assert_eq!(log.acquire(&["f"]), Selection::One(TopicId(2)));
+        assert_eq!(log.topic_count(), 4, "a, d, e, f");
         log.release(&sels[3]);
         assert_eq!(log.topics.len(), 3, "a free slot at the end is cut off");
+        assert_eq!(log.topic_count(), 3);
         assert_eq!(log.acquire(&["g"]), Selection::One(TopicId(3)));
     }
 
@@ -1247,9 +1288,17 @@ mod tests {
         log.hold();
         publish(&mut log, &["a"], "rolled back");
         let mut late = log.resume(&sel, None);
+        // An id above every one given out is live too: it must not skip the held events either.
+        let mut bogus = log.resume(&sel, Some(u64::MAX));
         log.rollback();
         let next = publish(&mut log, &["a"], "after the rollback");
         assert_eq!(ids_in(&drain(&log, &sel, &mut late.cursor, Framing::Raw)), vec![next]);
+        assert_eq!(ids_in(&drain(&log, &sel, &mut bogus.cursor, Framing::Raw)), vec![next]);
+        log.hold();
+        let held_too = publish(&mut log, &["a"], "held");
+        let mut bogus = log.resume(&sel, Some(u64::MAX));
+        log.commit();
+        assert_eq!(ids_in(&drain(&log, &sel, &mut bogus.cursor, Framing::Raw)), vec![held_too]);
     }
 
     #[test]
@@ -1299,15 +1348,26 @@ mod tests {
 
         log.hold();
         let bytes = log.bytes();
+        let index = log.index_bytes();
+        let all = log.acquire(&[]);
+        let all_cursor = log.resume(&all, None).cursor;
         let dropped = publish(&mut log, &["a", "b"], "never durable");
         assert!(log.bytes() > bytes);
         log.rollback();
         assert_eq!(log.bytes(), bytes);
+        assert_eq!(log.index_bytes(), index, "the index entries and the new topic are uncharged");
         assert_eq!(log.len(), 2);
         assert!(!log.names.contains_key("b"), "a topic created by the dropped event goes with it");
         assert_eq!(drain(&log, &sel, &mut cursor, Framing::Raw), "");
         let next = publish(&mut log, &["a"], "after");
         assert!(next > dropped, "ids are never reused, even for dropped events");
+        let next_len = (log.bytes() - bytes) as u64;
+        assert_eq!(
+            log.backlog(&sel, &cursor),
+            next_len,
+            "the topic's running total forgot the dropped event"
+        );
+        assert_eq!(log.backlog(&all, &all_cursor), next_len, "so did the log's");
         assert_eq!(ids_in(&drain(&log, &sel, &mut cursor, Framing::Raw)), vec![next]);
         assert_eq!(log.backlog(&sel, &cursor), 0);
     }
