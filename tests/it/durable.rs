@@ -9,26 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::child::*;
-use crate::support::DEADLINE;
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let dir = std::env::temp_dir().join(format!("ssed-it-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::support::{TempDir, DEADLINE};
 
 fn start(dir: &Path, extra: &[&str]) -> (Proc, SocketAddr) {
     let mut command = base_command();

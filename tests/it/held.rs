@@ -4,35 +4,11 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::abuse::{connect, exclusive, get_at, Child};
-use crate::support::DEADLINE;
-
-/// A scratch data directory, removed when dropped.
-struct DataDir(PathBuf);
-
-impl DataDir {
-    fn new(name: &str) -> DataDir {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let dir = std::env::temp_dir().join(format!("ssed-held-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        DataDir(dir)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::support::{TempDir, DEADLINE};
 
 /// Pipelines `count` publishes on one connection, each naming 64 topics no one named before, and
 /// reads every answer; returns how many were answered 200.
@@ -76,8 +52,8 @@ fn pipeline_new_topics(addr: SocketAddr, conn: usize, count: usize) -> usize {
 /// Runs `conns` pipelining publishers at once against a fresh batch-mode server; returns the
 /// server's CPU time for all of it and the slowest `/health` answer meanwhile.
 fn flood(conns: usize, per_conn: usize) -> (Duration, Duration) {
-    let dir = DataDir::new(&format!("flood{conns}"));
-    let server = Child::start(&["--data-dir", dir.path(), "--fsync", "batch", "--heartbeat", "0"]);
+    let dir = TempDir::new(&format!("flood{conns}"));
+    let server = Child::start(&["--data-dir", dir.arg(), "--fsync", "batch", "--heartbeat", "0"]);
     let addr = server.addr;
     let cpu_before = server.cpu();
     let done = Arc::new(Mutex::new(false));
@@ -160,8 +136,8 @@ fn read_available(stream: &mut TcpStream, into: &mut Vec<u8>) {
 fn a_subscriber_gets_every_event_answered_after_its_stream_started() {
     const COUNT: usize = 6000;
     let _alone = exclusive();
-    let dir = DataDir::new("window");
-    let server = Child::start(&["--data-dir", dir.path(), "--fsync", "batch", "--heartbeat", "0"]);
+    let dir = TempDir::new("window");
+    let server = Child::start(&["--data-dir", dir.arg(), "--fsync", "batch", "--heartbeat", "0"]);
     let addr = server.addr;
     let mut publisher = connect(addr);
     let mut writer = publisher.try_clone().unwrap();

@@ -74,19 +74,25 @@ fn read_through(stream: &mut TcpStream, start: Vec<u8>, last: u64) -> Result<Vec
     }
 }
 
-/// 5 MB of retained 48 KB events, replayed to a client that resumes from the first and reads as
-/// fast as it can, with `--max-lag 256 KiB`: all of it arrives on the one connection, which then
-/// carries a live event too, five times over.
-#[test]
-fn a_catch_up_that_keeps_reading_is_never_cut_for_lag() {
+/// A server with `--max-lag 256KiB` and room for 16 MiB of history, a keep-alive publisher, and the
+/// 48 KB event the catch-up cases publish.
+fn catch_up_server() -> (TestServer, PublishConn, Vec<u8>) {
     let server = TestServer::start(Config {
         max_lag: 256 * KIB,
         history_bytes: 16 * KIB * KIB,
         heartbeat: Duration::ZERO,
         ..Config::default()
     });
-    let mut publisher = PublishConn::open(server.addr);
-    let event = vec![b'x'; 48 * KIB];
+    let publisher = PublishConn::open(server.addr);
+    (server, publisher, vec![b'x'; 48 * KIB])
+}
+
+/// 5 MB of retained 48 KB events, replayed to a client that resumes from the first and reads as
+/// fast as it can, with `--max-lag 256 KiB`: all of it arrives on the one connection, which then
+/// carries a live event too, five times over.
+#[test]
+fn a_catch_up_that_keeps_reading_is_never_cut_for_lag() {
+    let (server, mut publisher, event) = catch_up_server();
     let mut ids: Vec<u64> = (0..110).map(|_| publisher.publish("topic=big", &event)).collect();
     for round in 0..5 {
         let (mut stream, rest) = subscribe(&server, "topic=big", Some(ids[0]));
@@ -106,14 +112,7 @@ fn a_catch_up_that_keeps_reading_is_never_cut_for_lag() {
 /// piles up behind it, it is cut.
 #[test]
 fn a_stalled_catch_up_is_cut_once_new_events_pass_the_limit() {
-    let server = TestServer::start(Config {
-        max_lag: 256 * KIB,
-        history_bytes: 16 * KIB * KIB,
-        heartbeat: Duration::ZERO,
-        ..Config::default()
-    });
-    let mut publisher = PublishConn::open(server.addr);
-    let event = vec![b'x'; 48 * KIB];
+    let (server, mut publisher, event) = catch_up_server();
     let first = publisher.publish("topic=big", &event);
     for _ in 0..100 {
         publisher.publish("topic=big", &event);
