@@ -20,6 +20,10 @@ pub mod names {
     pub const HISTORY_EVENTS: &str = "ssed_history_events";
     /// Wire bytes in the history.
     pub const HISTORY_BYTES: &str = "ssed_history_bytes";
+    /// Memory of the history's topic index (capped by `--history-bytes` on its own).
+    pub const HISTORY_INDEX_BYTES: &str = "ssed_history_index_bytes";
+    /// Group commits of held publishes to the durable history.
+    pub const HISTORY_COMMITS: &str = "ssed_history_commits_total";
     /// Connections accepted since start.
     pub const CONNECTIONS_ACCEPTED: &str = "ssed_connections_accepted_total";
     /// Requests refused, by status.
@@ -62,6 +66,8 @@ pub struct Metrics {
     dropped: [u64; 3],
     /// Resumes with a gap.
     pub resume_gaps: u64,
+    /// Group commits that made held publishes durable and visible.
+    pub history_commits: u64,
     /// Connections accepted.
     pub connections_accepted: u64,
     /// Connections turned away at capacity.
@@ -81,6 +87,8 @@ pub struct Gauges {
     pub history_events: usize,
     /// Bytes in the history.
     pub history_bytes: usize,
+    /// Memory of the history's topic index.
+    pub history_index_bytes: usize,
 }
 
 impl Metrics {
@@ -128,6 +136,18 @@ impl Metrics {
         );
         series(HISTORY_EVENTS, "gauge", "Events in the history.", &one(gauges.history_events as u64));
         series(HISTORY_BYTES, "gauge", "Wire bytes in the history.", &one(gauges.history_bytes as u64));
+        series(
+            HISTORY_INDEX_BYTES,
+            "gauge",
+            "Memory of the history's topic index.",
+            &one(gauges.history_index_bytes as u64),
+        );
+        series(
+            HISTORY_COMMITS,
+            "counter",
+            "Group commits of held publishes to the durable history.",
+            &one(self.history_commits),
+        );
         series(CONNECTIONS_ACCEPTED, "counter", "Connections accepted.", &one(self.connections_accepted));
         series(
             CONNECTIONS_REJECTED,
@@ -148,12 +168,17 @@ mod tests {
 
     #[test]
     fn renders_every_contract_series() {
-        let mut metrics = Metrics { events_published: 3, ..Metrics::default() };
+        let mut metrics = Metrics { events_published: 3, history_commits: 5, ..Metrics::default() };
         metrics.dropped(DropReason::Lag);
         metrics.refused(404);
         metrics.refused(404);
-        let text =
-            metrics.render(&Gauges { connections: 2, subscribers: 1, history_events: 3, history_bytes: 99 });
+        let text = metrics.render(&Gauges {
+            connections: 2,
+            subscribers: 1,
+            history_events: 3,
+            history_bytes: 99,
+            history_index_bytes: 7,
+        });
         for line in [
             "ssed_connections 2",
             "ssed_subscribers 1",
@@ -164,6 +189,8 @@ mod tests {
             "ssed_resume_gaps_total 0",
             "ssed_history_events 3",
             "ssed_history_bytes 99",
+            "ssed_history_index_bytes 7",
+            "ssed_history_commits_total 5",
             "ssed_requests_refused_total{status=\"404\"} 2",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");

@@ -85,13 +85,6 @@ const MAX_WRITE_BYTES: usize = 256 * 1024;
 /// At ~8 µs per loopback write a slice is ~4 ms: publishes that arrive during a long fan-out are
 /// answered within that and coalesce into the writes still to come.
 const FANOUT_SLICE: usize = 512;
-/// Publishes one turn may hold for the durable history's commit, and their wire bytes; past either,
-/// further requests wait for the commit. This bounds a turn's bookkeeping and the time everyone else
-/// waits for it, however many publishers pipeline at once.
-const MAX_HELD_EVENTS: usize = 1024;
-const MAX_HELD_BYTES: usize = 4 << 20;
-/// ... and their topic entries: an event of 64 new topics costs as much as 64 of one.
-const MAX_HELD_TOPICS: usize = 4096;
 /// Topics dropped between two returns of free memory to the system (`return_free_memory`) while
 /// the loop is busy.
 const TRIM_AFTER_TOPICS: u64 = 4096;
@@ -215,8 +208,7 @@ impl Server {
             store,
             pending_acks: Vec::new(),
             held_lists: HashSet::new(),
-            held_bytes: 0,
-            held_topics: 0,
+            held: publish::HeldTurn::default(),
             resume_after_commit: VecDeque::new(),
             overflow,
             config,
@@ -449,10 +441,8 @@ struct Loop {
     /// Subscriber lists of the events held for the commit, marked once it lands (a set: a turn may
     /// hold a thousand events of 64 topics each, and each list is marked once).
     held_lists: HashSet<List>,
-    /// Wire bytes of the events held for the commit.
-    held_bytes: usize,
-    /// Topic entries (events times their topics) held for the commit: the bookkeeping's measure.
-    held_topics: usize,
+    /// What this turn holds for the commit, and whether that is all it may.
+    held: publish::HeldTurn,
     /// Connections whose requests wait because the turn holds all it may (`turn_full`), in the
     /// order they are to be resumed.
     resume_after_commit: VecDeque<Key>,

@@ -2,6 +2,37 @@
 
 use super::*;
 
+/// What one loop turn holds for the durable history's commit: publishes, their wire bytes and their
+/// topic entries (an event of 64 new topics costs as much bookkeeping as 64 of one).
+///
+/// Past any of the limits the turn is full and further requests wait for the commit. This bounds a
+/// turn's work, and so how long everyone else waits for it, however many publishers pipeline at
+/// once.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct HeldTurn {
+    events: usize,
+    bytes: usize,
+    topics: usize,
+}
+
+impl HeldTurn {
+    pub(super) const MAX_EVENTS: usize = 1024;
+    pub(super) const MAX_BYTES: usize = 4 << 20;
+    pub(super) const MAX_TOPICS: usize = 4096;
+
+    /// Counts one held publish.
+    pub(super) fn add(&mut self, wire_bytes: usize, topics: usize) {
+        self.events += 1;
+        self.bytes += wire_bytes;
+        self.topics += topics;
+    }
+
+    /// Whether the turn holds all it may.
+    pub(super) fn is_full(&self) -> bool {
+        self.events >= Self::MAX_EVENTS || self.bytes >= Self::MAX_BYTES || self.topics >= Self::MAX_TOPICS
+    }
+}
+
 impl Loop {
     /// Stores an event and marks the streams of its topics; they are written at the end of the turn.
     ///
@@ -36,8 +67,7 @@ impl Loop {
                 // Subscribers see it only once it is on disk: a crash must not leave delivered
                 // events that a restart does not know.
                 self.log.hold();
-                self.held_bytes += wire_len;
-                self.held_topics += topics.len();
+                self.held.add(wire_len, topics.len());
                 held = true;
             }
         }
@@ -95,9 +125,7 @@ impl Loop {
     /// Whether this turn holds as many publishes for the commit as it may: further requests wait
     /// for the commit (`resume_after_commit`).
     pub(super) fn turn_full(&self) -> bool {
-        self.pending_acks.len() >= MAX_HELD_EVENTS
-            || self.held_bytes >= MAX_HELD_BYTES
-            || self.held_topics >= MAX_HELD_TOPICS
+        self.held.is_full()
     }
 
     /// Whether publishes are answered only after the turn's commit (a durable history that syncs).
@@ -117,10 +145,10 @@ impl Loop {
             return;
         }
         let acks = std::mem::take(&mut self.pending_acks);
-        self.held_bytes = 0;
-        self.held_topics = 0;
+        self.held = HeldTurn::default();
         match result {
             Ok(()) => {
+                self.metrics.history_commits += 1;
                 self.log.commit();
                 for list in std::mem::take(&mut self.held_lists) {
                     self.mark_list(list);
@@ -186,5 +214,34 @@ impl Loop {
                 self.read_requests(key);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeldTurn;
+
+    #[test]
+    fn a_turn_is_full_at_any_of_its_limits() {
+        let mut turn = HeldTurn::default();
+        assert!(!turn.is_full());
+        for _ in 0..HeldTurn::MAX_EVENTS - 1 {
+            turn.add(1, 1);
+        }
+        assert!(!turn.is_full(), "one event short");
+        turn.add(1, 1);
+        assert!(turn.is_full(), "events");
+
+        let mut turn = HeldTurn::default();
+        turn.add(HeldTurn::MAX_BYTES - 1, 1);
+        assert!(!turn.is_full(), "one byte short");
+        turn.add(1, 1);
+        assert!(turn.is_full(), "bytes");
+
+        let mut turn = HeldTurn::default();
+        turn.add(100, HeldTurn::MAX_TOPICS - 1);
+        assert!(!turn.is_full(), "one topic short");
+        turn.add(100, 1);
+        assert!(turn.is_full(), "topic entries");
     }
 }

@@ -228,6 +228,7 @@ impl Loop {
                     subscribers: self.subscribers,
                     history_events: self.log.len(),
                     history_bytes: self.log.bytes(),
+                    history_index_bytes: self.log.index_bytes(),
                 };
                 let body = self.metrics.render(&gauges);
                 let out = answer_buffer(&mut self.conns, key, keep_alive);

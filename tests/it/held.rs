@@ -50,8 +50,9 @@ fn pipeline_new_topics(addr: SocketAddr, conn: usize, count: usize) -> usize {
 }
 
 /// Runs `conns` pipelining publishers at once against a fresh batch-mode server; returns the
-/// server's CPU time for all of it and the slowest `/health` answer meanwhile.
-fn flood(conns: usize, per_conn: usize) -> (Duration, Duration) {
+/// server's CPU time for all of it, the slowest `/health` answer meanwhile, and how many group
+/// commits it took.
+fn flood(conns: usize, per_conn: usize) -> (Duration, Duration, f64) {
     let dir = TempDir::new(&format!("flood{conns}"));
     let server = Child::start(&["--data-dir", dir.arg(), "--fsync", "batch", "--heartbeat", "0"]);
     let addr = server.addr;
@@ -76,24 +77,29 @@ fn flood(conns: usize, per_conn: usize) -> (Duration, Duration) {
     }
     *done.lock().unwrap() = true;
     let slowest_health = probe.join().unwrap();
-    (server.cpu() - cpu_before, slowest_health)
+    let commits = crate::abuse::metric_at(addr, "ssed_history_commits_total").expect("the commits series");
+    (server.cpu() - cpu_before, slowest_health, commits)
 }
 
 /// Four connections pipelining 1,000 publishes of 64 new topics each cost the server about four
-/// times what one does, not ten: the subscriber lists held for the commit were de-duplicated by a
+/// times what one does, not ten, and no turn holds more than its bound: the subscriber lists held for the commit were de-duplicated by a
 /// linear scan, so a turn's bookkeeping grew with the square of what it held (6 s of CPU for four,
 /// 0.6 s for one, in a release build, with `/health` waiting 5.6 s).
 #[test]
 fn held_publishes_cost_linear_work_per_turn() {
     let _alone = exclusive();
-    let (one, one_health) = flood(1, 1000);
-    let (four, four_health) = flood(4, 1000);
+    let (one, one_health, _) = flood(1, 1000);
+    let (four, four_health, commits) = flood(4, 1000);
     let ratio = four.as_secs_f64() / one.as_secs_f64().max(0.01);
     println!(
         "held flood: 1 connection {one:?} CPU (slowest /health {one_health:?}), \
          4 connections {four:?} CPU (slowest /health {four_health:?}): ratio {ratio:.2}"
     );
     assert!(ratio < 6.0, "4x the publishes cost {ratio:.2}x the CPU (1: {one:?}, 4: {four:?})");
+    // A turn holds at most 4096 topic entries (plus the one publish that crosses the line): 4000
+    // events of 64 topics take at least 62 commits, however fast they arrive.
+    let least = (4000.0_f64 * 64.0 / (4096.0 + 64.0)).ceil();
+    assert!(commits >= least, "{commits} commits for 4000 events of 64 topics: a turn held more than it may");
 }
 
 /// Parses the complete answers at the front of `buf` into ids, leaving a partial one.
