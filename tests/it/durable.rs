@@ -547,3 +547,74 @@ fn data_dir_problems_are_named_and_a_start_says_what_it_loaded() {
     proc.signal("TERM");
     assert_eq!(proc.wait_exit().code(), Some(0));
 }
+
+/// One record in the store's original (version 1) layout, written here from the layout in the
+/// store's module doc rather than with the server's code: `[payload length u32][CRC-32 of the
+/// payload u32][id u64][topic count u16][per topic: length u8, bytes][type length u8, bytes]
+/// [retry flag u8, retry u64 if 1][data length u32, bytes]`, little endian.
+fn v1_record(id: u64, topic: &str, event_type: &str, retry_ms: Option<u64>, data: &str) -> Vec<u8> {
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&id.to_le_bytes());
+    payload.extend_from_slice(&1u16.to_le_bytes());
+    payload.push(u8::try_from(topic.len()).unwrap());
+    payload.extend_from_slice(topic.as_bytes());
+    payload.push(u8::try_from(event_type.len()).unwrap());
+    payload.extend_from_slice(event_type.as_bytes());
+    match retry_ms {
+        Some(ms) => {
+            payload.push(1);
+            payload.extend_from_slice(&ms.to_le_bytes());
+        }
+        None => payload.push(0),
+    }
+    payload.extend_from_slice(&u32::try_from(data.len()).unwrap().to_le_bytes());
+    payload.extend_from_slice(data.as_bytes());
+    let mut record = Vec::new();
+    record.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
+    record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    record.extend_from_slice(&payload);
+    record
+}
+
+#[test]
+fn a_data_dir_from_the_old_record_format_is_served_resumed_and_appended_to() {
+    let dir = TempDir::new("v1");
+    // Ids are wall-clock microseconds: events from a few seconds ago, as an older ssed left them.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros();
+    let now = u64::try_from(now).unwrap();
+    let old: Vec<u64> = (0..3u64).map(|i| now - 3_000_000 + i * 1_000_000).collect();
+    let mut bytes = v1_record(old[0], "t", "", None, "old-0");
+    bytes.extend(v1_record(old[1], "t", "note", Some(2500), "old-1"));
+    bytes.extend(v1_record(old[2], "t", "", None, "old-2"));
+    let segment = dir.0.join(format!("{:020}.seg", old[0]));
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let (mut proc, addr) = start(&dir.0, &[]);
+    proc.wait_for_line("loaded 3 events");
+    let text = resume_text(addr, old[0]);
+    assert!(
+        text.contains(&format!("id: {}\nevent: note\nretry: 2500\ndata: old-1\n", old[1])),
+        "the old event keeps its type and retry: {text}"
+    );
+    let expected_old: Vec<(u64, String)> = (1..3).map(|i| (old[i], format!("old-{i}"))).collect();
+    assert_eq!(replay(addr, Some(old[0])), expected_old, "a resume from an old event");
+    let new: Vec<u64> = (0..2).map(|i| publish(addr, &format!("new-{i}")).parse().unwrap()).collect();
+    assert!(new[0] > old[2], "ids continue above the old history");
+    let expected_new: Vec<(u64, String)> = (0..2).map(|i| (new[i], format!("new-{i}"))).collect();
+    assert_eq!(replay(addr, Some(old[2])), expected_new);
+    proc.signal("TERM");
+    assert_eq!(proc.wait_exit().code(), Some(0));
+    let on_disk = std::fs::read(&segment).unwrap();
+    assert!(on_disk.len() > bytes.len() && on_disk.starts_with(&bytes), "appended after the old records");
+
+    // 3 old events, 2 new ones and the 3 markers the reads above published.
+    let (mut proc, addr) = start(&dir.0, &[]);
+    proc.wait_for_line("loaded 8 events");
+    let mut expected = expected_old;
+    expected.extend(expected_new);
+    assert_eq!(replay(addr, Some(old[0])), expected, "both formats after a restart");
+    let text = resume_text(addr, old[0]);
+    assert!(text.contains(&format!("id: {}\nevent: note\nretry: 2500\n", old[1])), "{text}");
+    proc.signal("TERM");
+    assert_eq!(proc.wait_exit().code(), Some(0));
+}
