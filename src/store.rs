@@ -980,7 +980,7 @@ mod tests {
 
     /// A topic of `len` bytes, not all ASCII, that is still valid UTF-8.
     fn long_text(len: usize, seed: char) -> String {
-        let mut text: String = std::iter::repeat("é/").take(len / 3).collect();
+        let mut text = "é/".repeat(len / 3);
         while text.len() < len {
             text.push(seed);
         }
@@ -1002,7 +1002,7 @@ mod tests {
         for len in [256, 4096, MAX_FIELD_BYTES] {
             let record = long_record(9, len);
             assert_eq!(record.topics[0].len(), len);
-            let bytes = encode_all(Format::V2, &[record.clone()]);
+            let bytes = encode_all(Format::V2, std::slice::from_ref(&record));
             assert_eq!(decode_record(&bytes).unwrap(), (record, bytes.len()), "fields of {len} bytes");
         }
         let mut out = vec![1, 2, 3];
