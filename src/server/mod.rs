@@ -269,7 +269,6 @@ fn open_history(config: &Config) -> Result<(Broadcast, Option<Store>), Error> {
         let log = log.get_or_insert_with(|| Broadcast::new(limits, record.id));
         let topics: Vec<&str> = record.topics.iter().map(String::as_str).collect();
         let event = NewEvent {
-            topics: &topics,
             event_type: record.event_type.as_deref(),
             retry_ms: record.retry_ms,
             data: &record.data,
