@@ -10,8 +10,11 @@
 //! many never walks the others' events. The log does no I/O and never reads the clock: the wall-clock
 //! time that seeds ids is passed in.
 //!
-//! The interface the server uses is narrow on purpose (publish, acquire/release a topic, resume,
-//! gather/advance, backlog/lost); a file- or Redis-backed history plugs in behind the same calls.
+//! The history lives in this process's memory only. The server uses a narrow interface (encode and
+//! insert an event, hold/commit/rollback, acquire/release a topic, resume, gather/advance,
+//! backlog/lag/lost). With `--data-dir` the server also appends each event to files of its own
+//! (`store.rs`) and replays them into a new log at start; when it syncs them, hold/commit keep an
+//! event invisible to subscribers until it is on disk. The log itself never sees the files.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
