@@ -10,8 +10,11 @@
 //! many never walks the others' events. The log does no I/O and never reads the clock: the wall-clock
 //! time that seeds ids is passed in.
 //!
-//! The interface the server uses is narrow on purpose (publish, acquire/release a topic, resume,
-//! gather/advance, backlog/lost); a file- or Redis-backed history plugs in behind the same calls.
+//! The history lives in this process's memory only. The server uses a narrow interface (encode and
+//! insert an event, hold/commit/rollback, acquire/release a topic, resume, gather/advance,
+//! backlog/lag/lost). With `--data-dir` the server also appends each event to files of its own
+//! (`store.rs`) and replays them into a new log at start; when it syncs them, hold/commit keep an
+//! event invisible to subscribers until it is on disk. The log itself never sees the files.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -134,8 +137,6 @@ pub struct Resume {
 /// The fields of an event to publish, already validated.
 #[derive(Debug, Clone, Copy)]
 pub struct NewEvent<'a> {
-    /// The topics it belongs to (at least one; duplicates are ignored).
-    pub topics: &'a [&'a str],
     /// The `event:` type, if any.
     pub event_type: Option<&'a str>,
     /// The `retry:` field in milliseconds, if any.
@@ -557,16 +558,18 @@ impl Broadcast {
         self.ring.back().expect("the new event fits the limits alone").topics.as_slice()
     }
 
-    /// Encodes, stores and commits an event with the next id: the whole publish for a history that
-    /// lives only in memory.
+    /// Encodes and stores an event under `topics` with the next id, as the server does for a history
+    /// that lives only in memory; the tests' shorthand.
+    #[cfg(test)]
     pub fn publish(
         &mut self,
+        topics: &[&str],
         event: &NewEvent<'_>,
         now_micros: u64,
     ) -> Result<(EventId, &[TopicId]), PublishError> {
         let id = self.next_id(now_micros);
         let encoded = self.encode(event, id)?;
-        let topics = self.insert(event.topics, encoded);
+        let topics = self.insert(topics, encoded);
         Ok((EventId(id), topics))
     }
 
@@ -860,6 +863,7 @@ impl Broadcast {
     }
 
     /// Whether the cursor has nothing left to send.
+    #[cfg(test)]
     pub fn caught_up(&self, selection: &Selection, cursor: &Cursor) -> bool {
         let mut any = false;
         self.for_each_pending(selection, cursor, |_| {
@@ -916,8 +920,8 @@ mod tests {
     }
 
     fn publish(log: &mut Broadcast, topics: &[&str], data: &str) -> u64 {
-        let event = NewEvent { topics, event_type: None, retry_ms: None, data };
-        log.publish(&event, 0).expect("fits").0.get()
+        let event = NewEvent { event_type: None, retry_ms: None, data };
+        log.publish(topics, &event, 0).expect("fits").0.get()
     }
 
     /// Everything the cursor would receive, as text, delivered through gather/advance.
@@ -944,11 +948,19 @@ mod tests {
     #[test]
     fn ids_follow_the_clock_and_strictly_increase() {
         let mut log = Broadcast::new(BIG, 1_000);
-        let event = NewEvent { topics: &["a"], event_type: None, retry_ms: None, data: "x" };
-        assert_eq!(log.publish(&event, 0).unwrap().0.get(), 1_000);
-        assert_eq!(log.publish(&event, 500).unwrap().0.get(), 1_001, "a clock behind never repeats an id");
-        assert_eq!(log.publish(&event, 5_000).unwrap().0.get(), 5_000, "ids jump ahead with the clock");
-        assert_eq!(log.publish(&event, 5_000).unwrap().0.get(), 5_001);
+        let event = NewEvent { event_type: None, retry_ms: None, data: "x" };
+        assert_eq!(log.publish(&["a"], &event, 0).unwrap().0.get(), 1_000);
+        assert_eq!(
+            log.publish(&["a"], &event, 500).unwrap().0.get(),
+            1_001,
+            "a clock behind never repeats an id"
+        );
+        assert_eq!(
+            log.publish(&["a"], &event, 5_000).unwrap().0.get(),
+            5_000,
+            "ids jump ahead with the clock"
+        );
+        assert_eq!(log.publish(&["a"], &event, 5_000).unwrap().0.get(), 5_001);
     }
 
     #[test]
@@ -1003,8 +1015,8 @@ mod tests {
     #[test]
     fn refuses_an_event_larger_than_the_history() {
         let mut log = log(Limits { events: 10, bytes: 64 });
-        let event = NewEvent { topics: &["a"], event_type: None, retry_ms: None, data: &"x".repeat(100) };
-        assert_eq!(log.publish(&event, 0).err(), Some(PublishError::TooLarge));
+        let event = NewEvent { event_type: None, retry_ms: None, data: &"x".repeat(100) };
+        assert_eq!(log.publish(&["a"], &event, 0).err(), Some(PublishError::TooLarge));
         assert!(log.is_empty());
     }
 
@@ -1381,9 +1393,9 @@ mod tests {
     #[test]
     fn evicts_by_age_through_ids() {
         let mut log = Broadcast::new(BIG, 1_000);
-        let event = NewEvent { topics: &["a"], event_type: None, retry_ms: None, data: "x" };
+        let event = NewEvent { event_type: None, retry_ms: None, data: "x" };
         for now in [1_000, 2_000, 3_000] {
-            log.publish(&event, now).unwrap();
+            log.publish(&["a"], &event, now).unwrap();
         }
         log.evict_below(2_500);
         assert_eq!(log.oldest_id(), Some(3_000));

@@ -67,5 +67,6 @@ pub use broadcast::EventId;
 pub use config::*;
 pub use error::{Error, ErrorKind};
 pub use handle::{Event, Publisher, Shutdown};
+pub use net::raise_descriptor_limit;
 pub use server::Server;
 pub use store::Fsync;

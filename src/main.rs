@@ -441,7 +441,7 @@ fn run() -> Result<(), String> {
         }
         Command::Run(config) => *config,
     };
-    match systemd::raise_descriptor_limit() {
+    match ssed::raise_descriptor_limit() {
         Ok((before, after)) if after > before => {
             log::info!("open-file limit raised from {before} to {after}")
         }

@@ -72,13 +72,42 @@ pub fn is_resource_exhaustion(e: &io::Error) -> bool {
 
 /// The soft limit on open descriptors, or `None` if it cannot be read.
 pub fn descriptor_limit() -> Option<u64> {
+    // rlim_t is u64 on 64-bit Linux but not everywhere.
+    #[allow(clippy::unnecessary_cast)]
+    file_limit().ok().map(|limit| limit.rlim_cur as u64)
+}
+
+/// Raises the soft limit on open descriptors to the hard limit and returns `(before, after)`.
+///
+/// Each connection is a descriptor, and the default soft limit (often 1024) is far below what one
+/// ssed holds; systemd's `LimitNOFILE=` or the shell's `ulimit -Hn` sets the hard limit.
+pub fn raise_descriptor_limit() -> io::Result<(u64, u64)> {
+    let mut limit = file_limit()?;
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit only reads the struct passed, which lives across the call.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // rlim_t is u64 on 64-bit Linux but not everywhere.
+    #[allow(clippy::unnecessary_cast)]
+    Ok((before as u64, limit.rlim_cur as u64))
+}
+
+/// The soft and hard limits on open descriptors (`getrlimit(RLIMIT_NOFILE)`).
+fn file_limit() -> io::Result<libc::rlimit> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit only writes into the struct we pass; the pointer is valid for its lifetime.
     #[allow(unsafe_code)]
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    // rlim_t is u64 on 64-bit Linux but not everywhere.
-    #[allow(clippy::unnecessary_cast)]
-    (rc == 0).then_some(limit.rlim_cur as u64)
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(limit)
 }
 
 #[cfg(test)]
@@ -95,6 +124,22 @@ mod tests {
         assert!(matches!(classify(Err(io::ErrorKind::PermissionDenied.into()), false), Outcome::Failed(_)));
         assert!(is_resource_exhaustion(&io::Error::from_raw_os_error(libc::EMFILE)));
         assert!(!is_resource_exhaustion(&io::Error::from_raw_os_error(libc::ECONNABORTED)));
+    }
+
+    /// Lowers this test process's soft limit by one with util-linux `prlimit`, then raises it back.
+    #[test]
+    #[allow(clippy::unnecessary_cast)]
+    fn raises_the_soft_descriptor_limit_to_the_hard_one() {
+        let hard = file_limit().expect("the limit can be read").rlim_max as u64;
+        let lowered = hard - 1;
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &std::process::id().to_string(), &format!("--nofile={lowered}:{hard}")])
+            .status()
+            .expect("prlimit runs");
+        assert!(status.success(), "prlimit failed");
+        assert_eq!(descriptor_limit(), Some(lowered));
+        assert_eq!(raise_descriptor_limit().expect("the limit can be raised"), (lowered, hard));
+        assert_eq!(descriptor_limit(), Some(hard));
     }
 
     #[test]

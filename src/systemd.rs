@@ -73,32 +73,6 @@ fn adopt_listener(fd: i32) -> Result<std::net::TcpListener, Error> {
     Ok(listener)
 }
 
-/// Raises the soft limit on open descriptors to the hard limit and returns `(before, after)`.
-///
-/// Each connection is a descriptor, and the default soft limit (often 1024) is far below what one
-/// ssed holds; systemd's `LimitNOFILE=` or the shell's `ulimit -Hn` sets the hard limit.
-pub fn raise_descriptor_limit() -> io::Result<(u64, u64)> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit read or write only the struct passed, valid across the calls.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let before = limit.rlim_cur;
-    if limit.rlim_cur < limit.rlim_max {
-        limit.rlim_cur = limit.rlim_max;
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    // rlim_t is u64 on 64-bit Linux but not everywhere.
-    #[allow(clippy::unnecessary_cast)]
-    Ok((before as u64, limit.rlim_cur as u64))
-}
-
 /// Sends `sd_notify` messages to the service manager: readiness, status, watchdog pings, stopping.
 #[derive(Debug)]
 pub struct Notifier {

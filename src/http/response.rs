@@ -5,7 +5,7 @@ use std::io::Write as _;
 use crate::config::Config;
 use crate::http::chunk::ChunkError;
 use crate::http::request::HeadError;
-use crate::http::route::RouteError;
+use crate::http::route::{RouteError, ALLOW_EVENTS};
 
 /// Everything that makes ssed refuse a request, mapped to a status by [`Refusal::status`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,7 +173,8 @@ pub fn refusal(refusal: &Refusal, keep_alive: bool, head_only: bool, cors: &[u8]
 
 /// The answer to a CORS preflight (`204`); CORS headers only for allowed origins.
 pub fn preflight(config: &Config, origin: Option<&str>, keep_alive: bool, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"HTTP/1.1 204 No Content\r\nAllow: GET, HEAD, POST, OPTIONS\r\n");
+    // Preflights reach only `/events` (the other paths refuse OPTIONS with 405).
+    let _ = write!(out, "HTTP/1.1 204 No Content\r\nAllow: {ALLOW_EVENTS}\r\n");
     if cors_allowed(config, origin) {
         push_cors(config, origin, out);
         out.extend_from_slice(
@@ -300,6 +301,7 @@ mod tests {
         preflight(&config, Some("https://a.example"), true, &mut out);
         let text = as_text(&out);
         assert!(text.starts_with("HTTP/1.1 204"));
+        assert!(text.contains("\r\nAllow: GET, HEAD, POST, OPTIONS\r\n"), "{text}");
         assert!(text.contains("Access-Control-Allow-Headers: Authorization, Content-Type, Last-Event-ID\r\n"));
         let mut out = Vec::new();
         preflight(&config, Some("https://evil.example"), true, &mut out);

@@ -204,7 +204,7 @@ pub fn publish_body(target: PublishTarget, body: Vec<u8>) -> Result<Publish, Rou
     let mut topics = Vec::new();
     let (mut data, mut event_type, mut retry_ms) = (None, None, None);
     let body = std::str::from_utf8(&body).map_err(|_| RouteError::BadRequest("form is not UTF-8".into()))?;
-    for (key, value) in form_pairs(body, true)? {
+    for (key, value) in form_pairs(body)? {
         match key.as_str() {
             "topic" => push_topic(&mut topics, value)?,
             "data" => set_once(&mut data, value, "`data`")?,
@@ -252,12 +252,12 @@ pub fn parse_event_id(text: &str) -> Option<u64> {
 fn query_pairs(query: &str) -> Result<Vec<(String, String)>, RouteError> {
     let query =
         std::str::from_utf8(query.as_bytes()).map_err(|_| RouteError::BadRequest("bad query".into()))?;
-    form_pairs(query, false)
+    form_pairs(query)
 }
 
 /// Splits `a=1&b=2`, percent-decoding keys and values; `+` is a space in forms (and in queries,
 /// where it would only ever make a topic invalid).
-fn form_pairs(text: &str, _form: bool) -> Result<Vec<(String, String)>, RouteError> {
+fn form_pairs(text: &str) -> Result<Vec<(String, String)>, RouteError> {
     text.split('&')
         .filter(|pair| !pair.is_empty())
         .map(|pair| {

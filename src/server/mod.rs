@@ -1,5 +1,10 @@
 //! The mio shell: one `Poll`, the listener, a slab of connections, the waker; it moves bytes and
-//! readiness and leaves every decision to the pure core.
+//! readiness, and leaves some of the deciding to pure parts that do no I/O: `conn.rs` turns bytes
+//! into requests or refusals, the [`Broadcast`] log says what a stream still has to send and how far
+//! behind it is, and `timer.rs` computes deadlines. The rest is still decided here, in
+//! `streams.rs`, with the sockets at hand: when and how much to write to a stream, when to drop one
+//! that lags past `--max-lag` or whose next event left the history, when a heartbeat is due, when a
+//! stream ends, and how long a closing connection lingers to read what the client still sends.
 //!
 //! A loop turn: sleep in `poll` until readiness or the earliest deadline; accept until `WouldBlock`;
 //! read each readable connection until `WouldBlock` and carry out its complete requests (a publish is
@@ -269,7 +274,6 @@ fn open_history(config: &Config) -> Result<(Broadcast, Option<Store>), Error> {
         let log = log.get_or_insert_with(|| Broadcast::new(limits, record.id));
         let topics: Vec<&str> = record.topics.iter().map(String::as_str).collect();
         let event = NewEvent {
-            topics: &topics,
             event_type: record.event_type.as_deref(),
             retry_ms: record.retry_ms,
             data: &record.data,

@@ -42,7 +42,6 @@ impl Loop {
     pub(super) fn publish(&mut self, publish: &Publish) -> Result<broadcast::EventId, Refusal> {
         let topics: Vec<&str> = publish.topics.iter().map(String::as_str).collect();
         let event = NewEvent {
-            topics: &topics,
             event_type: publish.event_type.as_deref(),
             retry_ms: publish.retry_ms,
             data: &publish.data,

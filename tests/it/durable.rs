@@ -14,7 +14,7 @@ use crate::support::{TempDir, DEADLINE};
 fn start(dir: &Path, extra: &[&str]) -> (Proc, SocketAddr) {
     let mut command = base_command();
     command.args(["--listen", "127.0.0.1:0", "--heartbeat", "0", "--data-dir"]).arg(dir).args(extra);
-    let mut proc = Proc::spawn(command);
+    let proc = Proc::spawn(command);
     let addr = proc.listening_addr();
     (proc, addr)
 }

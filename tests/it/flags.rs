@@ -178,7 +178,7 @@ fn help_and_overriding_flags_win_over_a_bad_variable() {
 
     let mut command = ssed();
     command.env("SSED_HISTORY", "-5").args(["--history", "10", "--listen", "127.0.0.1:0"]);
-    let mut proc = Proc::spawn(command);
+    let proc = Proc::spawn(command);
     let addr = proc.listening_addr();
     let mut stream = subscribe(addr);
     let id = publish(addr, "flag wins");
@@ -198,7 +198,7 @@ fn empty_variables_count_as_unset() {
         command.env(variable, "");
     }
     command.env("SSED_HEARTBEAT", "  ").args(["--listen", "127.0.0.1:0"]);
-    let mut proc = Proc::spawn(command);
+    let proc = Proc::spawn(command);
     proc.listening_addr();
 }
 
@@ -248,7 +248,7 @@ fn sizes_take_binary_units() {
         if let Some(value) = variable {
             command.env("SSED_MAX_BODY", value);
         }
-        let mut proc = Proc::spawn(command);
+        let proc = Proc::spawn(command);
         let addr = proc.listening_addr();
         publish(addr, &"x".repeat(1024));
         let mut stream = std::net::TcpStream::connect(addr).unwrap();
@@ -281,7 +281,7 @@ fn the_environment_file_examples_are_accepted() {
     std::fs::create_dir_all(&dir).unwrap();
     let mut command = ssed();
     command.envs(examples.iter().copied()).args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(&dir);
-    let mut proc = Proc::spawn(command);
+    let proc = Proc::spawn(command);
     let addr = proc.listening_addr();
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(crate::support::DEADLINE)).unwrap();

@@ -7,8 +7,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::abuse::{connect, exclusive, get_at, Child};
-use crate::support::{TempDir, DEADLINE};
+use crate::abuse::{exclusive, get_at};
+use crate::child::Proc;
+use crate::support::{connect, metric, TempDir, DEADLINE};
 
 /// Pipelines `count` publishes on one connection, each naming 64 topics no one named before, and
 /// reads every answer; returns how many were answered 200.
@@ -54,8 +55,8 @@ fn pipeline_new_topics(addr: SocketAddr, conn: usize, count: usize) -> usize {
 /// commits it took.
 fn flood(conns: usize, per_conn: usize) -> (Duration, Duration, f64) {
     let dir = TempDir::new(&format!("flood{conns}"));
-    let server = Child::start(&["--data-dir", dir.arg(), "--fsync", "batch", "--heartbeat", "0"]);
-    let addr = server.addr;
+    let server = Proc::start(&["--data-dir", dir.arg(), "--fsync", "batch", "--heartbeat", "0"]);
+    let addr = server.listening_addr();
     let cpu_before = server.cpu();
     let done = Arc::new(Mutex::new(false));
     let probe = {
@@ -77,7 +78,7 @@ fn flood(conns: usize, per_conn: usize) -> (Duration, Duration, f64) {
     }
     *done.lock().unwrap() = true;
     let slowest_health = probe.join().unwrap();
-    let commits = crate::abuse::metric_at(addr, "ssed_history_commits_total").expect("the commits series");
+    let commits = metric(addr, "ssed_history_commits_total").expect("the commits series");
     (server.cpu() - cpu_before, slowest_health, commits)
 }
 
@@ -143,8 +144,8 @@ fn a_subscriber_gets_every_event_answered_after_its_stream_started() {
     const COUNT: usize = 6000;
     let _alone = exclusive();
     let dir = TempDir::new("window");
-    let server = Child::start(&["--data-dir", dir.arg(), "--fsync", "batch", "--heartbeat", "0"]);
-    let addr = server.addr;
+    let server = Proc::start(&["--data-dir", dir.arg(), "--fsync", "batch", "--heartbeat", "0"]);
+    let addr = server.listening_addr();
     let mut publisher = connect(addr);
     let mut writer = publisher.try_clone().unwrap();
     let sending = std::thread::spawn(move || {

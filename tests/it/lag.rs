@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 use ssed::Config;
 
 use crate::abuse::{connect_small_window, PublishConn};
-use crate::support::{metric, read_head, TestServer, DEADLINE};
+use crate::support::{eventually, metric, read_head, TestServer, DEADLINE};
 
 const KIB: usize = 1024;
 /// The receive buffer of every subscriber here (the kernel doubles it and rounds up).
 const WINDOW: usize = 4 * KIB;
 
 fn lag_drops(server: &TestServer) -> f64 {
-    metric(server, "ssed_subscribers_dropped_total{reason=\"lag\"}").expect("the lag series")
+    metric(server.addr, "ssed_subscribers_dropped_total{reason=\"lag\"}").expect("the lag series")
 }
 
 /// A subscriber with a small receive window whose response head has been read.
@@ -125,7 +125,7 @@ fn a_stalled_catch_up_is_cut_once_new_events_pass_the_limit() {
     for _ in 0..(320 / 48 + 1) {
         publisher.publish("topic=big", &event);
     }
-    crate::support::wait_until("the stalled catch-up to be cut", || lag_drops(&server) == 1.0);
+    assert!(eventually(|| lag_drops(&server) == 1.0), "timed out waiting for the stalled catch-up to be cut");
     assert!(crate::abuse::closed_within(&mut stalled, DEADLINE), "the stream is closed");
 }
 

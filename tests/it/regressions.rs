@@ -22,7 +22,10 @@ fn lifetime_end_of_a_stuck_stream_does_not_stall_the_loop() {
     let server = TestServer::start(config);
     let mut stuck = server.connect();
     stuck.write_all(b"GET /events?topic=t HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    wait_until("the stuck stream is registered", || metric(&server, "ssed_subscribers") == Some(1.0));
+    assert!(
+        eventually(|| metric(server.addr, "ssed_subscribers") == Some(1.0)),
+        "timed out waiting for the stuck stream is registered"
+    );
     let body = "x".repeat(60_000);
     for _ in 0..150 {
         publish(&server, "topic=t", &body);

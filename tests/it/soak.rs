@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 
-use crate::abuse::{eventually, metric_at, Child, PublishConn};
+use crate::abuse::PublishConn;
+use crate::child::Proc;
+use crate::support::{eventually, metric};
 
 const TOPICS: usize = 8;
 /// Subscribers connected at most at once; each slot holds one subscriber after another.
@@ -472,8 +474,8 @@ fn soak_churning_subscribers_get_every_event_once_in_order() {
     let seed =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     println!("soak seed {seed}");
-    let server = Child::start(&["--heartbeat", "5", "--history", "200000", "--max-lag", "1048576"]);
-    let addr = server.addr;
+    let server = Proc::start(&["--heartbeat", "5", "--history", "200000", "--max-lag", "1048576"]);
+    let addr = server.listening_addr();
     let rss_start = server.rss_kib();
     let fds_start = server.fds();
     let cpu_start = server.cpu();
@@ -540,11 +542,11 @@ fn soak_churning_subscribers_get_every_event_once_in_order() {
         .collect();
 
     // Everyone has gone: the server gives back its connections and descriptors.
-    let connections_back = eventually(|| metric_at(addr, "ssed_connections") == Some(1.0));
+    let connections_back = eventually(|| metric(addr, "ssed_connections") == Some(1.0));
     let fds_back = eventually(|| server.fds() <= fds_start);
     let fds_end = server.fds();
-    let history_bytes = metric_at(addr, "ssed_history_bytes").unwrap_or(0.0) as u64;
-    let lag_drops = metric_at(addr, "ssed_subscribers_dropped_total{reason=\"lag\"}").unwrap_or(0.0);
+    let history_bytes = metric(addr, "ssed_history_bytes").unwrap_or(0.0) as u64;
+    let lag_drops = metric(addr, "ssed_subscribers_dropped_total{reason=\"lag\"}").unwrap_or(0.0);
     let rss_end = server.rss_kib();
     let cpu = server.cpu() - cpu_start;
 
@@ -578,7 +580,7 @@ fn soak_churning_subscribers_get_every_event_once_in_order() {
     assert!(
         stayed > 0 && stats.resumes.load(Ordering::Relaxed) > 0 && stats.leaves.load(Ordering::Relaxed) > 0
     );
-    assert!(connections_back, "connections: {:?}", metric_at(addr, "ssed_connections"));
+    assert!(connections_back, "connections: {:?}", metric(addr, "ssed_connections"));
     assert!(fds_back, "descriptors {fds_end}, {fds_start} at start");
     // Near the start: the history held at the end, twice over for the allocator, plus 16 MiB for
     // what the allocator keeps of the buffers that 3000 connections once used.

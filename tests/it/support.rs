@@ -40,10 +40,7 @@ impl TestServer {
 
     /// Opens a plain TCP connection with read/write timeouts set to [`DEADLINE`].
     pub fn connect(&self) -> TcpStream {
-        let stream = TcpStream::connect(self.addr).expect("connect");
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        stream.set_write_timeout(Some(DEADLINE)).unwrap();
-        stream
+        connect(self.addr)
     }
 
     /// Stops the server and waits for `run()` to return, failing the test if it returned an error.
@@ -72,6 +69,14 @@ impl Drop for TestServer {
             }
         }
     }
+}
+
+/// A plain connection to `addr` with read and write timeouts of [`DEADLINE`].
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.set_write_timeout(Some(DEADLINE)).unwrap();
+    stream
 }
 
 /// A parsed HTTP response head plus whatever body bytes arrived with it.
@@ -414,19 +419,27 @@ pub fn publish(server: &TestServer, query: &str, body: &str) -> u64 {
     response.body_text().trim_end().parse().expect("publish answers an id")
 }
 
-/// Polls `condition` until it holds, failing the test after [`DEADLINE`].
-pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+/// Polls `condition` until it holds or [`DEADLINE`] passes; returns whether it held. Callers assert
+/// on the answer with a message of their own (often the figure that failed to settle).
+pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + DEADLINE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
 }
 
-/// Fetches `/metrics` and returns the value of the sample whose name (with labels) is `series`.
-pub fn metric(server: &TestServer, series: &str) -> Option<f64> {
-    let response = roundtrip(server, b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    let text = response.body_text();
+/// Fetches `/metrics` from the server at `addr` (in-process or a child) and returns the value of the
+/// sample whose name (with labels) is `series`.
+pub fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
+    let mut stream = connect(addr);
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    let text = read_response(&mut stream).body_text();
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap())
     })

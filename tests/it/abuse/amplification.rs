@@ -24,8 +24,8 @@ fn many_topics_form(topics: usize) -> String {
 #[test]
 fn events_naming_thousands_of_topics_stay_within_the_history_bound() {
     let _alone = exclusive();
-    let server = Child::start(&["--history-bytes", &(4 * MIB).to_string(), "--heartbeat", "0"]);
-    let addr = server.addr;
+    let server = Proc::start(&["--history-bytes", &(4 * MIB).to_string(), "--heartbeat", "0"]);
+    let addr = server.listening_addr();
     let body = many_topics_form(5400);
     assert!(body.len() <= 64 * 1024);
     let rss_start = server.rss_kib();
@@ -49,7 +49,7 @@ fn events_naming_thousands_of_topics_stay_within_the_history_bound() {
         }
     }
     let growth = server.rss_kib().saturating_sub(rss_start);
-    let history = metric_at(addr, "ssed_history_bytes").unwrap();
+    let history = metric(addr, "ssed_history_bytes").unwrap();
     println!(
         "many-topic events: {accepted} accepted, {refused} refused; RSS grew {growth} KiB, history bytes {history}"
     );
@@ -64,8 +64,8 @@ fn events_naming_thousands_of_topics_stay_within_the_history_bound() {
 #[test]
 fn a_subscription_naming_many_topics_costs_little_per_connection() {
     let _alone = exclusive();
-    let server = Child::start(&["--heartbeat", "0"]);
-    let addr = server.addr;
+    let server = Proc::start(&["--heartbeat", "0"]);
+    let addr = server.listening_addr();
     let rss_start = server.rss_kib();
     let mut held: Vec<TcpStream> = Vec::new();
     let mut refused = 0;
@@ -103,9 +103,9 @@ fn a_subscription_naming_many_topics_costs_little_per_connection() {
 #[test]
 fn topic_memory_comes_back_once_their_events_are_gone() {
     let _alone = exclusive();
-    let server = Child::start(&["--history", "1000", "--history-age", "2", "--heartbeat", "0"]);
-    let mut publisher = PublishConn::open(server.addr);
-    let history_empty = || metric_at(server.addr, "ssed_history_events") == Some(0.0);
+    let server = Proc::start(&["--history", "1000", "--history-age", "2", "--heartbeat", "0"]);
+    let mut publisher = PublishConn::open(server.listening_addr());
+    let history_empty = || metric(server.listening_addr(), "ssed_history_events") == Some(0.0);
     // Warm up the paths a publish takes, then let it expire.
     for _ in 0..100 {
         publisher.publish("topic=warm", b"w");

@@ -12,7 +12,7 @@ use crate::support::{read_head, Subscriber};
 /// The open-file limit that leaves the child exactly `spare` free descriptor numbers: a new
 /// descriptor takes the lowest free number, and fails with EMFILE when that is at or over the limit
 /// (descriptors already open above it, such as ones inherited from the test runner, stay open).
-fn limit_leaving(server: &Child, spare: u32) -> u32 {
+fn limit_leaving(server: &Proc, spare: u32) -> u32 {
     let open: Vec<u32> = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
         .expect("/proc/PID/fd")
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
@@ -30,7 +30,7 @@ fn limit_leaving(server: &Child, spare: u32) -> u32 {
 }
 
 /// Sets the child's open-file limit, soft and hard, while it runs (util-linux `prlimit`).
-fn set_fd_limit(server: &Child, limit: u32) {
+fn set_fd_limit(server: &Proc, limit: u32) {
     let status = Command::new("prlimit")
         .args(["--pid", &server.pid().to_string(), &format!("--nofile={limit}:{limit}")])
         .status()
@@ -59,8 +59,8 @@ fn head_within(stream: &mut TcpStream, timeout: Duration) -> Option<u16> {
 #[test]
 fn accept_emfile_pauses_without_spinning_and_recovers() {
     let _alone = exclusive();
-    let mut server = Child::start(&["--heartbeat", "0"]);
-    let addr = server.addr;
+    let server = Proc::start(&["--heartbeat", "0"]);
+    let addr = server.listening_addr();
     let mut publisher = PublishConn::open(addr);
     let mut held = Subscriber::open_on(connect(addr), "/events?topic=e", "", "HTTP/1.1");
 
@@ -134,8 +134,8 @@ fn descriptor_limit_caps_connections_below_exhaustion() {
     let _alone = exclusive();
     let mut command = Command::new("prlimit");
     command.args(["--nofile=160:160", "--", BIN]);
-    let mut server = Child::start_with(command, &["--heartbeat", "0", "--retry-ms", "500"], "info");
-    let addr = server.addr;
+    let server = Proc::start_with(command, &["--heartbeat", "0", "--retry-ms", "500"], "info");
+    let addr = server.listening_addr();
     let line = server.wait_for_line("max-connections lowered");
     // "max-connections lowered from 100000 to N by the open-file limit 160 (...)"
     let cap: usize =

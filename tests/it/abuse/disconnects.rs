@@ -38,12 +38,12 @@ fn reset_in_batches(
 fn resets_at_every_stage_leave_nothing_behind() {
     let _alone = exclusive();
     // Heartbeats every second, so every stream has a deadline in the timer heap when it is cut.
-    let server = Child::start(&["--heartbeat", "1", "--max-body", "65536", "--max-lag", "1048576"]);
-    let addr = server.addr;
+    let server = Proc::start(&["--heartbeat", "1", "--max-body", "65536", "--max-lag", "1048576"]);
+    let addr = server.listening_addr();
     let mut watcher = Subscriber::open_on(connect(addr), "/events?topic=cut", "", "HTTP/1.1");
     // Before any other request: a closed request connection lingers a moment for the client's FIN.
     let baseline_fds = server.fds();
-    let baseline_connections = metric_at(addr, "ssed_connections").unwrap();
+    let baseline_connections = metric(addr, "ssed_connections").unwrap();
     let started = Instant::now();
 
     // Reset before sending anything.
@@ -91,19 +91,19 @@ fn resets_at_every_stage_leave_nothing_behind() {
     assert_eq!(watcher.next_event().id, Some(marker.to_string()), "a cut request published something");
     drop(publisher);
 
-    let settled = |name: &str, want: f64| eventually(|| metric_at(addr, name) == Some(want));
+    let settled = |name: &str, want: f64| eventually(|| metric(addr, name) == Some(want));
     assert!(
         settled("ssed_connections", baseline_connections),
         "connections: {:?}, baseline {baseline_connections}",
-        metric_at(addr, "ssed_connections")
+        metric(addr, "ssed_connections")
     );
-    assert!(settled("ssed_subscribers", 1.0), "subscribers: {:?}", metric_at(addr, "ssed_subscribers"));
+    assert!(settled("ssed_subscribers", 1.0), "subscribers: {:?}", metric(addr, "ssed_subscribers"));
     assert!(
         eventually(|| server.fds() == baseline_fds),
         "descriptors: {}, baseline {baseline_fds}",
         server.fds()
     );
-    let accepted = metric_at(addr, "ssed_connections_accepted_total").unwrap();
+    let accepted = metric(addr, "ssed_connections_accepted_total").unwrap();
 
     // Idle afterwards: no deadline of a dead connection keeps the loop busy.
     let cpu_before = server.cpu();

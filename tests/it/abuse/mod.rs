@@ -16,141 +16,15 @@ mod secrets;
 mod slowloris;
 mod stalled;
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockRef, Socket, Type};
 
-use crate::support::{Response, DEADLINE};
-
-pub use crate::child::BIN;
-
-/// The `ssed` binary running as a child process, with its stderr collected line by line and its
-/// `/proc` figures at hand; killed (by its own PID) when dropped.
-pub struct Child {
-    child: std::process::Child,
-    /// The address from its "listening on ADDR" line.
-    pub addr: SocketAddr,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Child {
-    /// Starts `ssed --listen 127.0.0.1:0 ARGS` with `RUST_LOG=info` (the "listening on" line is at
-    /// info) and waits until it listens.
-    pub fn start(args: &[&str]) -> Child {
-        Child::start_with(Command::new(BIN), args, "info")
-    }
-
-    /// Starts `command` (the binary, or a wrapper such as `prlimit … BIN` that execs it in place) with
-    /// `--listen 127.0.0.1:0 ARGS` and the log level given.
-    pub fn start_with(mut command: Command, args: &[&str], log: &str) -> Child {
-        command
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", log)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_PID")
-            .env_remove("LISTEN_FDS")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("the ssed binary starts");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        // Drained continuously: a child blocked on a full stderr pipe would look like a stuck loop.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut started = Child { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), lines };
-        let line = started.wait_for_line("listening on ");
-        started.addr = line.rsplit(' ').next().unwrap().parse().expect("an address ends the line");
-        started
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Every stderr line so far.
-    pub fn stderr(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    /// Waits for a stderr line containing `needle` and returns it.
-    pub fn wait_for_line(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(line) = self.lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
-                return line.clone();
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("ssed exited ({status}) before logging {needle:?}: {:#?}", self.stderr());
-            }
-            assert!(Instant::now() < deadline, "no stderr line with {needle:?}: {:#?}", self.stderr());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn proc_file(&self, name: &str) -> String {
-        std::fs::read_to_string(format!("/proc/{}/{name}", self.pid())).expect("/proc of the child")
-    }
-
-    /// Resident set size in KiB (`VmRSS` of `/proc/PID/status`).
-    pub fn rss_kib(&self) -> u64 {
-        let status = self.proc_file("status");
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
-    /// Open descriptors (entries of `/proc/PID/fd`).
-    pub fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).expect("/proc/PID/fd").count()
-    }
-
-    /// User plus system CPU time consumed so far (`/proc/PID/stat` fields 14 and 15).
-    pub fn cpu(&self) -> Duration {
-        let stat = self.proc_file("stat");
-        // The command name (field 2) is in parentheses and may hold spaces: count from after it.
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second() as f64)
-    }
-
-    /// Whether the process is still running.
-    pub fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// `USER_HZ`, the unit of the CPU times in `/proc/PID/stat`.
-fn clock_ticks_per_second() -> u64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output();
-    out.ok().and_then(|o| String::from_utf8(o.stdout).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(100)
-}
-
-/// A plain connection to `addr` with read and write timeouts of [`DEADLINE`].
-pub fn connect(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    stream.set_write_timeout(Some(DEADLINE)).unwrap();
-    stream
-}
+use crate::child::{Proc, BIN};
+use crate::support::{connect, eventually, metric, Response, DEADLINE};
 
 /// A connection whose receive buffer is shrunk to `bytes` before the handshake, so a client that
 /// never reads stops the server's writes early and the kernel holds little on its behalf.
@@ -180,14 +54,6 @@ pub fn roundtrip_at(addr: SocketAddr, request: &[u8]) -> Response {
 /// `GET path` on a connection of its own.
 pub fn get_at(addr: SocketAddr, path: &str) -> Response {
     roundtrip_at(addr, format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
-}
-
-/// The value of the `/metrics` sample named `series` (labels included).
-pub fn metric_at(addr: SocketAddr, series: &str) -> Option<f64> {
-    let text = get_at(addr, "/metrics").body_text();
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap())
-    })
 }
 
 /// Publishes `body` raw to `query` on a new connection; returns the id.
@@ -281,20 +147,6 @@ pub fn closed_within(stream: &mut TcpStream, timeout: Duration) -> bool {
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return false,
             Err(e) => panic!("reading a stream: {e}"),
         }
-    }
-}
-
-/// Polls `condition` until it holds or `DEADLINE` passes; returns whether it held.
-pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -18,8 +18,8 @@ const SUBSCRIBE_TOKEN: &str = "sub-77b2-s3cr3t-e01f";
 #[test]
 fn tokens_never_reach_the_log() {
     let args = ["--publish-token", PUBLISH_TOKEN, "--subscribe-token", SUBSCRIBE_TOKEN, "--heartbeat", "0"];
-    let server = Child::start_with(std::process::Command::new(BIN), &args, "trace");
-    let addr = server.addr;
+    let server = Proc::start_with(std::process::Command::new(BIN), &args, "trace");
+    let addr = server.listening_addr();
     // A near miss differs in the last byte only; the others differ in length or everywhere.
     let near_miss = format!("{}X", &PUBLISH_TOKEN[..PUBLISH_TOKEN.len() - 1]);
     let offered = ["offered-wrong-71e3", near_miss.as_str(), SUBSCRIBE_TOKEN];

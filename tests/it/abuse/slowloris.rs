@@ -79,8 +79,8 @@ fn a_thousand_trickling_clients_get_408_and_do_not_delay_events() {
     // connects at once (std's `TcpListener::bind` asks for 128, and the overflow waits out a 1 s SYN
     // retransmission), and the trickling thread does not share the server's process.
     let timeout = HEADER_TIMEOUT.as_secs().to_string();
-    let server = Child::start(&["--header-timeout", &timeout, "--heartbeat", "0"]);
-    let addr = server.addr;
+    let server = Proc::start(&["--header-timeout", &timeout, "--heartbeat", "0"]);
+    let addr = server.listening_addr();
     let mut healthy = Subscriber::open_on(connect(addr), "/events?topic=live", "", "HTTP/1.1");
     let opening = Instant::now();
     let mut tricklers: Vec<Trickler> =
@@ -149,9 +149,9 @@ fn a_thousand_trickling_clients_get_408_and_do_not_delay_events() {
 
     drop(tricklers);
     assert!(
-        eventually(|| metric_at(addr, "ssed_connections") == Some(baseline)),
+        eventually(|| metric(addr, "ssed_connections") == Some(baseline)),
         "connections back to {baseline}: {:?}",
-        metric_at(addr, "ssed_connections")
+        metric(addr, "ssed_connections")
     );
     let id = publisher.publish("topic=live", b"after");
     assert_eq!(healthy.next_event().id, Some(id.to_string()));

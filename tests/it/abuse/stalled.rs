@@ -26,8 +26,8 @@ const EVENTS: usize = 768;
 const WINDOW: u64 = 4;
 
 fn lag_and_evicted_drops(addr: SocketAddr) -> f64 {
-    metric_at(addr, "ssed_subscribers_dropped_total{reason=\"lag\"}").unwrap_or(0.0)
-        + metric_at(addr, "ssed_subscribers_dropped_total{reason=\"evicted\"}").unwrap_or(0.0)
+    metric(addr, "ssed_subscribers_dropped_total{reason=\"lag\"}").unwrap_or(0.0)
+        + metric(addr, "ssed_subscribers_dropped_total{reason=\"evicted\"}").unwrap_or(0.0)
 }
 
 /// A thousand subscribers that never read, 24 MiB published: each is cut at `--max-lag`, RSS stays
@@ -44,7 +44,7 @@ fn lag_and_evicted_drops(addr: SocketAddr) -> f64 {
 #[test]
 fn readers_that_never_read_are_cut_and_memory_stays_bounded() {
     let _alone = exclusive();
-    let mut server = Child::start(&[
+    let mut server = Proc::start(&[
         "--heartbeat",
         "0",
         "--max-body",
@@ -56,7 +56,7 @@ fn readers_that_never_read_are_cut_and_memory_stays_bounded() {
         "--history",
         "100000",
     ]);
-    let addr = server.addr;
+    let addr = server.listening_addr();
     let rss_start = server.rss_kib();
 
     // The stalled clients: a 16 KiB receive window, a subscribe, the response head, then nothing.
@@ -84,9 +84,10 @@ fn readers_that_never_read_are_cut_and_memory_stays_bounded() {
             counter.fetch_add(1, Ordering::Release);
         }
     });
-    wait_until_at(addr, "every stream to be registered", |a| {
-        metric_at(a, "ssed_subscribers") == Some(STALLED as f64 + 1.0)
-    });
+    assert!(
+        eventually(|| metric(addr, "ssed_subscribers") == Some(STALLED as f64 + 1.0)),
+        "timed out waiting for every stream to be registered"
+    );
     let rss_connected = server.rss_kib();
 
     let mut publisher = PublishConn::open(addr);
@@ -126,7 +127,7 @@ fn readers_that_never_read_are_cut_and_memory_stays_bounded() {
         "every stalled reader is cut; {} were",
         lag_and_evicted_drops(addr)
     );
-    assert_eq!(metric_at(addr, "ssed_subscribers"), Some(1.0), "only the healthy reader is left");
+    assert_eq!(metric(addr, "ssed_subscribers"), Some(1.0), "only the healthy reader is left");
     // Each stalled client finds its stream closed once it drains what was in flight.
     for stream in stalled.iter_mut().take(20) {
         assert!(closed_within(stream, DEADLINE), "a stalled stream was not closed");
@@ -146,9 +147,4 @@ fn readers_that_never_read_are_cut_and_memory_stays_bounded() {
     assert!(growth < bound_kib, "RSS grew {growth} KiB, over the {bound_kib} KiB bound");
     assert!(second_half < 4096, "RSS grew {second_half} KiB while the second 12 MiB were published");
     assert!(server.alive());
-}
-
-/// Polls `condition(addr)` until it holds, failing after [`DEADLINE`].
-fn wait_until_at(addr: SocketAddr, what: &str, mut condition: impl FnMut(SocketAddr) -> bool) {
-    assert!(eventually(|| condition(addr)), "timed out waiting for {what}");
 }

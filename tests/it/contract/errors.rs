@@ -231,11 +231,14 @@ fn at_max_connections() {
 
     // Once a held connection goes, a subscribe gets a normal stream again.
     held.pop();
-    wait_until("a slot to free up", || {
-        let mut sub = Subscriber::open(&server, "/events?topic=t", "");
-        sub.next_event_within(Duration::from_millis(100));
-        sub.retries.first() == Some(&500) && !sub.ended
-    });
+    assert!(
+        eventually(|| {
+            let mut sub = Subscriber::open(&server, "/events?topic=t", "");
+            sub.next_event_within(Duration::from_millis(100));
+            sub.retries.first() == Some(&500) && !sub.ended
+        }),
+        "timed out waiting for a slot to free up"
+    );
 }
 
 #[test]

@@ -54,35 +54,48 @@ fn metrics_expose_the_contract_series_and_count() {
     // A labelled counter may have no sample before its first drop, but it is described.
     assert!(text.contains("ssed_subscribers_dropped_total"), "no ssed_subscribers_dropped_total in {text}");
 
-    let published = metric(&server, "ssed_events_published_total").unwrap();
-    let sent = metric(&server, "ssed_bytes_sent_total").unwrap();
+    let published = metric(server.addr, "ssed_events_published_total").unwrap();
+    let sent = metric(server.addr, "ssed_bytes_sent_total").unwrap();
     let mut sub = Subscriber::open(&server, "/events?topic=m", "");
     publish(&server, "topic=m", "one");
     server.publisher.publish(Event::new("two").topic("m")).unwrap();
     publish(&server, "topic=m", "three");
     next_events(&mut sub, 3);
 
-    assert_eq!(metric(&server, "ssed_events_published_total"), Some(published + 3.0));
-    assert_eq!(metric(&server, "ssed_history_events"), Some(2.0), "history holds 2");
-    assert!(metric(&server, "ssed_history_bytes").unwrap() > 0.0);
-    wait_until("ssed_bytes_sent_total to count the stream", || {
-        metric(&server, "ssed_bytes_sent_total").unwrap() > sent
-    });
+    assert_eq!(metric(server.addr, "ssed_events_published_total"), Some(published + 3.0));
+    assert_eq!(metric(server.addr, "ssed_history_events"), Some(2.0), "history holds 2");
+    assert!(metric(server.addr, "ssed_history_bytes").unwrap() > 0.0);
+    assert!(
+        eventually(|| { metric(server.addr, "ssed_bytes_sent_total").unwrap() > sent }),
+        "timed out waiting for ssed_bytes_sent_total to count the stream"
+    );
 }
 
 #[test]
 fn subscriber_gauge_follows_streams() {
     let server = TestServer::start(quiet_config());
-    assert_eq!(metric(&server, "ssed_subscribers"), Some(0.0));
+    assert_eq!(metric(server.addr, "ssed_subscribers"), Some(0.0));
     let first = Subscriber::open(&server, "/events?topic=a", "");
-    wait_until("ssed_subscribers to be 1", || metric(&server, "ssed_subscribers") == Some(1.0));
+    assert!(
+        eventually(|| metric(server.addr, "ssed_subscribers") == Some(1.0)),
+        "timed out waiting for ssed_subscribers to be 1"
+    );
     let second = Subscriber::open_on(server.connect(), "/events", "", "HTTP/1.0");
-    wait_until("ssed_subscribers to be 2", || metric(&server, "ssed_subscribers") == Some(2.0));
-    assert!(metric(&server, "ssed_connections").unwrap() >= 2.0);
+    assert!(
+        eventually(|| metric(server.addr, "ssed_subscribers") == Some(2.0)),
+        "timed out waiting for ssed_subscribers to be 2"
+    );
+    assert!(metric(server.addr, "ssed_connections").unwrap() >= 2.0);
     drop(first);
-    wait_until("ssed_subscribers to be 1", || metric(&server, "ssed_subscribers") == Some(1.0));
+    assert!(
+        eventually(|| metric(server.addr, "ssed_subscribers") == Some(1.0)),
+        "timed out waiting for ssed_subscribers to be 1"
+    );
     drop(second);
-    wait_until("ssed_subscribers to be 0", || metric(&server, "ssed_subscribers") == Some(0.0));
+    assert!(
+        eventually(|| metric(server.addr, "ssed_subscribers") == Some(0.0)),
+        "timed out waiting for ssed_subscribers to be 0"
+    );
 }
 
 const LAG_DROPS: &str = "ssed_subscribers_dropped_total{reason=\"lag\"}";
@@ -113,7 +126,7 @@ fn subscriber_that_never_reads_is_dropped_at_max_lag() {
 
     let padding = "p".repeat(1000);
     let mut sent = Vec::new();
-    while metric(&server, LAG_DROPS).unwrap_or(0.0) < 1.0 {
+    while metric(server.addr, LAG_DROPS).unwrap_or(0.0) < 1.0 {
         assert!(sent.len() < 20_000, "the stalled subscriber was not dropped after {} events", sent.len());
         assert!(started.elapsed() < DEADLINE, "the stalled subscriber was not dropped in time");
         for _ in 0..100 {
@@ -129,7 +142,7 @@ fn subscriber_that_never_reads_is_dropped_at_max_lag() {
     assert_eq!(seen.len(), sent.len(), "the healthy reader missed events");
     assert!(seen == sent, "the healthy reader got the events out of order or altered");
     assert_eq!(seen_end, end);
-    assert_eq!(metric(&server, LAG_DROPS), Some(1.0), "only the stalled subscriber was dropped");
+    assert_eq!(metric(server.addr, LAG_DROPS), Some(1.0), "only the stalled subscriber was dropped");
 
     // The stalled client finds its socket closed once it drains what was already in flight.
     stalled.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -142,7 +155,10 @@ fn subscriber_that_never_reads_is_dropped_at_max_lag() {
             Err(e) => panic!("the stalled subscriber's socket was not closed: {e}"),
         }
     }
-    wait_until("ssed_subscribers to be 0", || metric(&server, "ssed_subscribers") == Some(0.0));
+    assert!(
+        eventually(|| metric(server.addr, "ssed_subscribers") == Some(0.0)),
+        "timed out waiting for ssed_subscribers to be 0"
+    );
 }
 
 #[test]

@@ -71,18 +71,18 @@ fn last_event_id_header_wins_over_query() {
 #[test]
 fn resume_after_eviction_starts_with_gap_event() {
     let server = TestServer::start(Config { history: 3, ..quiet_config() });
-    let gaps_before = metric(&server, "ssed_resume_gaps_total").expect("ssed_resume_gaps_total");
+    let gaps_before = metric(server.addr, "ssed_resume_gaps_total").expect("ssed_resume_gaps_total");
     let ids = publish_r(&server, 5); // r1 and r2 leave the history
 
     let mut sub = Subscriber::open(&server, "/events?topic=r", &format!("Last-Event-ID: {}\r\n", ids[0]));
     expect_gap(&mut sub, ids[0], ids[2]);
     assert_eq!(next_events(&mut sub, 3), pairs(&ids[2..], &["r3", "r4", "r5"]));
-    assert_eq!(metric(&server, "ssed_resume_gaps_total"), Some(gaps_before + 1.0));
+    assert_eq!(metric(server.addr, "ssed_resume_gaps_total"), Some(gaps_before + 1.0));
 
     // From r2 nothing newer was lost (r2 itself went, but the client has it): no gap event.
     let mut from_r2 = Subscriber::open(&server, "/events?topic=r", &format!("Last-Event-ID: {}\r\n", ids[1]));
     assert_eq!(next_events(&mut from_r2, 3), pairs(&ids[2..], &["r3", "r4", "r5"]));
-    assert_eq!(metric(&server, "ssed_resume_gaps_total"), Some(gaps_before + 1.0));
+    assert_eq!(metric(server.addr, "ssed_resume_gaps_total"), Some(gaps_before + 1.0));
 
     expect_live_next(&server, "r", &mut [&mut sub, &mut from_r2]);
 }
