@@ -55,6 +55,7 @@ mod store;
 pub mod systemd;
 mod timer;
 mod topic;
+mod transport;
 
 /// Internals exposed for the criterion benches in `benches/`; not a stable API.
 #[doc(hidden)]

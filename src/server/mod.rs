@@ -12,14 +12,14 @@
 //! every marked subscriber, so events published in the same turn leave in one vectored write.
 
 use std::collections::{HashSet, VecDeque};
-use std::io::{IoSlice, Read, Write};
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, error, info, log_enabled, trace, warn, Level};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::broadcast::{self, Broadcast, Cursor, Framing, Limits, NewEvent, Selection};
@@ -38,6 +38,7 @@ use crate::sse;
 use crate::store::{Fsync, Record, Replayed, Store};
 use crate::systemd::Notifier;
 use crate::timer::deadline_after;
+use crate::transport::{Plain, Transport};
 
 mod expiry;
 mod publish;
@@ -386,7 +387,8 @@ enum Phase {
 }
 
 struct Conn {
-    stream: TcpStream,
+    /// The connection's bytes; the loop reads, writes, shuts and registers only through this seam.
+    transport: Plain,
     phase: Phase,
     /// Bytes queued ahead of everything else: response heads, answers, heartbeats, the gap notice.
     out: Vec<u8>,

@@ -40,7 +40,7 @@ impl Loop {
             self.metrics.connections_accepted += 1;
             net::tune_stream(&stream);
             let conn = Conn {
-                stream,
+                transport: Plain::new(stream),
                 phase: Phase::Requests(Box::new(RequestReader::new(self.now))),
                 out: Vec::new(),
                 out_at: 0,
@@ -58,7 +58,7 @@ impl Loop {
             let conn = self.conns.get_mut(key).expect("just inserted");
             // Both directions at once, edge-triggered: no re-registration is ever needed.
             if let Err(e) = self.poll.registry().register(
-                &mut conn.stream,
+                conn.transport.source(),
                 Token(key.to_token()),
                 Interest::READABLE | Interest::WRITABLE,
             ) {
@@ -88,7 +88,7 @@ impl Loop {
     pub(super) fn drain_input(&mut self, key: Key) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         loop {
-            match net::classify(conn.stream.read(&mut self.scratch), true) {
+            match conn.transport.read(&mut self.scratch) {
                 Outcome::Done(_) => continue,
                 Outcome::WouldBlock => return,
                 Outcome::Closed => return self.close(key, CloseReason::PeerClosed),
@@ -127,7 +127,7 @@ impl Loop {
             let budget = reader.read_budget(&self.config).saturating_sub(reader.input.len()).max(1);
             let want = budget.min(self.scratch.len());
             let was_idle = reader.waiting() == Waiting::Idle;
-            match net::classify(conn.stream.read(&mut self.scratch[..want]), true) {
+            match conn.transport.read(&mut self.scratch[..want]) {
                 Outcome::Done(n) => {
                     trace!("conn={} read {n} bytes", key.slot);
                     reader.input.extend_from_slice(&self.scratch[..n]);

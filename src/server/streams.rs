@@ -213,12 +213,9 @@ impl Loop {
             }
             return Wrote::Finished;
         }
-        let result = if used == 1 {
-            conn.stream.write(&slices[0])
-        } else {
-            conn.stream.write_vectored(&slices[..used])
-        };
-        match net::classify(result, false) {
+        match conn.transport.write_vectored(&slices[..used]) {
+            // `written` is what the transport accepted: the own bytes, the cursor and the lag
+            // check all count that, whatever it may still hold.
             Outcome::Done(written) => {
                 self.metrics.bytes_sent += written as u64;
                 conn.last_write = self.now;
@@ -261,7 +258,7 @@ impl Loop {
     /// client closes (or `LINGER` passes) so unread request bytes do not turn the close into a reset.
     pub(super) fn finish_closing(&mut self, key: Key) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        if conn.stream.shutdown(std::net::Shutdown::Write).is_err() {
+        if conn.transport.close_write().is_err() {
             return self.close(key, CloseReason::Done);
         }
         if self.stopping_by.is_some() {
@@ -416,7 +413,7 @@ impl Loop {
             self.log.release(&stream.selection);
             self.subscribers -= 1;
         }
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = self.poll.registry().deregister(conn.transport.source());
         if log_enabled!(Level::Debug) {
             debug!("conn={} closed: {reason:?}", key.slot);
         }

@@ -1,0 +1,170 @@
+//! The one seam between the event loop and a connection's bytes: the loop reads, writes, shuts the
+//! write side and (de)registers only through [`Transport`], so a transport that transforms the bytes
+//! (TLS) lives in one place instead of at every socket call.
+//!
+//! Results come back already classified ([`Outcome`], from [`net::classify`]), so every transport
+//! treats resets and `WouldBlock` alike. A write's `Done(n)` is the bytes the transport *accepted*
+//! from the slices: the loop advances its own buffer and the stream's cursor by exactly that, and its
+//! lag check counts only what the transport has not accepted.
+
+use std::io::{self, IoSlice, Read, Write};
+
+use mio::net::TcpStream;
+
+use crate::net::{self, Outcome};
+
+/// A connection's byte stream as the loop sees it.
+///
+/// Static dispatch on purpose: a `Conn` holds its transport inline, and the memory per idle
+/// subscriber is a headline figure, so no box and no vtable pointer per connection.
+pub trait Transport {
+    /// What mio registers for readiness (the socket underneath).
+    type Source: mio::event::Source;
+
+    /// Reads into `buf`: `Done(n)` with `n > 0`, `Closed` at the peer's end of stream.
+    fn read(&mut self, buf: &mut [u8]) -> Outcome;
+
+    /// Writes the slices in order: `Done(n)` is how many of their bytes the transport accepted (a
+    /// prefix; it may be fewer than offered).
+    fn write_vectored(&mut self, slices: &[IoSlice<'_>]) -> Outcome;
+
+    /// Shuts the write side, so the peer reads its end of stream. A TLS transport would send its
+    /// `close_notify` here.
+    fn close_write(&mut self) -> io::Result<()>;
+
+    /// The socket, to register and deregister with the loop's `Poll`.
+    fn source(&mut self) -> &mut Self::Source;
+}
+
+/// Plain TCP: bytes go to the socket as they are.
+#[derive(Debug)]
+pub struct Plain(TcpStream);
+
+impl Plain {
+    /// Wraps an accepted, non-blocking stream.
+    pub fn new(stream: TcpStream) -> Plain {
+        Plain(stream)
+    }
+}
+
+impl Transport for Plain {
+    type Source = TcpStream;
+
+    fn read(&mut self, buf: &mut [u8]) -> Outcome {
+        net::classify(self.0.read(buf), true)
+    }
+
+    fn write_vectored(&mut self, slices: &[IoSlice<'_>]) -> Outcome {
+        // One slice is the common case (an answer, one frame): a plain `write` is cheaper than
+        // `writev` with a one-element vector.
+        let result = match slices {
+            [one] => self.0.write(one),
+            _ => self.0.write_vectored(slices),
+        };
+        net::classify(result, false)
+    }
+
+    fn close_write(&mut self) -> io::Result<()> {
+        self.0.shutdown(std::net::Shutdown::Write)
+    }
+
+    fn source(&mut self) -> &mut TcpStream {
+        &mut self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream as StdStream};
+    use std::time::Duration;
+
+    use mio::{Events, Interest, Poll, Token};
+
+    /// A plain transport and the std client on the other end of a loopback connection.
+    fn pair() -> (Plain, StdStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let client = StdStream::connect(listener.local_addr().expect("address")).expect("connect");
+        client.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+        let (server, _) = listener.accept().expect("accept");
+        server.set_nonblocking(true).expect("non-blocking");
+        (Plain::new(TcpStream::from_std(server)), client)
+    }
+
+    /// Waits (bounded) until the transport's socket is readable, through its mio source.
+    fn wait_readable(poll: &mut Poll) {
+        let mut events = Events::with_capacity(4);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while events.is_empty() {
+            let left = deadline.checked_duration_since(std::time::Instant::now()).expect("readable in time");
+            poll.poll(&mut events, Some(left)).expect("poll");
+        }
+    }
+
+    #[test]
+    fn plain_reads_writes_vectored_and_would_block() {
+        let (mut plain, mut client) = pair();
+        let mut poll = Poll::new().expect("poll");
+        poll.registry().register(plain.source(), Token(0), Interest::READABLE).expect("register");
+
+        let mut buf = [0u8; 64];
+        assert!(matches!(plain.read(&mut buf), Outcome::WouldBlock), "nothing sent yet");
+
+        client.write_all(b"hello").expect("client writes");
+        wait_readable(&mut poll);
+        match plain.read(&mut buf) {
+            Outcome::Done(n) => assert_eq!(&buf[..n], b"hello"),
+            other => panic!("expected the client's bytes, got {other:?}"),
+        }
+
+        let slices = [IoSlice::new(b"ab"), IoSlice::new(b""), IoSlice::new(b"cdef")];
+        assert!(matches!(plain.write_vectored(&slices), Outcome::Done(6)));
+        assert!(matches!(plain.write_vectored(&[IoSlice::new(b"g")]), Outcome::Done(1)));
+        let mut got = [0u8; 7];
+        client.read_exact(&mut got).expect("client reads");
+        assert_eq!(&got, b"abcdefg");
+
+        // The client reads nothing more: the socket fills, and the transport says so.
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut accepted = 0usize;
+        let full = (0..4096).any(|_| match plain.write_vectored(&[IoSlice::new(&chunk)]) {
+            Outcome::Done(n) => {
+                accepted += n;
+                false
+            }
+            Outcome::WouldBlock => true,
+            other => panic!("expected Done or WouldBlock, got {other:?}"),
+        });
+        assert!(full, "256 MiB went into a socket nobody reads");
+        assert!(accepted > 0);
+
+        poll.registry().deregister(plain.source()).expect("deregister");
+    }
+
+    #[test]
+    fn plain_close_write_gives_the_peer_its_end_of_stream() {
+        let (mut plain, mut client) = pair();
+        assert!(matches!(plain.write_vectored(&[IoSlice::new(b"bye")]), Outcome::Done(3)));
+        plain.close_write().expect("shutdown");
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).expect("the client reads to its end of stream");
+        assert_eq!(got, b"bye");
+
+        // The read side stays open: the client's bytes and then its close still arrive.
+        let mut poll = Poll::new().expect("poll");
+        poll.registry().register(plain.source(), Token(0), Interest::READABLE).expect("register");
+        client.write_all(b"late").expect("client writes");
+        drop(client);
+        let mut buf = [0u8; 16];
+        let mut read = Vec::new();
+        loop {
+            match plain.read(&mut buf) {
+                Outcome::Done(n) => read.extend_from_slice(&buf[..n]),
+                Outcome::WouldBlock => wait_readable(&mut poll),
+                Outcome::Closed => break,
+                Outcome::Failed(e) => panic!("read failed: {e}"),
+            }
+        }
+        assert_eq!(read, b"late");
+    }
+}
