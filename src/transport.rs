@@ -25,18 +25,24 @@ pub trait Transport {
     fn read(&mut self, buf: &mut [u8]) -> Outcome;
 
     /// Writes the slices in order: `Done(n)` is how many of their bytes the transport accepted (a
-    /// prefix; it may be fewer than offered).
+    /// prefix; it may be fewer than offered). With no slices, it only pushes out what the transport
+    /// still holds ([`Transport::wants_write`]): `Done(0)` once nothing is held, `WouldBlock`
+    /// while the socket is full.
     fn write_vectored(&mut self, slices: &[IoSlice<'_>]) -> Outcome;
 
-    /// Shuts the write side, so the peer reads its end of stream. A TLS transport would send its
-    /// `close_notify` here.
+    /// Whether the transport holds accepted bytes it has not yet put on the socket (a TLS transport's
+    /// ciphertext). The loop keeps writing, and does not shut the write side, while this is true.
+    fn wants_write(&self) -> bool;
+
+    /// Shuts the write side, so the peer reads its end of stream; called once
+    /// [`Transport::wants_write`] is false. A TLS transport would send its `close_notify` here.
     fn close_write(&mut self) -> io::Result<()>;
 
     /// The socket, to register and deregister with the loop's `Poll`.
     fn source(&mut self) -> &mut Self::Source;
 }
 
-/// Plain TCP: bytes go to the socket as they are.
+/// Plain TCP: bytes go to the socket as they are; nothing is ever held back.
 #[derive(Debug)]
 pub struct Plain(TcpStream);
 
@@ -62,6 +68,10 @@ impl Transport for Plain {
             _ => self.0.write_vectored(slices),
         };
         net::classify(result, false)
+    }
+
+    fn wants_write(&self) -> bool {
+        false
     }
 
     fn close_write(&mut self) -> io::Result<()> {
@@ -104,6 +114,7 @@ mod tests {
     #[test]
     fn plain_reads_writes_vectored_and_would_block() {
         let (mut plain, mut client) = pair();
+        assert!(!plain.wants_write());
         let mut poll = Poll::new().expect("poll");
         poll.registry().register(plain.source(), Token(0), Interest::READABLE).expect("register");
 
@@ -137,6 +148,7 @@ mod tests {
         });
         assert!(full, "256 MiB went into a socket nobody reads");
         assert!(accepted > 0);
+        assert!(!plain.wants_write(), "plain TCP never holds bytes back");
 
         poll.registry().deregister(plain.source()).expect("deregister");
     }

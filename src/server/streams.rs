@@ -204,7 +204,7 @@ impl Loop {
                 gathered = Some(g);
             }
         }
-        if used == 0 {
+        if used == 0 && !conn.transport.wants_write() {
             // Everything written: give the buffer back so an idle connection holds no heap.
             conn.out = Vec::new();
             conn.out_at = 0;
@@ -213,6 +213,7 @@ impl Loop {
             }
             return Wrote::Finished;
         }
+        // With nothing new (`used == 0`) this only pushes out what the transport still holds.
         match conn.transport.write_vectored(&slices[..used]) {
             // `written` is what the transport accepted: the own bytes, the cursor and the lag
             // check all count that, whatever it may still hold.
@@ -229,7 +230,7 @@ impl Loop {
                 // finish now instead of gathering again only to find nothing.
                 let took_all = written == own + gathered.map_or(0, |g| g.bytes);
                 let gathered_all = gathered.map_or(true, |g| g.slices < room && g.bytes < MAX_WRITE_BYTES);
-                if took_all && gathered_all && !conn.closing {
+                if took_all && gathered_all && !conn.closing && !conn.transport.wants_write() {
                     conn.out = Vec::new();
                     conn.out_at = 0;
                     return Wrote::Finished;
@@ -256,8 +257,14 @@ impl Loop {
 
     /// All owed bytes are written on a closing connection: shut the write side, then read until the
     /// client closes (or `LINGER` passes) so unread request bytes do not turn the close into a reset.
+    ///
+    /// A transport still holding bytes is flushed first (`write_once` comes back here once it is
+    /// empty); plain TCP never holds any.
     pub(super) fn finish_closing(&mut self, key: Key) {
         let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.transport.wants_write() {
+            return self.flush(key);
+        }
         if conn.transport.close_write().is_err() {
             return self.close(key, CloseReason::Done);
         }
