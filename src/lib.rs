@@ -9,7 +9,7 @@
 //! - the core ([`broadcast`], `http`, `sse`, `timer`, `conn`) does no I/O and never reads the clock: it
 //!   takes bytes and an explicit `now`, and returns what should happen next, so it is tested without
 //!   sockets or sleeps;
-//! - the shell (`server`, `net`) owns the `mio::Poll`, the listener and the connections, reads until
+//! - the shell (`server`, `net`, `transport`) owns the `mio::Poll`, the listener and the connections, reads until
 //!   `WouldBlock`, feeds the core, and writes frames straight out of the shared log.
 //!
 //! Every event is encoded once, at publish time, into its final wire bytes and kept in a bounded
