@@ -40,6 +40,7 @@ pub mod broadcast;
 mod config;
 mod conn;
 mod error;
+pub mod event;
 mod fanout;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
