@@ -11,7 +11,7 @@ use std::fmt;
 use crate::sse::{self, EventTypeError};
 use crate::topic::{self, TopicError};
 
-/// An event that passed [`Draft::validate`]: at least one and at most [`topic::MAX_TOPICS`] valid
+/// An event that passed [`Draft::validate`]: at least one and at most 64 (`topic::MAX_TOPICS`) valid
 /// topics, a valid type if any, and UTF-8 data within the size cap it was checked against.
 ///
 /// It has no id: ids are assigned when it enters the history. The log encodes it and the durable
@@ -105,7 +105,7 @@ impl Draft {
 pub enum EventError {
     /// No topic at all.
     NoTopic,
-    /// More than [`topic::MAX_TOPICS`] topics.
+    /// More than 64 topics (`topic::MAX_TOPICS`).
     TooManyTopics,
     /// A topic name breaks the rules.
     Topic(TopicError),

@@ -235,6 +235,8 @@ mod tests {
             (Refusal::Head(HeadError::LengthAndEncoding), 400, true),
             (Refusal::Route(RouteError::Unauthorized), 401, false),
             (Refusal::Overloaded, 503, true),
+            (Refusal::Publish(PublishError::TooLarge), 413, false),
+            (Refusal::Publish(PublishError::Storage("disk full".into())), 503, false),
         ];
         for (refusal, status, closes) in cases {
             assert_eq!(refusal.status(), status, "{refusal:?}");
