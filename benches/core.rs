@@ -7,7 +7,8 @@ use std::io::IoSlice;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ssed::__bench::{encode_frame, parse_head, Fields};
-use ssed::broadcast::{Broadcast, Framing, Limits, NewEvent, MAX_SLICES};
+use ssed::broadcast::{Broadcast, Framing, Limits, MAX_SLICES};
+use ssed::event::{Draft, Event};
 
 const DATA_100: &str =
     "{\"role\":\"assistant\",\"content\":\"a token or two of a streamed answer, about a hundred bytes\"}";
@@ -53,11 +54,17 @@ fn parse(c: &mut Criterion) {
 
 /// What the server does with a publish to a history that lives only in memory: the next id, the
 /// encoding, the insert (with eviction) under topic `chat`. Returns the id.
-fn publish(log: &mut Broadcast, event: &NewEvent<'_>) -> u64 {
+fn publish(log: &mut Broadcast, event: &Event) -> u64 {
     let id = log.next_id(0);
     let encoded = log.encode(event, id).expect("fits");
     log.insert(&["chat"], encoded);
     id
+}
+
+/// A 100-byte event to topic `chat`.
+fn event_100() -> Event {
+    let draft = Draft { topics: vec!["chat".into()], data: DATA_100.as_bytes().to_vec(), ..Draft::default() };
+    draft.validate(usize::MAX).expect("a valid event")
 }
 
 fn append(c: &mut Criterion) {
@@ -65,7 +72,7 @@ fn append(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     // A full history, so every append also evicts: the steady state of a busy server.
     let mut log = Broadcast::new(Limits { events: 10_000, bytes: 64 << 20 }, 1);
-    let event = NewEvent { event_type: None, retry_ms: None, data: DATA_100 };
+    let event = event_100();
     for _ in 0..10_000 {
         publish(&mut log, &event);
     }
@@ -81,7 +88,7 @@ fn fanout(c: &mut Criterion) {
         let mut log = Broadcast::new(Limits { events: 10_000, bytes: 64 << 20 }, 1);
         let selection = log.acquire(&["chat"]);
         let mut cursors: Vec<_> = (0..subscribers).map(|_| log.resume(&selection, None).cursor).collect();
-        let event = NewEvent { event_type: None, retry_ms: None, data: DATA_100 };
+        let event = event_100();
         group.throughput(Throughput::Elements(subscribers as u64));
         group.bench_with_input(BenchmarkId::new("one-publish", subscribers), &subscribers, |b, _| {
             b.iter(|| {

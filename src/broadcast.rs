@@ -22,6 +22,7 @@ use std::fmt;
 use std::io::IoSlice;
 use std::sync::Arc;
 
+use crate::event::Event;
 use crate::http::chunk;
 use crate::sse;
 
@@ -132,17 +133,6 @@ pub struct Resume {
     /// The first sequence number that is live for it: events from here on were published after it
     /// started, those before are its catch-up (see [`Broadcast::lag`]).
     pub live_from: u64,
-}
-
-/// The fields of an event to publish, already validated.
-#[derive(Debug, Clone, Copy)]
-pub struct NewEvent<'a> {
-    /// The `event:` type, if any.
-    pub event_type: Option<&'a str>,
-    /// The `retry:` field in milliseconds, if any.
-    pub retry_ms: Option<u64>,
-    /// The data.
-    pub data: &'a str,
 }
 
 /// An event encoded into its wire bytes, ready for [`Broadcast::insert`].
@@ -497,14 +487,14 @@ impl Broadcast {
     }
 
     /// Encodes an event with `id` into its wire bytes, refusing one larger than the whole history.
-    pub fn encode(&mut self, event: &NewEvent<'_>, id: u64) -> Result<Encoded, PublishError> {
+    pub fn encode(&mut self, event: &Event, id: u64) -> Result<Encoded, PublishError> {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         let fields = sse::Fields {
             id: Some(id),
-            event_type: event.event_type,
-            retry_ms: event.retry_ms,
-            data: event.data,
+            event_type: event.event_type(),
+            retry_ms: event.retry_ms(),
+            data: event.data(),
         };
         sse::encode_frame(&fields, &mut scratch);
         let mut wire = Vec::with_capacity(scratch.len() + chunk::MAX_CHUNK_OVERHEAD);
@@ -564,7 +554,7 @@ impl Broadcast {
     pub fn publish(
         &mut self,
         topics: &[&str],
-        event: &NewEvent<'_>,
+        event: &Event,
         now_micros: u64,
     ) -> Result<(EventId, &[TopicId]), PublishError> {
         let id = self.next_id(now_micros);
@@ -912,15 +902,22 @@ fn lower_bound_from_back(events: &VecDeque<(u64, u64)>, seq: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Draft;
 
     const BIG: Limits = Limits { events: 1000, bytes: 1 << 30 };
+
+    /// An event carrying `data` (its topics are the ones `publish` is given).
+    fn event(data: &str) -> Event {
+        let draft = Draft { topics: vec!["t".into()], data: data.as_bytes().to_vec(), ..Draft::default() };
+        draft.validate(usize::MAX).expect("a valid event")
+    }
 
     fn log(limits: Limits) -> Broadcast {
         Broadcast::new(limits, 100)
     }
 
     fn publish(log: &mut Broadcast, topics: &[&str], data: &str) -> u64 {
-        let event = NewEvent { event_type: None, retry_ms: None, data };
+        let event = event(data);
         log.publish(topics, &event, 0).expect("fits").0.get()
     }
 
@@ -948,7 +945,7 @@ mod tests {
     #[test]
     fn ids_follow_the_clock_and_strictly_increase() {
         let mut log = Broadcast::new(BIG, 1_000);
-        let event = NewEvent { event_type: None, retry_ms: None, data: "x" };
+        let event = event("x");
         assert_eq!(log.publish(&["a"], &event, 0).unwrap().0.get(), 1_000);
         assert_eq!(
             log.publish(&["a"], &event, 500).unwrap().0.get(),
@@ -1015,7 +1012,7 @@ mod tests {
     #[test]
     fn refuses_an_event_larger_than_the_history() {
         let mut log = log(Limits { events: 10, bytes: 64 });
-        let event = NewEvent { event_type: None, retry_ms: None, data: &"x".repeat(100) };
+        let event = event(&"x".repeat(100));
         assert_eq!(log.publish(&["a"], &event, 0).err(), Some(PublishError::TooLarge));
         assert!(log.is_empty());
     }
@@ -1393,7 +1390,7 @@ mod tests {
     #[test]
     fn evicts_by_age_through_ids() {
         let mut log = Broadcast::new(BIG, 1_000);
-        let event = NewEvent { event_type: None, retry_ms: None, data: "x" };
+        let event = event("x");
         for now in [1_000, 2_000, 3_000] {
             log.publish(&["a"], &event, now).unwrap();
         }

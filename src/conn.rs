@@ -7,10 +7,11 @@
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::event::Event;
 use crate::http::chunk::ChunkedDecoder;
 use crate::http::request::{self, BodyFraming, Head};
 use crate::http::response::Refusal;
-use crate::http::route::{self, Publish, PublishTarget, Route, Subscribe};
+use crate::http::route::{self, PublishTarget, Route, Subscribe};
 
 /// A complete request, ready to carry out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +19,7 @@ pub enum Action {
     /// Open a stream (or answer `HEAD` with its headers).
     Subscribe(Subscribe),
     /// Store an event.
-    Publish(Publish),
+    Publish(Event),
     /// `GET /health`.
     Health,
     /// `GET /metrics`.
@@ -340,7 +341,7 @@ mod tests {
 
     fn publish_data(incoming: &Incoming) -> &str {
         match incoming {
-            Incoming::Request(_, Action::Publish(p)) => &p.data,
+            Incoming::Request(_, Action::Publish(p)) => p.data(),
             other => panic!("expected a publish, got {other:?}"),
         }
     }

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::io;
 
+use crate::event::PublishError;
+
 /// Everything that can go wrong when configuring, starting or using an ssed server.
 ///
 /// The message names the step that failed ("binding 127.0.0.1:8080: Address already in use"), so a
@@ -63,6 +65,16 @@ impl fmt::Display for Error {
         match &self.source {
             Some(source) => write!(f, "{}: {}", self.context, source),
             None => f.write_str(&self.context),
+        }
+    }
+}
+
+/// What a [`Publisher`](crate::Publisher) hears when the server did not store a valid event.
+impl From<PublishError> for Error {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::TooLarge => Error::invalid_event(format!("event refused: {e}")),
+            PublishError::Storage(reason) => Error::unavailable(reason),
         }
     }
 }

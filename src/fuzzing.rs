@@ -11,9 +11,10 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::conn::{Action, Incoming, RequestReader, Waiting};
+use crate::event::Event;
 use crate::http::chunk::{self, ChunkedDecoder};
 use crate::http::response::{self, Refusal};
-use crate::http::route::{self, Publish, PublishTarget};
+use crate::http::route::{self, PublishTarget};
 use crate::sse;
 use crate::topic;
 
@@ -120,9 +121,9 @@ fn check_incoming(incoming: &Incoming, config: &Config) {
         Incoming::Request(meta, action) => match action {
             Action::Publish(publish) => {
                 assert!(
-                    publish.data.len() <= config.max_body,
+                    publish.data().len() <= config.max_body,
                     "published {} bytes of data over a cap of {}",
-                    publish.data.len(),
+                    publish.data().len(),
                     config.max_body
                 );
                 check_publish(publish);
@@ -148,12 +149,12 @@ fn check_incoming(incoming: &Incoming, config: &Config) {
     }
 }
 
-fn check_publish(publish: &Publish) {
-    assert!(!publish.topics.is_empty(), "a publish without a topic");
-    for name in &publish.topics {
+fn check_publish(publish: &Event) {
+    assert!(!publish.topics().is_empty(), "a publish without a topic");
+    for name in publish.topics() {
         assert_eq!(topic::validate(name.as_bytes()), Ok(()), "published to {name:?}");
     }
-    if let Some(event_type) = &publish.event_type {
+    if let Some(event_type) = publish.event_type() {
         assert_eq!(sse::validate_event_type(event_type.as_bytes()), Ok(()), "event type {event_type:?}");
     }
 }
@@ -188,10 +189,10 @@ pub fn publish_body(data: &[u8]) {
     let target = PublishTarget { topics: vec!["q".into()], event_type: event_type.clone() };
     match route::publish_body(target, body.clone()) {
         Ok(publish) => {
-            assert_eq!(publish.data.as_bytes(), &body[..]);
-            assert_eq!(publish.topics, ["q"]);
-            assert_eq!(publish.event_type, event_type);
-            assert_eq!(publish.retry_ms, None);
+            assert_eq!(publish.data().as_bytes(), &body[..]);
+            assert_eq!(publish.topics(), ["q"]);
+            assert_eq!(publish.event_type(), event_type.as_deref());
+            assert_eq!(publish.retry_ms(), None);
         }
         Err(_) => assert!(std::str::from_utf8(&body).is_err(), "a UTF-8 raw body was refused"),
     }
@@ -261,13 +262,13 @@ fn decode_chunked(input: &[u8], limit: usize, largest: usize, seed: u8) -> Optio
 }
 
 /// A form carrying `publish`'s fields, every byte outside the unreserved set percent-encoded.
-fn form_of(publish: &Publish) -> Vec<u8> {
-    let mut fields: Vec<(&str, String)> = publish.topics.iter().map(|t| ("topic", t.clone())).collect();
-    fields.push(("data", publish.data.clone()));
-    if let Some(event_type) = &publish.event_type {
-        fields.push(("type", event_type.clone()));
+fn form_of(publish: &Event) -> Vec<u8> {
+    let mut fields: Vec<(&str, String)> = publish.topics().iter().map(|t| ("topic", t.clone())).collect();
+    fields.push(("data", publish.data().to_string()));
+    if let Some(event_type) = publish.event_type() {
+        fields.push(("type", event_type.to_string()));
     }
-    if let Some(retry) = publish.retry_ms {
+    if let Some(retry) = publish.retry_ms() {
         fields.push(("retry", retry.to_string()));
     }
     let mut form = String::new();

@@ -10,17 +10,19 @@ use std::time::Duration;
 
 use crate::broadcast::EventId;
 use crate::error::Error;
-use crate::topic;
+use crate::event::{self, Draft};
 
 /// An event to publish through a [`Publisher`]: data, the topics it belongs to, and an optional type.
 ///
-/// The id is not part of it: ids are assigned by the server when the event enters the history.
+/// A builder: [`Publisher::publish`] checks it against the contract's rules (the same ones an HTTP
+/// publish meets) and refuses a bad one. The id is not part of it: ids are assigned by the server
+/// when the event enters the history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    pub(crate) topics: Vec<String>,
-    pub(crate) event_type: Option<String>,
-    pub(crate) data: String,
-    pub(crate) retry: Option<Duration>,
+    topics: Vec<String>,
+    event_type: Option<String>,
+    data: String,
+    retry: Option<Duration>,
 }
 
 impl Event {
@@ -47,34 +49,22 @@ impl Event {
         self
     }
 
-    /// Checks the event against the contract's rules, so a bad one is refused in the caller's thread.
-    pub(crate) fn validate(&self, max_body: usize) -> Result<(), Error> {
-        if self.topics.is_empty() {
-            return Err(Error::invalid_event("an event needs at least one topic"));
-        }
-        if self.topics.len() > topic::MAX_TOPICS {
-            return Err(Error::invalid_event(format!("too many topics: at most {}", topic::MAX_TOPICS)));
-        }
-        for name in &self.topics {
-            topic::validate(name.as_bytes()).map_err(|e| Error::invalid_event(e.to_string()))?;
-        }
-        if let Some(event_type) = &self.event_type {
-            crate::sse::validate_event_type(event_type.as_bytes())
-                .map_err(|e| Error::invalid_event(e.to_string()))?;
-        }
-        if self.data.len() > max_body {
-            return Err(Error::invalid_event(format!(
-                "event data is {} bytes, over the {max_body}-byte limit",
-                self.data.len()
-            )));
-        }
-        Ok(())
+    /// Checks the event against the contract's rules ([`Draft::validate`]), so a bad one is refused
+    /// in the caller's thread and the event loop only ever sees a valid one.
+    pub(crate) fn into_valid(self, max_body: usize) -> Result<event::Event, Error> {
+        let draft = Draft {
+            topics: self.topics,
+            event_type: self.event_type,
+            retry_ms: self.retry.map(|r| r.as_millis() as u64),
+            data: self.data.into_bytes(),
+        };
+        draft.validate(max_body).map_err(|e| Error::invalid_event(e.to_string()))
     }
 }
 
 /// A message from a handle to the event loop.
 pub(crate) enum Command {
-    Publish(Event, mpsc::SyncSender<Result<EventId, Error>>),
+    Publish(event::Event, mpsc::SyncSender<Result<EventId, Error>>),
 }
 
 /// The sending half shared by every handle of one server.
@@ -107,7 +97,7 @@ impl Publisher {
     /// Fails with [`ErrorKind::InvalidEvent`](crate::ErrorKind::InvalidEvent) for a bad topic, type or
     /// size, and with [`ErrorKind::Stopped`](crate::ErrorKind::Stopped) once the server has stopped.
     pub fn publish(&self, event: Event) -> Result<EventId, Error> {
-        event.validate(self.mailbox.max_body)?;
+        let event = event.into_valid(self.mailbox.max_body)?;
         if self.mailbox.shutdown.load(Ordering::Acquire) {
             return Err(Error::stopped());
         }

@@ -6,7 +6,7 @@
 //!
 //! # Design
 //! The code is split into a pure core and a thin shell:
-//! - the core ([`broadcast`], `http`, `sse`, `timer`, `conn`) does no I/O and never reads the clock: it
+//! - the core ([`event`], [`broadcast`], `http`, `sse`, `timer`, `conn`) does no I/O and never reads the clock: it
 //!   takes bytes and an explicit `now`, and returns what should happen next, so it is tested without
 //!   sockets or sleeps;
 //! - the shell (`server`, `net`, `transport`) owns the `mio::Poll`, the listener and the connections, reads until
@@ -40,6 +40,7 @@ pub mod broadcast;
 mod config;
 mod conn;
 mod error;
+pub mod event;
 mod fanout;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -56,6 +56,7 @@
 //! first word is a length above 2^30): a data directory this version has written to cannot go
 //! back to an older ssed.
 
+use std::borrow::Borrow;
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -66,6 +67,7 @@ use std::str::FromStr;
 use log::{error, info, warn};
 
 use crate::error::Error;
+use crate::event::Event;
 
 /// When a publish is considered safe, and so when it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -104,19 +106,16 @@ impl fmt::Display for Fsync {
     }
 }
 
-/// One event as stored.
+/// One event as stored: its id and the event.
+///
+/// `E` is an owned [`Event`] when read back and a borrowed `&Event` when written, so a publish
+/// writes its record without copying the event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
+pub struct Record<E = Event> {
     /// Its id.
     pub id: u64,
-    /// Its topics.
-    pub topics: Vec<String>,
-    /// Its `event:` type.
-    pub event_type: Option<String>,
-    /// Its `retry:` field.
-    pub retry_ms: Option<u64>,
-    /// Its data.
-    pub data: String,
+    /// The event.
+    pub event: E,
 }
 
 /// Bytes before a record's payload: its first word (format and length) and its checksum.
@@ -161,16 +160,16 @@ impl std::error::Error for EncodeError {}
 
 /// Appends `record` to `out` in the current on-disk format (version 2). On error `out` is left as
 /// it was.
-pub fn encode_record(record: &Record, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+pub fn encode_record<E: Borrow<Event>>(record: &Record<E>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let start = out.len();
-    let encoded = encode_v2(record, out);
+    let encoded = encode_v2(record.id, record.event.borrow(), out);
     if encoded.is_err() {
         out.truncate(start);
     }
     encoded
 }
 
-fn encode_v2(record: &Record, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+fn encode_v2(id: u64, event: &Event, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     fn field(out: &mut Vec<u8>, text: &str, too_long: EncodeError) -> Result<(), EncodeError> {
         let len = u16::try_from(text.len()).map_err(|_| too_long)?;
         out.extend_from_slice(&len.to_le_bytes());
@@ -179,23 +178,23 @@ fn encode_v2(record: &Record, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     }
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_BYTES]);
-    out.extend_from_slice(&record.id.to_le_bytes());
-    let count = u16::try_from(record.topics.len()).map_err(|_| EncodeError::TooManyTopics)?;
+    out.extend_from_slice(&id.to_le_bytes());
+    let count = u16::try_from(event.topics().len()).map_err(|_| EncodeError::TooManyTopics)?;
     out.extend_from_slice(&count.to_le_bytes());
-    for topic in &record.topics {
+    for topic in event.topics() {
         field(out, topic, EncodeError::TopicTooLong)?;
     }
-    field(out, record.event_type.as_deref().unwrap_or(""), EncodeError::TypeTooLong)?;
-    match record.retry_ms {
+    field(out, event.event_type().unwrap_or(""), EncodeError::TypeTooLong)?;
+    match event.retry_ms() {
         Some(ms) => {
             out.push(1);
             out.extend_from_slice(&ms.to_le_bytes());
         }
         None => out.push(0),
     }
-    let data_len = u32::try_from(record.data.len()).map_err(|_| EncodeError::RecordTooLong)?;
+    let data_len = u32::try_from(event.data().len()).map_err(|_| EncodeError::RecordTooLong)?;
     out.extend_from_slice(&data_len.to_le_bytes());
-    out.extend_from_slice(record.data.as_bytes());
+    out.extend_from_slice(event.data().as_bytes());
     let payload_len = out.len() - start - HEADER_BYTES;
     let payload_len = u32::try_from(payload_len)
         .ok()
@@ -294,7 +293,8 @@ fn parse_payload(payload: &[u8], format: Format) -> Option<Record> {
     if !reader.0.is_empty() || topics.is_empty() {
         return None;
     }
-    Some(Record { id, topics, event_type: (!event_type.is_empty()).then_some(event_type), retry_ms, data })
+    let event_type = (!event_type.is_empty()).then_some(event_type);
+    Some(Record { id, event: Event::from_record(topics, event_type, retry_ms, data) })
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -739,7 +739,7 @@ impl Store {
     ///
     /// A record the format cannot hold (see [`EncodeError`]) is refused with
     /// [`io::ErrorKind::InvalidInput`] before anything is written.
-    pub fn append(&mut self, record: &Record) -> io::Result<()> {
+    pub fn append<E: Borrow<Event>>(&mut self, record: &Record<E>) -> io::Result<()> {
         self.buf.clear();
         encode_record(record, &mut self.buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         if self.len >= self.segment_limit && self.segments.back().is_some_and(|s| s.last_id > 0) {
@@ -858,14 +858,19 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// A record from its fields; the store takes them as they come, checked or not.
+    fn stored(
+        id: u64,
+        topics: Vec<String>,
+        event_type: Option<String>,
+        retry_ms: Option<u64>,
+        data: String,
+    ) -> Record {
+        Record { id, event: Event::from_record(topics, event_type, retry_ms, data) }
+    }
+
     fn record(id: u64, data: &str) -> Record {
-        Record {
-            id,
-            topics: vec!["a".into(), "b/c".into()],
-            event_type: Some("t".into()),
-            retry_ms: Some(5),
-            data: data.into(),
-        }
+        stored(id, vec!["a".into(), "b/c".into()], Some("t".into()), Some(5), data.into())
     }
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -889,23 +894,24 @@ mod tests {
         let start = out.len();
         out.extend_from_slice(&[0; HEADER_BYTES]);
         out.extend_from_slice(&record.id.to_le_bytes());
-        out.extend_from_slice(&(record.topics.len() as u16).to_le_bytes());
-        for topic in &record.topics {
+        let event = &record.event;
+        out.extend_from_slice(&(event.topics().len() as u16).to_le_bytes());
+        for topic in event.topics() {
             out.push(topic.len() as u8);
             out.extend_from_slice(topic.as_bytes());
         }
-        let event_type = record.event_type.as_deref().unwrap_or("");
+        let event_type = event.event_type().unwrap_or("");
         out.push(event_type.len() as u8);
         out.extend_from_slice(event_type.as_bytes());
-        match record.retry_ms {
+        match event.retry_ms() {
             Some(ms) => {
                 out.push(1);
                 out.extend_from_slice(&ms.to_le_bytes());
             }
             None => out.push(0),
         }
-        out.extend_from_slice(&(record.data.len() as u32).to_le_bytes());
-        out.extend_from_slice(record.data.as_bytes());
+        out.extend_from_slice(&(event.data().len() as u32).to_le_bytes());
+        out.extend_from_slice(event.data().as_bytes());
         let payload_len = (out.len() - start - HEADER_BYTES) as u32;
         let crc = crc32fast::hash(&out[start + HEADER_BYTES..]);
         out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
@@ -928,8 +934,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_in_both_formats() {
-        let plain =
-            Record { id: 1, topics: vec!["x".into()], event_type: None, retry_ms: None, data: String::new() };
+        let plain = stored(1, vec!["x".into()], None, None, String::new());
         for format in FORMATS {
             let bytes = encode_all(format, &[record(7, "héllo\nworld"), plain.clone()]);
             let (first, used) = decode_record(&bytes).unwrap();
@@ -951,13 +956,7 @@ mod tests {
         v1.extend_from_slice(&[1, 0, 2, b'a', b'b']); // one topic, "ab"
         v1.extend_from_slice(&[1, b't', 0]); // type "t", no retry
         v1.extend_from_slice(&[1, 0, 0, 0, b'd']); // data "d"
-        let old = Record {
-            id: 0x0102_0304_0506_0708,
-            topics: vec!["ab".into()],
-            event_type: Some("t".into()),
-            retry_ms: None,
-            data: "d".into(),
-        };
+        let old = stored(0x0102_0304_0506_0708, vec!["ab".into()], Some("t".into()), None, "d".into());
         assert_eq!(decode_record(&v1).unwrap(), (old.clone(), v1.len()));
         assert_eq!(encode_all(Format::V1, &[old]), v1, "the test's v1 encoder writes the old layout");
 
@@ -967,13 +966,7 @@ mod tests {
         v2.extend_from_slice(&[1, 0, b't']); // type "t"
         v2.extend_from_slice(&[1, 0xe8, 3, 0, 0, 0, 0, 0, 0]); // retry 1000 ms
         v2.extend_from_slice(&[1, 0, 0, 0, b'd']); // data "d"
-        let new = Record {
-            id: 0x0102_0304_0506_0708,
-            topics: vec!["ab".into()],
-            event_type: Some("t".into()),
-            retry_ms: Some(1000),
-            data: "d".into(),
-        };
+        let new = stored(0x0102_0304_0506_0708, vec!["ab".into()], Some("t".into()), Some(1000), "d".into());
         assert_eq!(decode_record(&v2).unwrap(), (new.clone(), v2.len()));
         assert_eq!(encode_all(Format::V2, &[new]), v2);
     }
@@ -987,31 +980,30 @@ mod tests {
         text
     }
 
+    fn long_topics(field_len: usize) -> Vec<String> {
+        vec![long_text(field_len, 'a'), "short".into(), long_text(field_len, 'b')]
+    }
+
     fn long_record(id: u64, field_len: usize) -> Record {
-        Record {
-            id,
-            topics: vec![long_text(field_len, 'a'), "short".into(), long_text(field_len, 'b')],
-            event_type: Some(long_text(field_len, 't')),
-            retry_ms: None,
-            data: "long".into(),
-        }
+        stored(id, long_topics(field_len), Some(long_text(field_len, 't')), None, "long".into())
     }
 
     #[test]
     fn topics_and_types_up_to_64_kib_round_trip_and_longer_ones_are_refused() {
         for len in [256, 4096, MAX_FIELD_BYTES] {
             let record = long_record(9, len);
-            assert_eq!(record.topics[0].len(), len);
+            assert_eq!(record.event.topics()[0].len(), len);
             let bytes = encode_all(Format::V2, std::slice::from_ref(&record));
             assert_eq!(decode_record(&bytes).unwrap(), (record, bytes.len()), "fields of {len} bytes");
         }
         let mut out = vec![1, 2, 3];
-        let mut record = long_record(9, 10);
-        record.topics[1] = long_text(MAX_FIELD_BYTES + 1, 'x');
+        let mut topics = long_topics(10);
+        topics[1] = long_text(MAX_FIELD_BYTES + 1, 'x');
+        let record = stored(9, topics, Some(long_text(10, 't')), None, "long".into());
         assert_eq!(encode_record(&record, &mut out), Err(EncodeError::TopicTooLong));
         assert_eq!(out, [1, 2, 3], "nothing of a refused record is left behind");
-        let mut record = long_record(9, 10);
-        record.event_type = Some(long_text(MAX_FIELD_BYTES + 1, 'x'));
+        let record =
+            stored(9, long_topics(10), Some(long_text(MAX_FIELD_BYTES + 1, 'x')), None, "long".into());
         assert_eq!(encode_record(&record, &mut out), Err(EncodeError::TypeTooLong));
         assert_eq!(out, [1, 2, 3]);
     }
@@ -1021,8 +1013,9 @@ mod tests {
         let dir = temp_dir("long");
         let (mut store, _) = load(&dir, 1 << 20);
         store.append(&long_record(1, 4096)).unwrap();
-        let mut too_long = long_record(2, 4096);
-        too_long.topics.push(long_text(MAX_FIELD_BYTES + 1, 'x'));
+        let mut topics = long_topics(4096);
+        topics.push(long_text(MAX_FIELD_BYTES + 1, 'x'));
+        let too_long = stored(2, topics, Some(long_text(4096, 't')), None, "long".into());
         let err = store.append(&too_long).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert!(err.to_string().contains("topic is longer than 65535 bytes"), "{err}");
@@ -1083,13 +1076,13 @@ mod tests {
     }
 
     fn mixed_record(id: u64) -> Record {
-        Record {
+        stored(
             id,
-            topics: vec![format!("topic-{id}"), "all".into()],
-            event_type: (id % 2 == 0).then(|| format!("type-{id}")),
-            retry_ms: (id % 3 == 0).then_some(id * 100),
-            data: format!("data {id}\nline two"),
-        }
+            vec![format!("topic-{id}"), "all".into()],
+            (id % 2 == 0).then(|| format!("type-{id}")),
+            (id % 3 == 0).then_some(id * 100),
+            format!("data {id}\nline two"),
+        )
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::io::Write as _;
 
 use crate::config::Config;
+use crate::event::PublishError;
 use crate::http::chunk::ChunkError;
 use crate::http::request::HeadError;
 use crate::http::route::{RouteError, ALLOW_EVENTS};
@@ -22,10 +23,9 @@ pub enum Refusal {
     Timeout,
     /// The server is at `--max-connections` (non-subscribe requests).
     Overloaded,
-    /// The event alone is larger than the history may hold.
-    EventTooLarge,
-    /// The durable history could not store the event (disk full, I/O error), with the reason.
-    Storage(String),
+    /// A valid event was not stored: larger than the history may hold, or the durable history
+    /// failed (disk full, I/O error).
+    Publish(PublishError),
 }
 
 impl From<HeadError> for Refusal {
@@ -37,6 +37,12 @@ impl From<HeadError> for Refusal {
 impl From<RouteError> for Refusal {
     fn from(e: RouteError) -> Self {
         Refusal::Route(e)
+    }
+}
+
+impl From<PublishError> for Refusal {
+    fn from(e: PublishError) -> Self {
+        Refusal::Publish(e)
     }
 }
 
@@ -62,9 +68,9 @@ impl Refusal {
             Refusal::Route(RouteError::Unauthorized) => 401,
             Refusal::Route(RouteError::BadRequest(_)) => 400,
             Refusal::Chunked => 400,
-            Refusal::BodyTooLarge | Refusal::EventTooLarge => 413,
+            Refusal::BodyTooLarge | Refusal::Publish(PublishError::TooLarge) => 413,
             Refusal::Timeout => 408,
-            Refusal::Overloaded | Refusal::Storage(_) => 503,
+            Refusal::Overloaded | Refusal::Publish(PublishError::Storage(_)) => 503,
         }
     }
 
@@ -77,15 +83,14 @@ impl Refusal {
             Refusal::BodyTooLarge => "body over --max-body".into(),
             Refusal::Timeout => "request not complete within --header-timeout".into(),
             Refusal::Overloaded => "server at --max-connections; retry later".into(),
-            Refusal::EventTooLarge => "event larger than --history-bytes allows".into(),
-            Refusal::Storage(reason) => reason.clone(),
+            Refusal::Publish(e) => e.to_string(),
         }
     }
 
     /// Whether the connection must close after the answer: when the framing of what follows is
     /// unknown (a bad head, an unread body) there is no safe place to read the next request from.
     pub fn closes(&self) -> bool {
-        !matches!(self, Refusal::Route(_) | Refusal::EventTooLarge | Refusal::Storage(_))
+        !matches!(self, Refusal::Route(_) | Refusal::Publish(_))
     }
 }
 
@@ -164,7 +169,9 @@ pub fn refusal(refusal: &Refusal, keep_alive: bool, head_only: bool, cors: &[u8]
             let _ = write!(extra, "Allow: {allow}\r\n");
         }
         Refusal::Route(RouteError::Unauthorized) => extra.extend_from_slice(b"WWW-Authenticate: Bearer\r\n"),
-        Refusal::Overloaded | Refusal::Storage(_) => extra.extend_from_slice(b"Retry-After: 5\r\n"),
+        Refusal::Overloaded | Refusal::Publish(PublishError::Storage(_)) => {
+            extra.extend_from_slice(b"Retry-After: 5\r\n")
+        }
         _ => {}
     }
     let body = format!("{}\n", refusal.reason());
@@ -228,6 +235,8 @@ mod tests {
             (Refusal::Head(HeadError::LengthAndEncoding), 400, true),
             (Refusal::Route(RouteError::Unauthorized), 401, false),
             (Refusal::Overloaded, 503, true),
+            (Refusal::Publish(PublishError::TooLarge), 413, false),
+            (Refusal::Publish(PublishError::Storage("disk full".into())), 503, false),
         ];
         for (refusal, status, closes) in cases {
             assert_eq!(refusal.status(), status, "{refusal:?}");

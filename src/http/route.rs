@@ -3,6 +3,7 @@
 use std::fmt;
 
 use crate::config::Config;
+use crate::event::{Draft, Event, EventError};
 use crate::http::request::{Head, Method};
 use crate::sse;
 use crate::topic::{self, TopicError};
@@ -42,19 +43,6 @@ pub struct PublishTarget {
     pub event_type: Option<String>,
 }
 
-/// A publish request with its body interpreted, ready for the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Publish {
-    /// Topics, at least one, validated.
-    pub topics: Vec<String>,
-    /// Event type, validated.
-    pub event_type: Option<String>,
-    /// `retry:` in milliseconds (form field `retry`).
-    pub retry_ms: Option<u64>,
-    /// The data, UTF-8.
-    pub data: String,
-}
-
 /// Why a request was refused after its head parsed; mapped to statuses in [`crate::http::response`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteError {
@@ -81,6 +69,12 @@ impl fmt::Display for RouteError {
 
 impl From<TopicError> for RouteError {
     fn from(e: TopicError) -> Self {
+        RouteError::BadRequest(e.to_string())
+    }
+}
+
+impl From<EventError> for RouteError {
+    fn from(e: EventError) -> Self {
         RouteError::BadRequest(e.to_string())
     }
 }
@@ -195,11 +189,17 @@ fn publish_target(head: &Head) -> Result<Route, RouteError> {
     Ok(Route::Publish(target))
 }
 
-/// Interprets a publish body: raw data when the query named topics, a form otherwise.
-pub fn publish_body(target: PublishTarget, body: Vec<u8>) -> Result<Publish, RouteError> {
+/// Interprets a publish body, raw data when the query named topics, a form otherwise, into a
+/// validated event.
+///
+/// The data needs no size check of its own: it is part of the body, which `--max-body` capped
+/// (`413`) while it was read.
+pub fn publish_body(target: PublishTarget, body: Vec<u8>) -> Result<Event, RouteError> {
+    let max_data = usize::MAX;
     if !target.topics.is_empty() {
-        let data = String::from_utf8(body).map_err(|_| RouteError::BadRequest("data is not UTF-8".into()))?;
-        return Ok(Publish { topics: target.topics, event_type: target.event_type, retry_ms: None, data });
+        let draft =
+            Draft { topics: target.topics, event_type: target.event_type, retry_ms: None, data: body };
+        return Ok(draft.validate(max_data)?);
     }
     let mut topics = Vec::new();
     let (mut data, mut event_type, mut retry_ms) = (None, None, None);
@@ -227,17 +227,18 @@ pub fn publish_body(target: PublishTarget, body: Vec<u8>) -> Result<Publish, Rou
         }
     }
     if topics.is_empty() {
-        return Err(RouteError::BadRequest("missing topic".into()));
+        return Err(EventError::NoTopic.into());
     }
     if target.event_type.is_some() && event_type.is_some() {
         return Err(RouteError::BadRequest("event type given twice: in the query and in the form".into()));
     }
-    Ok(Publish {
+    let draft = Draft {
         topics,
         event_type: target.event_type.or(event_type),
         retry_ms,
-        data: data.unwrap_or_default(),
-    })
+        data: data.unwrap_or_default().into_bytes(),
+    };
+    Ok(draft.validate(max_data)?)
 }
 
 /// Parses an event id the way the contract reads `Last-Event-ID`: a decimal `u64`, else absent.
@@ -415,20 +416,21 @@ mod tests {
         };
         let publish = publish_body(target, b"x=1&y".to_vec()).unwrap();
         assert_eq!(
-            publish.data, "x=1&y",
+            publish.data(),
+            "x=1&y",
             "with a topic in the query, the body is data whatever it looks like"
         );
-        assert_eq!(publish.event_type.as_deref(), Some("ping"));
+        assert_eq!(publish.event_type(), Some("ping"));
 
         let form = "POST /events HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\n";
         let Ok(Route::Publish(target)) = route_raw(form, &config) else { panic!() };
         let publish =
             publish_body(target.clone(), b"topic=a&topic=b&data=line+1%0Aline%202&type=t&retry=500".to_vec())
                 .unwrap();
-        assert_eq!(publish.topics, vec!["a", "b"]);
-        assert_eq!(publish.data, "line 1\nline 2");
-        assert_eq!(publish.event_type.as_deref(), Some("t"));
-        assert_eq!(publish.retry_ms, Some(500));
+        assert_eq!(publish.topics(), vec!["a", "b"]);
+        assert_eq!(publish.data(), "line 1\nline 2");
+        assert_eq!(publish.event_type(), Some("t"));
+        assert_eq!(publish.retry_ms(), Some(500));
         assert!(matches!(
             publish_body(target.clone(), b"topic=a&id=5".to_vec()),
             Err(RouteError::BadRequest(_))
@@ -472,17 +474,19 @@ mod tests {
             publish_body(typed.clone(), b"topic=a&type=f".to_vec()),
             Err(RouteError::BadRequest(_))
         ));
-        assert_eq!(publish_body(typed, b"topic=a".to_vec()).unwrap().event_type.as_deref(), Some("q"));
+        assert_eq!(publish_body(typed, b"topic=a".to_vec()).unwrap().event_type(), Some("q"));
         // `topic` is a list, and other fields once each are fine.
         let publish = publish_body(form, b"topic=a&data=x&topic=b&type=t&retry=5".to_vec()).unwrap();
         assert_eq!(
             publish,
-            Publish {
+            Draft {
                 topics: vec!["a".into(), "b".into()],
                 event_type: Some("t".into()),
                 retry_ms: Some(5),
-                data: "x".into()
+                data: b"x".to_vec()
             }
+            .validate(usize::MAX)
+            .unwrap()
         );
     }
 

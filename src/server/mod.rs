@@ -22,15 +22,16 @@ use log::{debug, error, info, log_enabled, trace, warn, Level};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::broadcast::{self, Broadcast, Cursor, Framing, Limits, NewEvent, Selection};
+use crate::broadcast::{self, Broadcast, Cursor, Framing, Limits, Selection};
 use crate::config::Config;
 use crate::conn::{Action, Incoming, Meta, RequestReader, Waiting};
 use crate::error::Error;
+use crate::event::{Event, PublishError};
 use crate::fanout::{List, Registry};
-use crate::handle::{Command, Event, Mailbox, Publisher, Shutdown};
+use crate::handle::{Command, Mailbox, Publisher, Shutdown};
 use crate::http::chunk::{self, LAST_CHUNK};
 use crate::http::response::{self, Refusal};
-use crate::http::route::{Publish, Subscribe};
+use crate::http::route::Subscribe;
 use crate::metrics::{DropReason, Gauges, Metrics};
 use crate::net::{self, Outcome};
 use crate::slab::{Key, Slab};
@@ -273,13 +274,8 @@ fn open_history(config: &Config) -> Result<(Broadcast, Option<Store>), Error> {
             }
         };
         let log = log.get_or_insert_with(|| Broadcast::new(limits, record.id));
-        let topics: Vec<&str> = record.topics.iter().map(String::as_str).collect();
-        let event = NewEvent {
-            event_type: record.event_type.as_deref(),
-            retry_ms: record.retry_ms,
-            data: &record.data,
-        };
-        match log.encode(&event, record.id) {
+        let topics: Vec<&str> = record.event.topics().iter().map(String::as_str).collect();
+        match log.encode(&record.event, record.id) {
             Ok(encoded) => {
                 log.insert(&topics, encoded);
                 loaded += 1;

@@ -39,28 +39,19 @@ impl Loop {
     /// With a syncing durable history the event is held until the turn's commit, and so is the
     /// marking: a stream written before the commit could not see the event, and must be marked again
     /// when it becomes visible.
-    pub(super) fn publish(&mut self, publish: &Publish) -> Result<broadcast::EventId, Refusal> {
-        let topics: Vec<&str> = publish.topics.iter().map(String::as_str).collect();
-        let event = NewEvent {
-            event_type: publish.event_type.as_deref(),
-            retry_ms: publish.retry_ms,
-            data: &publish.data,
-        };
+    pub(super) fn publish(&mut self, event: &Event) -> Result<broadcast::EventId, PublishError> {
+        let topics: Vec<&str> = event.topics().iter().map(String::as_str).collect();
         let id = self.log.next_id(wall_micros());
-        let encoded = self.log.encode(&event, id).map_err(|_| Refusal::EventTooLarge)?;
+        let encoded =
+            self.log.encode(event, id).map_err(|broadcast::PublishError::TooLarge| PublishError::TooLarge)?;
         let wire_len = encoded.wire_len();
         let mut held = false;
         if let Some(store) = &mut self.store {
-            let record = Record {
-                id,
-                topics: publish.topics.clone(),
-                event_type: publish.event_type.clone(),
-                retry_ms: publish.retry_ms,
-                data: publish.data.clone(),
-            };
-            if let Err(e) = store.append(&record) {
+            if let Err(e) = store.append(&Record { id, event }) {
                 warn!("event not stored: writing the history failed: {e}");
-                return Err(Refusal::Storage(format!("event not stored: writing the history failed: {e}")));
+                return Err(PublishError::Storage(format!(
+                    "event not stored: writing the history failed: {e}"
+                )));
             }
             if store.fsync() != Fsync::Never {
                 // Subscribers see it only once it is on disk: a crash must not leave delivered
@@ -101,22 +92,13 @@ impl Loop {
     pub(super) fn handle_commands(&mut self) {
         while let Ok(command) = self.commands.try_recv() {
             match command {
-                Command::Publish(event, reply) => {
-                    let Event { topics, event_type, data, retry } = event;
-                    let publish =
-                        Publish { topics, event_type, retry_ms: retry.map(|r| r.as_millis() as u64), data };
-                    match self.publish(&publish) {
-                        Ok(id) if self.defers_acks() => self.pending_acks.push(Ack::Handle { reply, id }),
-                        result => {
-                            let result = result.map_err(|r| match r {
-                                Refusal::Storage(reason) => Error::unavailable(reason),
-                                other => Error::invalid_event(format!("event refused: {}", other.reason())),
-                            });
-                            // The caller may have given up waiting; the outcome stands either way.
-                            let _ = reply.send(result);
-                        }
+                Command::Publish(event, reply) => match self.publish(&event) {
+                    Ok(id) if self.defers_acks() => self.pending_acks.push(Ack::Handle { reply, id }),
+                    result => {
+                        // The caller may have given up waiting; the outcome stands either way.
+                        let _ = reply.send(result.map_err(Error::from));
                     }
-                }
+                },
             }
         }
     }
@@ -178,7 +160,9 @@ impl Loop {
                 );
                 self.log.rollback();
                 self.held_lists.clear();
-                let refusal = Refusal::Storage(format!("event not stored: syncing the history failed: {e}"));
+                let failure =
+                    PublishError::Storage(format!("event not stored: syncing the history failed: {e}"));
+                let refusal = Refusal::from(failure.clone());
                 for ack in acks {
                     match ack {
                         Ack::Http { key, out_start } => {
@@ -196,7 +180,7 @@ impl Loop {
                             self.flush(key);
                         }
                         Ack::Handle { reply, .. } => {
-                            let _ = reply.send(Err(Error::unavailable(refusal.reason())));
+                            let _ = reply.send(Err(Error::from(failure.clone())));
                         }
                     }
                 }

@@ -248,7 +248,7 @@ impl Loop {
                     let out = answer_buffer(&mut self.conns, key, keep_alive);
                     response::text(200, &format!("{id}\n"), keep_alive, false, &cors, out);
                 }
-                Err(refusal) => self.refuse(key, &meta, &refusal),
+                Err(e) => self.refuse(key, &meta, &Refusal::from(e)),
             },
             Action::Subscribe(subscribe) if subscribe.head_only => {
                 let out = answer_buffer(&mut self.conns, key, keep_alive);

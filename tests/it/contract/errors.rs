@@ -156,6 +156,31 @@ fn body_over_max_body_is_413() {
     assert_eq!(id_data(&sub.next_event()), (id, "y".repeat(1024)), "only the body at the cap was published");
 }
 
+/// An event whose encoding alone is over `--history-bytes` (every line break in the data costs a
+/// `data: ` prefix) is refused whichever way it comes: `413` over HTTP on a connection that stays
+/// usable (the body was read), `InvalidEvent` from a `Publisher`; nothing is published.
+#[test]
+fn an_event_larger_than_the_history_is_413_and_the_connection_stays() {
+    let config = Config { max_body: 1024, history_bytes: 2048, max_lag: 64 * 1024, ..quiet_config() };
+    let server = TestServer::start(config);
+    let mut sub = Subscriber::open(&server, "/events?topic=t", "");
+    let lines = "\n".repeat(1024);
+    let request = |body: &str| {
+        format!("POST /events?topic=t HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+    };
+    let (refused, mut stream) = exchange(&server, request(&lines).as_bytes());
+    assert_error(&refused, 413);
+    assert!(refused.body_text().contains("--history-bytes"), "{refused:?}");
+    assert!(refused.header("connection").is_none(), "kept alive: {refused:?}");
+    stream.write_all(request("fits").as_bytes()).unwrap();
+    let id = published_id(&read_response(&mut stream));
+
+    let err = server.publisher.publish(ssed::Event::new(lines).topic("t")).expect_err("too large");
+    assert_eq!(err.kind(), ssed::ErrorKind::InvalidEvent, "{err}");
+    assert!(err.to_string().contains("--history-bytes"), "{err}");
+    assert_eq!(id_data(&sub.next_event()), (id, "fits".to_string()), "only the event that fits");
+}
+
 #[test]
 fn declared_length_over_cap_is_413_before_the_body_is_sent() {
     let server = TestServer::start(small_body_config());
