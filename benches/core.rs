@@ -9,6 +9,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use ssed::__bench::{encode_frame, parse_head, Fields};
 use ssed::broadcast::{Broadcast, Framing, Limits, MAX_SLICES};
 use ssed::event::{Draft, Event};
+use ssed::ids::ClockIds;
 
 const DATA_100: &str =
     "{\"role\":\"assistant\",\"content\":\"a token or two of a streamed answer, about a hundred bytes\"}";
@@ -55,9 +56,9 @@ fn parse(c: &mut Criterion) {
 /// What the server does with a publish to a history that lives only in memory: the next id, the
 /// encoding, the insert (with eviction) under topic `chat`. Returns the id.
 fn publish(log: &mut Broadcast, event: &Event) -> u64 {
-    let id = log.next_id(0);
+    let id = ClockIds.next(log.newest_id(), 0);
     let encoded = log.encode(event, id).expect("fits");
-    log.insert(&["chat"], encoded);
+    log.insert(&["chat"], encoded, 0).expect("ids increase");
     id
 }
 

@@ -7,8 +7,9 @@
 //! vectored write and an idle subscriber costs a few dozen bytes here.
 //!
 //! Each topic keeps an index of its events' sequence numbers, so a subscriber to a few topics out of
-//! many never walks the others' events. The log does no I/O and never reads the clock: the wall-clock
-//! time that seeds ids is passed in.
+//! many never walks the others' events. The log does no I/O and never reads the clock: each event
+//! comes with an id assigned by the caller ([`crate::ids`]), checked to be above the newest, and the
+//! wall-clock time it is stored at, which `--history-age` follows.
 //!
 //! The history lives in this process's memory only. The server uses a narrow interface (encode and
 //! insert an event, hold/commit/rollback, acquire/release a topic, resume, gather/advance,
@@ -28,9 +29,8 @@ use crate::sse;
 
 /// The id of a published event: a decimal `u64`, strictly increasing across all topics.
 ///
-/// Ids follow the wall clock in microseconds (`max(previous + 1, now)`), so a restarted server gives
-/// out ids above every id of its earlier runs without storing anything, and they stay below 2^53 (until
-/// the year 2255), so JavaScript reads them exactly.
+/// The log does not make ids up: they come from a source of the caller's ([`crate::ids::ClockIds`]
+/// for the server), and [`Broadcast::insert`] refuses one that is not above the newest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EventId(u64);
 
@@ -160,10 +160,37 @@ impl Encoded {
 pub enum PublishError {
     /// The encoded event alone is larger than the whole history may hold.
     TooLarge,
+    /// Its id is not above the newest id of the log (an id source that went back or repeated one), or
+    /// is `u64::MAX`, which has no id after it.
+    IdNotAbove {
+        /// The id the event came with.
+        id: u64,
+        /// The newest id the log holds (or its floor).
+        newest: u64,
+    },
 }
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishError::TooLarge => f.write_str("event larger than the history may hold"),
+            PublishError::IdNotAbove { id: u64::MAX, .. } => {
+                write!(f, "event id {} is out of range: the largest id is one below it", u64::MAX)
+            }
+            PublishError::IdNotAbove { id, newest } => {
+                write!(f, "event id {id} is not above the newest id {newest}: ids must strictly increase")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PublishError {}
 
 struct Entry {
     id: u64,
+    /// Wall-clock microseconds when it was stored, never below the previous entry's (so the ring is
+    /// in age order too); what `--history-age` follows, whatever the ids are.
+    stored_at: u64,
     /// Wire bytes of every event stored before this one (the every-topic backlog's reference).
     total_before: u64,
     /// The topics the event belongs to, sorted and distinct.
@@ -256,7 +283,7 @@ pub struct Broadcast {
     index_bytes: usize,
     /// Running total of wire bytes of every event ever stored.
     total_bytes: u64,
-    /// The lowest id the next event may have.
+    /// The lowest id the next event may have: one above the newest, or the floor given to `new`.
     next_id: u64,
     /// Highest id that left the history, any topic. It starts at the id below the first one this log
     /// may give out: ids up to there may have come from an earlier run, and are gone.
@@ -294,8 +321,9 @@ pub struct Gathered {
 }
 
 impl Broadcast {
-    /// An empty log whose first id will be at least `start_id` (the wall clock in microseconds, or the
-    /// id after the highest one a durable history holds).
+    /// An empty log whose first id must be at least `start_id` (the wall clock in microseconds, or the
+    /// id after the highest one a durable history holds). Ids below it may have come from an earlier
+    /// run: a resume from one of them is told of a gap.
     pub fn new(limits: Limits, start_id: u64) -> Self {
         let start_id = start_id.max(1);
         Broadcast {
@@ -349,7 +377,8 @@ impl Broadcast {
         self.names.len()
     }
 
-    /// The newest id given out (or the floor, before the first publish).
+    /// The newest id stored (or the one below the floor, before the first event); the next event's
+    /// id must be above it.
     pub fn newest_id(&self) -> u64 {
         self.next_id - 1
     }
@@ -480,10 +509,16 @@ impl Broadcast {
         }
     }
 
-    /// The id the next event gets when published at wall-clock time `now_micros`:
-    /// `max(previous + 1, now_micros)`.
-    pub fn next_id(&self, now_micros: u64) -> u64 {
-        self.next_id.max(now_micros)
+    /// Whether an event with `id` may be stored next: its id must be strictly above the newest.
+    ///
+    /// [`Broadcast::insert`] checks this itself; a caller that writes the event elsewhere first (the
+    /// durable history) checks before, so a refused event is stored nowhere.
+    pub fn check_id(&self, id: u64) -> Result<(), PublishError> {
+        // `u64::MAX` is refused too: the id after it does not exist.
+        if id < self.next_id || id == u64::MAX {
+            return Err(PublishError::IdNotAbove { id, newest: self.newest_id() });
+        }
+        Ok(())
     }
 
     /// Encodes an event with `id` into its wire bytes, refusing one larger than the whole history.
@@ -509,13 +544,25 @@ impl Broadcast {
         Ok(Encoded { id, wire: wire.into_boxed_slice(), frame_start })
     }
 
-    /// Stores an encoded event under `topics`, evicting the oldest events past the limits, and returns
-    /// the topic ids whose subscribers the caller wakes.
+    /// Stores an encoded event under `topics` as stored at wall-clock time `stored_at` (microseconds),
+    /// evicting the oldest events past the limits, and returns the topic ids whose subscribers the
+    /// caller wakes.
+    ///
+    /// The id the event was encoded with must be above the newest ([`Broadcast::check_id`]);
+    /// otherwise nothing is stored and the error says so. A `stored_at` below the previous event's is
+    /// taken as the previous event's, so a wall clock that went back cannot make an event expire
+    /// before an older one.
     ///
     /// The event stays invisible to subscribers until [`Broadcast::commit`], so a durable history can
     /// put it on disk first; [`Broadcast::rollback`] drops it instead.
-    pub fn insert(&mut self, topics: &[&str], encoded: Encoded) -> &[TopicId] {
-        debug_assert!(encoded.id >= self.next_id, "ids only grow");
+    pub fn insert(
+        &mut self,
+        topics: &[&str],
+        encoded: Encoded,
+        stored_at: u64,
+    ) -> Result<&[TopicId], PublishError> {
+        self.check_id(encoded.id)?;
+        let stored_at = stored_at.max(self.ring.back().map_or(0, |e| e.stored_at));
         let topic_ids = EventTopics::new(topics.iter().map(|n| self.intern(n)).collect());
         let seq = self.next_seq();
         let size = encoded.wire.len() as u64;
@@ -527,6 +574,7 @@ impl Broadcast {
         }
         self.ring.push_back(Entry {
             id: encoded.id,
+            stored_at,
             total_before: self.total_bytes,
             topics: topic_ids,
             wire: encoded.wire,
@@ -545,11 +593,11 @@ impl Broadcast {
         {
             self.evict_oldest();
         }
-        self.ring.back().expect("the new event fits the limits alone").topics.as_slice()
+        Ok(self.ring.back().expect("the new event fits the limits alone").topics.as_slice())
     }
 
-    /// Encodes and stores an event under `topics` with the next id, as the server does for a history
-    /// that lives only in memory; the tests' shorthand.
+    /// Encodes and stores an event under `topics` with the next clock id, stored at `now_micros`, as
+    /// the server does for a history that lives only in memory; the tests' shorthand.
     #[cfg(test)]
     pub fn publish(
         &mut self,
@@ -557,9 +605,9 @@ impl Broadcast {
         event: &Event,
         now_micros: u64,
     ) -> Result<(EventId, &[TopicId]), PublishError> {
-        let id = self.next_id(now_micros);
+        let id = crate::ids::ClockIds.next(self.newest_id(), now_micros);
         let encoded = self.encode(event, id)?;
-        let topics = self.insert(topics, encoded);
+        let topics = self.insert(topics, encoded, now_micros)?;
         Ok((EventId(id), topics))
     }
 
@@ -596,10 +644,10 @@ impl Broadcast {
         self.visible_end = u64::MAX;
     }
 
-    /// Evicts every event with an id below `oldest_id` (`--history-age`: ids follow the wall clock
-    /// and are never below their publish time, so an id below the cut-off is at least that old).
-    pub fn evict_below(&mut self, oldest_id: u64) {
-        while self.ring.front().is_some_and(|e| e.id < oldest_id) {
+    /// Evicts every event stored before wall-clock time `cutoff` (microseconds; `--history-age`).
+    /// The ids play no part: they need not follow the clock.
+    pub fn evict_below(&mut self, cutoff: u64) {
+        while self.ring.front().is_some_and(|e| e.stored_at < cutoff) {
             self.evict_oldest();
         }
     }
@@ -607,6 +655,12 @@ impl Broadcast {
     /// The oldest retained id, if any.
     pub fn oldest_id(&self) -> Option<u64> {
         self.ring.front().map(|e| e.id)
+    }
+
+    /// When the oldest retained event was stored (wall-clock microseconds), if any: the next to
+    /// expire under `--history-age`.
+    pub fn oldest_stored_at(&self) -> Option<u64> {
+        self.ring.front().map(|e| e.stored_at)
     }
 
     /// Lets later ids start no lower than `id` (a restart whose clock is behind the history on disk).
@@ -1398,6 +1452,60 @@ mod tests {
         assert_eq!(log.oldest_id(), Some(3_000));
         let sel = log.acquire(&["a"]);
         assert_eq!(log.resume(&sel, Some(1_000)).gap, Some((1_000, 3_000)));
+    }
+
+    /// Encodes `data` with an id from elsewhere and inserts it as stored at `stored_at`.
+    fn insert_with_id(log: &mut Broadcast, id: u64, stored_at: u64) -> Result<(), PublishError> {
+        let encoded = log.encode(&event("x"), id)?;
+        log.insert(&["a"], encoded, stored_at).map(|_| ())
+    }
+
+    #[test]
+    fn an_id_from_elsewhere_that_does_not_increase_is_refused_and_nothing_is_stored() {
+        let mut log = Broadcast::new(BIG, 1);
+        let sel = log.acquire(&["a"]);
+        let mut cursor = log.resume(&sel, None).cursor;
+        insert_with_id(&mut log, 5, 0).unwrap();
+        let (bytes, index) = (log.bytes(), log.index_bytes());
+        for id in [5, 4, 1, 0, u64::MAX] {
+            let refused = insert_with_id(&mut log, id, 0);
+            let newest = 5;
+            assert_eq!(refused, Err(PublishError::IdNotAbove { id, newest }), "{id}");
+            assert_eq!(log.check_id(id), refused, "{id}");
+            assert!(refused.unwrap_err().to_string().contains(&id.to_string()));
+        }
+        assert_eq!((log.len(), log.bytes(), log.index_bytes(), log.newest_id()), (1, bytes, index, 5));
+        insert_with_id(&mut log, 6, 0).unwrap();
+        assert_eq!(ids_in(&drain(&log, &sel, &mut cursor, Framing::Raw)), vec![5, 6]);
+    }
+
+    #[test]
+    fn ids_below_the_floor_are_refused() {
+        let mut log = Broadcast::new(BIG, 100);
+        assert_eq!(insert_with_id(&mut log, 99, 0), Err(PublishError::IdNotAbove { id: 99, newest: 99 }));
+        assert!(log.is_empty());
+        insert_with_id(&mut log, 100, 0).unwrap();
+        assert_eq!(log.oldest_id(), Some(100));
+    }
+
+    #[test]
+    fn age_follows_the_stored_time_not_the_ids() {
+        let mut log = Broadcast::new(BIG, 1);
+        for (id, stored_at) in [(1, 1_000), (2, 2_000), (3, 3_000)] {
+            insert_with_id(&mut log, id, stored_at).unwrap();
+        }
+        log.evict_below(4);
+        assert_eq!(log.len(), 3, "small ids are no age");
+        log.evict_below(2_500);
+        assert_eq!((log.oldest_id(), log.oldest_stored_at()), (Some(3), Some(3_000)));
+        // A clock that went back stores the next event no earlier than the one before.
+        insert_with_id(&mut log, 4, 10).unwrap();
+        log.evict_below(3_000);
+        assert_eq!(log.len(), 2);
+        log.evict_below(3_001);
+        assert!(log.is_empty());
+        let sel = log.acquire(&["a"]);
+        assert_eq!(log.resume(&sel, Some(2)).gap, Some((2, 5)));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!
 //! # Design
 //! The code is split into a pure core and a thin shell:
-//! - the core ([`event`], [`broadcast`], `http`, `sse`, `timer`, `conn`) does no I/O and never reads the clock: it
+//! - the core ([`event`], [`ids`], [`broadcast`], `http`, `sse`, `timer`, `conn`) does no I/O and never reads the clock: it
 //!   takes bytes and an explicit `now`, and returns what should happen next, so it is tested without
 //!   sockets or sleeps;
 //! - the shell (`server`, `net`, `transport`) owns the `mio::Poll`, the listener and the connections, reads until
@@ -47,6 +47,7 @@ mod fanout;
 pub mod fuzzing;
 mod handle;
 mod http;
+pub mod ids;
 mod metrics;
 mod net;
 mod server;

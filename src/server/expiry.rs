@@ -1,10 +1,10 @@
 //! `--history-age`: events leave memory, and with it disk, once they are older than the age, on a
 //! quiet server too.
 //!
-//! Ids follow the wall clock (an id is never below its publish time in microseconds), so the oldest
-//! id tells when the next event expires: the loop sleeps no longer than that, evicts at the turn it
-//! wakes for, and the store's retention in the same turn deletes the segments (the active one
-//! included) that no longer hold a retained event.
+//! The log records when each event was stored (wall-clock microseconds, apart from its id), in
+//! order, so the oldest event's time tells when the next one expires: the loop sleeps no longer than
+//! that, evicts at the turn it wakes for, and the store's retention in the same turn deletes the
+//! segments (the active one included) that no longer hold a retained event.
 
 use super::*;
 
@@ -30,7 +30,7 @@ impl Loop {
         if age.is_zero() {
             return None;
         }
-        let oldest = self.log.oldest_id()?;
+        let oldest = self.log.oldest_stored_at()?;
         let expires_at = oldest.saturating_add(age.as_micros() as u64).saturating_add(1);
         let wait = Duration::from_micros(expires_at.saturating_sub(wall_micros()));
         Some(wait.min(age).max(Duration::from_millis(1)))

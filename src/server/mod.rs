@@ -32,6 +32,7 @@ use crate::handle::{Command, Mailbox, Publisher, Shutdown};
 use crate::http::chunk::{self, LAST_CHUNK};
 use crate::http::response::{self, Refusal};
 use crate::http::route::Subscribe;
+use crate::ids::ClockIds;
 use crate::metrics::{DropReason, Gauges, Metrics};
 use crate::net::{self, Outcome};
 use crate::slab::{Key, Slab};
@@ -275,12 +276,18 @@ fn open_history(config: &Config) -> Result<(Broadcast, Option<Store>), Error> {
         };
         let log = log.get_or_insert_with(|| Broadcast::new(limits, record.id));
         let topics: Vec<&str> = record.event.topics().iter().map(String::as_str).collect();
-        match log.encode(&record.event, record.id) {
-            Ok(encoded) => {
-                log.insert(&topics, encoded);
-                loaded += 1;
+        // The store keeps no time of storage: ids from the clock are never below it, so the id
+        // stands in for it (at worst an event expires a little later than it would have).
+        let stored = log.encode(&record.event, record.id).and_then(|encoded| {
+            log.insert(&topics, encoded, record.id)?;
+            Ok(())
+        });
+        match stored {
+            Ok(()) => loaded += 1,
+            Err(broadcast::PublishError::TooLarge) => {
+                warn!("event {} on disk is larger than --history-bytes allows; skipped", record.id)
             }
-            Err(_) => warn!("event {} on disk is larger than --history-bytes allows; skipped", record.id),
+            Err(e) => warn!("event {} on disk skipped: {e}", record.id),
         }
     })?;
     // With nothing after a hole (or nothing at all) the log starts above every id ever given out, so

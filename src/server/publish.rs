@@ -33,6 +33,13 @@ impl HeldTurn {
     }
 }
 
+/// An id the log refused (not above its newest): with the clock's ids this does not happen; an id
+/// source elsewhere that went back gets the publish refused, like a storage failure, retryable.
+fn refused_id(e: broadcast::PublishError) -> PublishError {
+    warn!("event not stored: {e}");
+    PublishError::Storage(format!("event not stored: {e}"))
+}
+
 impl Loop {
     /// Stores an event and marks the streams of its topics; they are written at the end of the turn.
     ///
@@ -41,9 +48,14 @@ impl Loop {
     /// when it becomes visible.
     pub(super) fn publish(&mut self, event: &Event) -> Result<broadcast::EventId, PublishError> {
         let topics: Vec<&str> = event.topics().iter().map(String::as_str).collect();
-        let id = self.log.next_id(wall_micros());
-        let encoded =
-            self.log.encode(event, id).map_err(|broadcast::PublishError::TooLarge| PublishError::TooLarge)?;
+        let now = wall_micros();
+        let id = ClockIds.next(self.log.newest_id(), now);
+        // Checked before the record goes to disk: a refused event is stored nowhere.
+        self.log.check_id(id).map_err(refused_id)?;
+        let encoded = self.log.encode(event, id).map_err(|e| match e {
+            broadcast::PublishError::TooLarge => PublishError::TooLarge,
+            e @ broadcast::PublishError::IdNotAbove { .. } => refused_id(e),
+        })?;
         let wire_len = encoded.wire_len();
         let mut held = false;
         if let Some(store) = &mut self.store {
@@ -62,7 +74,7 @@ impl Loop {
             }
         }
         let id = encoded.id();
-        let topic_ids = self.log.insert(&topics, encoded);
+        let topic_ids = self.log.insert(&topics, encoded, now).map_err(refused_id)?;
         self.metrics.events_published += 1;
         let lists: Vec<List> =
             topic_ids.iter().map(|&t| List::Topic(t)).chain(std::iter::once(List::All)).collect();
