@@ -7,7 +7,7 @@ use std::io::IoSlice;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ssed::__bench::{encode_frame, parse_head, Fields};
-use ssed::broadcast::{Broadcast, Framing, Limits, MAX_SLICES};
+use ssed::broadcast::{Broadcast, Framing, Limits, Subscription, MAX_SLICES};
 use ssed::event::{Draft, Event};
 use ssed::ids::ClockIds;
 
@@ -88,18 +88,20 @@ fn fanout(c: &mut Criterion) {
     for subscribers in [1_000usize, 10_000] {
         let mut log = Broadcast::new(Limits { events: 10_000, bytes: 64 << 20 }, 1);
         let selection = log.acquire(&["chat"]);
-        let mut cursors: Vec<_> = (0..subscribers).map(|_| log.resume(&selection, None).cursor).collect();
+        let mut subs: Vec<_> = (0..subscribers)
+            .map(|_| Subscription::new(selection.clone(), Framing::Chunked, &log.resume(&selection, None)))
+            .collect();
         let event = event_100();
         group.throughput(Throughput::Elements(subscribers as u64));
         group.bench_with_input(BenchmarkId::new("one-publish", subscribers), &subscribers, |b, _| {
             b.iter(|| {
                 publish(&mut log, &event);
                 let mut bytes = 0;
-                for cursor in cursors.iter_mut() {
+                for sub in subs.iter_mut() {
                     let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-                    let gathered = log.gather(&selection, cursor, Framing::Chunked, &mut slices, usize::MAX);
+                    let gathered = log.gather(sub, &mut slices, usize::MAX);
                     bytes += gathered.bytes;
-                    log.advance(&selection, cursor, Framing::Chunked, &gathered, gathered.bytes);
+                    log.advance(sub, &gathered, gathered.bytes);
                 }
                 black_box(bytes)
             })

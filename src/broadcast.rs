@@ -135,6 +135,43 @@ pub struct Resume {
     pub live_from: u64,
 }
 
+/// A subscriber as the log sees it: its topics, how its events are framed, where it is, and where
+/// its live part starts. [`Broadcast::gather`], [`Broadcast::advance`], [`Broadcast::backlog`],
+/// [`Broadcast::lag`] and [`Broadcast::lost`] take it whole, so what a subscriber receives is decided
+/// in one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    selection: Selection,
+    framing: Framing,
+    cursor: Cursor,
+    /// The first sequence number published after it started: what came before is its catch-up,
+    /// which never counts as lag.
+    live_from: u64,
+}
+
+impl Subscription {
+    /// A subscription to `selection` (from [`Broadcast::acquire`]) starting where `resume` (from
+    /// [`Broadcast::resume`] for the same selection) says.
+    pub fn new(selection: Selection, framing: Framing, resume: &Resume) -> Subscription {
+        Subscription { selection, framing, cursor: resume.cursor, live_from: resume.live_from }
+    }
+
+    /// Its topics; hand them back with [`Broadcast::release`] when it ends.
+    pub fn selection(&self) -> &Selection {
+        &self.selection
+    }
+
+    /// How its events are framed.
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// Its position in the log.
+    pub fn cursor(&self) -> &Cursor {
+        &self.cursor
+    }
+}
+
 /// An event encoded into its wire bytes, ready for [`Broadcast::insert`].
 #[derive(Debug)]
 pub struct Encoded {
@@ -724,25 +761,32 @@ impl Broadcast {
         Resume { cursor, gap, live_from }
     }
 
-    /// Whether an event the cursor still needs has left the history (the subscriber must go).
-    pub fn lost(&self, selection: &Selection, cursor: &Cursor) -> bool {
+    /// Whether an event the subscription still needs has left the history (the subscriber must go).
+    pub fn lost(&self, sub: &Subscription) -> bool {
+        let cursor = &sub.cursor;
         if cursor.seq >= self.first_seq {
             return false;
         }
-        match selection {
+        match &sub.selection {
             Selection::All => true,
-            _ => selection
+            selection => selection
                 .topics()
                 .iter()
                 .any(|&t| self.topic(t).evicted_max_seq.is_some_and(|s| s >= cursor.seq)),
         }
     }
 
-    /// Unsent wire bytes ahead of the cursor in its topics.
+    /// Unsent wire bytes ahead of the subscription's cursor in its topics.
     ///
     /// For several topics this is the sum over them, which counts an event in two of them twice: an
     /// upper bound, cheap to compute, and only ever early in cutting a lagging subscriber.
-    pub fn backlog(&self, selection: &Selection, cursor: &Cursor) -> u64 {
+    pub fn backlog(&self, sub: &Subscription) -> u64 {
+        self.backlog_from(&sub.selection, &sub.cursor)
+    }
+
+    /// [`Broadcast::backlog`] of `selection` from `cursor`, from the running totals of the indexes
+    /// (no walk over the events).
+    fn backlog_from(&self, selection: &Selection, cursor: &Cursor) -> u64 {
         let before = match selection {
             Selection::All => {
                 // The first retained event at or after the cursor; none: the cursor is caught up.
@@ -774,147 +818,157 @@ impl Broadcast {
 
     /// How far a subscriber has fallen behind, in wire bytes, for `--max-lag`.
     ///
-    /// Only events published since the stream started (from `live_from` on) count: replaying
+    /// Only events published since the stream started (from its `live_from` on) count: replaying
     /// retained events to a resuming client is a catch-up, not lag, however large. The event the
     /// cursor is in (or at) does not count either, so a single event larger than the limit reaches a
     /// reader that keeps reading. What is left is what was published while the subscriber was not
     /// taking it: a stalled reader, during its catch-up or live, and a reader slower than the
     /// publish rate both pass the limit once enough new events pile up.
-    pub fn lag(&self, selection: &Selection, cursor: &Cursor, live_from: u64) -> u64 {
-        let mut first = None;
-        self.for_each_pending(selection, cursor, |seq| {
-            first = Some(seq);
-            false
-        });
-        let Some(current) = first else { return 0 };
-        let from = Cursor { seq: (current + 1).max(live_from), offset: 0 };
-        self.backlog(selection, &from)
+    pub fn lag(&self, sub: &Subscription) -> u64 {
+        let Some((current, _)) = self.pending(sub).next() else { return 0 };
+        let from = Cursor { seq: (current + 1).max(sub.live_from), offset: 0 };
+        self.backlog_from(&sub.selection, &from)
     }
 
-    /// Calls `each` with the sequence numbers of the retained events the cursor still needs, in order,
-    /// until it returns `false`.
-    fn for_each_pending(&self, selection: &Selection, cursor: &Cursor, mut each: impl FnMut(u64) -> bool) {
-        let from = cursor.seq.max(self.first_seq);
+    /// The events the subscription still needs, in order: each one's sequence number and the bytes
+    /// of it still to write (the first cut by the cursor's offset), in the subscription's framing.
+    ///
+    /// [`Broadcast::gather`], [`Broadcast::advance`] and [`Broadcast::lag`] all walk this one
+    /// sequence, so whatever decides which events a subscriber gets (its topics today) is decided
+    /// here, once, for all of them.
+    fn pending<'a>(&'a self, sub: &Subscription) -> impl Iterator<Item = (u64, &'a [u8])> + 'a {
+        let Cursor { seq: at, offset } = sub.cursor;
+        let framing = sub.framing;
+        self.walk(&sub.selection, at).map(move |seq| {
+            let bytes = self.entry(seq).bytes(framing);
+            (seq, if seq == at { &bytes[offset.min(bytes.len())..] } else { bytes })
+        })
+    }
+
+    /// The sequence numbers of the retained, visible events of `selection` from `from` on.
+    fn walk(&self, selection: &Selection, from: u64) -> Walk<'_> {
+        let from = from.max(self.first_seq);
         let end = self.next_seq().min(self.visible_end);
         match selection {
-            Selection::All => {
-                for seq in from..end {
-                    if !each(seq) {
-                        return;
-                    }
-                }
-            }
+            Selection::All => Walk::All { next: from, end },
             Selection::One(t) => {
                 let events = &self.topic(*t).events;
                 let at = lower_bound_from_back(events, from);
-                for &(seq, _) in events.range(at..) {
-                    if seq >= end || !each(seq) {
-                        return;
-                    }
-                }
+                Walk::One { events: events.range(at..), end }
             }
-            Selection::Many(ts) => {
-                // A k-way merge over the topics' indexes; an event in several of them is sent once.
-                let mut heads: Vec<(usize, &VecDeque<(u64, u64)>)> = ts
+            Selection::Many(ts) => Walk::Many {
+                heads: ts
                     .iter()
                     .map(|&t| {
                         let events = &self.topic(t).events;
                         (lower_bound_from_back(events, from), events)
                     })
-                    .collect();
-                loop {
-                    let Some(next) = heads.iter().filter_map(|(at, ev)| ev.get(*at).map(|&(s, _)| s)).min()
-                    else {
-                        return;
-                    };
-                    if next >= end {
-                        return;
-                    }
-                    for (at, events) in heads.iter_mut() {
-                        if events.get(*at).is_some_and(|&(s, _)| s == next) {
-                            *at += 1;
-                        }
-                    }
-                    if !each(next) {
-                        return;
-                    }
-                }
-            }
+                    .collect(),
+                end,
+            },
         }
     }
 
-    /// Fills `slices` with the wire bytes the cursor still needs (the first one cut by its offset), up
-    /// to the array's length and about `max_bytes`. The caller writes them and reports back through
-    /// [`Broadcast::advance`].
+    /// Fills `slices` with the wire bytes the subscription still needs (the first one cut by its
+    /// cursor's offset), up to the array's length and about `max_bytes`. The caller writes them and
+    /// reports back through [`Broadcast::advance`].
     pub fn gather<'a>(
         &'a self,
-        selection: &Selection,
-        cursor: &Cursor,
-        framing: Framing,
+        sub: &Subscription,
         slices: &mut [IoSlice<'a>],
         max_bytes: usize,
     ) -> Gathered {
-        let mut gathered = Gathered { slices: 0, bytes: 0, last_seq: cursor.seq };
+        let mut gathered = Gathered { slices: 0, bytes: 0, last_seq: sub.cursor.seq };
         if slices.is_empty() {
             return gathered;
         }
-        self.for_each_pending(selection, cursor, |seq| {
-            let mut bytes = self.entry(seq).bytes(framing);
-            if seq == cursor.seq {
-                bytes = &bytes[cursor.offset.min(bytes.len())..];
-            }
+        for (seq, bytes) in self.pending(sub) {
             slices[gathered.slices] = IoSlice::new(bytes);
             gathered.slices += 1;
             gathered.bytes += bytes.len();
             gathered.last_seq = seq;
-            gathered.slices < slices.len() && gathered.bytes < max_bytes
-        });
+            if gathered.slices == slices.len() || gathered.bytes >= max_bytes {
+                break;
+            }
+        }
         gathered
     }
 
-    /// Moves the cursor past `written` bytes of what [`Broadcast::gather`] returned as `gathered`.
-    pub fn advance(
-        &self,
-        selection: &Selection,
-        cursor: &mut Cursor,
-        framing: Framing,
-        gathered: &Gathered,
-        written: usize,
-    ) {
+    /// Moves the subscription's cursor past `written` bytes of what [`Broadcast::gather`] returned
+    /// as `gathered`.
+    pub fn advance(&self, sub: &mut Subscription, gathered: &Gathered, written: usize) {
         if written == 0 {
             return;
         }
         if written >= gathered.bytes {
-            *cursor = Cursor { seq: gathered.last_seq + 1, offset: 0 };
+            sub.cursor = Cursor { seq: gathered.last_seq + 1, offset: 0 };
             return;
         }
         // A short write: walk the same events again to find where it stopped.
         let mut left = written;
-        let start = *cursor;
-        self.for_each_pending(selection, &start, |seq| {
-            let len = self.entry(seq).bytes(framing).len();
-            let offset = if seq == start.seq { start.offset } else { 0 };
-            let remaining = len - offset.min(len);
-            if left >= remaining {
-                left -= remaining;
-                *cursor = Cursor { seq: seq + 1, offset: 0 };
-                left > 0
+        let start = sub.cursor;
+        let mut cursor = start;
+        for (seq, rest) in self.pending(sub) {
+            if left >= rest.len() {
+                left -= rest.len();
+                cursor = Cursor { seq: seq + 1, offset: 0 };
+                if left == 0 {
+                    break;
+                }
             } else {
-                *cursor = Cursor { seq, offset: offset + left };
-                false
+                let offset = if seq == start.seq { start.offset } else { 0 };
+                cursor = Cursor { seq, offset: offset + left };
+                break;
             }
-        });
+        }
+        sub.cursor = cursor;
     }
 
-    /// Whether the cursor has nothing left to send.
+    /// Whether the subscription has nothing left to send.
     #[cfg(test)]
-    pub fn caught_up(&self, selection: &Selection, cursor: &Cursor) -> bool {
-        let mut any = false;
-        self.for_each_pending(selection, cursor, |_| {
-            any = true;
-            false
-        });
-        !any
+    pub fn caught_up(&self, sub: &Subscription) -> bool {
+        self.pending(sub).next().is_none()
+    }
+}
+
+/// The sequence numbers of one selection's events in a range, in order ([`Broadcast::walk`]).
+enum Walk<'a> {
+    /// Every event: the range itself.
+    All { next: u64, end: u64 },
+    /// One topic: its index.
+    One { events: std::collections::vec_deque::Iter<'a, (u64, u64)>, end: u64 },
+    /// Several topics: a k-way merge over their indexes, `(next position, index)` each, an event in
+    /// several of them yielded once. The minimum is found with a linear scan since k is small.
+    Many { heads: Vec<(usize, &'a VecDeque<(u64, u64)>)>, end: u64 },
+}
+
+impl Iterator for Walk<'_> {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        match self {
+            Walk::All { next, end } => {
+                let seq = *next;
+                (seq < *end).then(|| {
+                    *next += 1;
+                    seq
+                })
+            }
+            // The index is ascending: once one is past the end, so are the rest.
+            Walk::One { events, end } => events.next().map(|&(seq, _)| seq).filter(|seq| seq < end),
+            Walk::Many { heads, end } => {
+                let next = heads.iter().filter_map(|(at, events)| events.get(*at).map(|&(s, _)| s)).min()?;
+                if next >= *end {
+                    return None;
+                }
+                for (at, events) in heads.iter_mut() {
+                    if events.get(*at).is_some_and(|&(s, _)| s == next) {
+                        *at += 1;
+                    }
+                }
+                Some(next)
+            }
+        }
     }
 }
 
@@ -975,19 +1029,32 @@ mod tests {
         log.publish(topics, &event, 0).expect("fits").0.get()
     }
 
+    /// A subscription to `selection` at `cursor`, live from the start (its lag counts everything).
+    fn at(selection: &Selection, cursor: &Cursor, framing: Framing) -> Subscription {
+        Subscription { selection: selection.clone(), framing, cursor: *cursor, live_from: 0 }
+    }
+
     /// Everything the cursor would receive, as text, delivered through gather/advance.
     fn drain(log: &Broadcast, selection: &Selection, cursor: &mut Cursor, framing: Framing) -> String {
+        let mut sub = at(selection, cursor, framing);
+        let text = drain_sub(log, &mut sub);
+        *cursor = sub.cursor;
+        text
+    }
+
+    /// Everything the subscription would receive, as text, delivered through gather/advance.
+    fn drain_sub(log: &Broadcast, sub: &mut Subscription) -> String {
         let mut out = Vec::new();
         loop {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let gathered = log.gather(selection, cursor, framing, &mut slices, usize::MAX);
+            let gathered = log.gather(sub, &mut slices, usize::MAX);
             if gathered.slices == 0 {
                 break;
             }
             for s in &slices[..gathered.slices] {
                 out.extend_from_slice(s);
             }
-            log.advance(selection, cursor, framing, &gathered, gathered.bytes);
+            log.advance(sub, &gathered, gathered.bytes);
         }
         String::from_utf8(out).unwrap()
     }
@@ -1028,7 +1095,7 @@ mod tests {
         );
         let mut cursor = start;
         assert_eq!(drain(&log, &sel, &mut cursor, Framing::Raw), frame);
-        assert!(log.caught_up(&sel, &cursor));
+        assert!(log.caught_up(&at(&sel, &cursor, Framing::Raw)));
     }
 
     #[test]
@@ -1169,20 +1236,51 @@ mod tests {
         let mut whole = start;
         let expected = drain(&log, &sel, &mut whole, Framing::Chunked);
         // Write 7 bytes at a time and check the bytes come out identical.
-        let mut cursor = start;
+        let mut sub = at(&sel, &start, Framing::Chunked);
         let mut out = Vec::new();
         loop {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let gathered = log.gather(&sel, &cursor, Framing::Chunked, &mut slices, usize::MAX);
+            let gathered = log.gather(&sub, &mut slices, usize::MAX);
             if gathered.slices == 0 {
                 break;
             }
             let flat: Vec<u8> = slices[..gathered.slices].iter().flat_map(|s| s.iter().copied()).collect();
             let n = flat.len().min(7);
             out.extend_from_slice(&flat[..n]);
-            log.advance(&sel, &mut cursor, Framing::Chunked, &gathered, n);
+            log.advance(&mut sub, &gathered, n);
         }
         assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
+
+    #[test]
+    fn short_writes_over_several_topics_walk_the_events_gathered() {
+        let mut log = log(BIG);
+        let sel = log.acquire(&["a", "b"]);
+        let start = Subscription::new(sel.clone(), Framing::Chunked, &log.resume(&sel, None));
+        for i in 0..12 {
+            let topics: &[&str] = [&["a"][..], &["c"], &["a", "b"], &["b"]][i % 4];
+            publish(&mut log, topics, &format!("event {i}"));
+        }
+        let expected = drain_sub(&log, &mut start.clone());
+        for step in [1, 5, 13] {
+            let mut sub = start.clone();
+            let mut out = Vec::new();
+            loop {
+                let mut slices = [IoSlice::new(&[]); 3];
+                let gathered = log.gather(&sub, &mut slices, usize::MAX);
+                if gathered.slices == 0 {
+                    break;
+                }
+                let flat: Vec<u8> =
+                    slices[..gathered.slices].iter().flat_map(|s| s.iter().copied()).collect();
+                let n = flat.len().min(step);
+                out.extend_from_slice(&flat[..n]);
+                log.advance(&mut sub, &gathered, n);
+            }
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "{step} bytes a write");
+            assert!(log.caught_up(&sub));
+        }
+        assert_eq!(ids_in(&expected).len(), 9, "each event of a or b once, none of c");
     }
 
     #[test]
@@ -1191,23 +1289,23 @@ mod tests {
         let one = log.acquire(&["a"]);
         let all = log.acquire(&[]);
         let many = log.acquire(&["a", "b"]);
-        let c_one = log.resume(&one, None).cursor;
-        let c_all = log.resume(&all, None).cursor;
-        let c_many = log.resume(&many, None).cursor;
-        assert_eq!(log.backlog(&one, &c_one), 0);
+        let c_one = Subscription::new(one.clone(), Framing::Chunked, &log.resume(&one, None));
+        let c_all = Subscription::new(all.clone(), Framing::Chunked, &log.resume(&all, None));
+        let c_many = Subscription::new(many.clone(), Framing::Chunked, &log.resume(&many, None));
+        assert_eq!(log.backlog(&c_one), 0);
         let before = log.bytes();
         publish(&mut log, &["a"], "x");
         let a_len = (log.bytes() - before) as u64;
         publish(&mut log, &["b"], "y");
         let total = log.bytes() as u64;
-        assert_eq!(log.backlog(&one, &c_one), a_len);
-        assert_eq!(log.backlog(&all, &c_all), total);
-        assert_eq!(log.backlog(&many, &c_many), total);
+        assert_eq!(log.backlog(&c_one), a_len);
+        assert_eq!(log.backlog(&c_all), total);
+        assert_eq!(log.backlog(&c_many), total);
         let mut moved = c_one;
         let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-        let gathered = log.gather(&one, &moved, Framing::Chunked, &mut slices, usize::MAX);
-        log.advance(&one, &mut moved, Framing::Chunked, &gathered, 3);
-        assert_eq!(log.backlog(&one, &moved), a_len - 3);
+        let gathered = log.gather(&moved, &mut slices, usize::MAX);
+        log.advance(&mut moved, &gathered, 3);
+        assert_eq!(log.backlog(&moved), a_len - 3);
     }
 
     #[test]
@@ -1216,16 +1314,16 @@ mod tests {
         let a = log.acquire(&["a"]);
         let b = log.acquire(&["b"]);
         let all = log.acquire(&[]);
-        let ca = log.resume(&a, None).cursor;
-        let cb = log.resume(&b, None).cursor;
-        let call = log.resume(&all, None).cursor;
+        let ca = Subscription::new(a.clone(), Framing::Raw, &log.resume(&a, None));
+        let cb = Subscription::new(b.clone(), Framing::Raw, &log.resume(&b, None));
+        let call = Subscription::new(all.clone(), Framing::Raw, &log.resume(&all, None));
         publish(&mut log, &["a"], "1");
         publish(&mut log, &["a"], "2");
-        assert!(!log.lost(&a, &ca) && !log.lost(&b, &cb) && !log.lost(&all, &call));
+        assert!(!log.lost(&ca) && !log.lost(&cb) && !log.lost(&call));
         publish(&mut log, &["a"], "3");
-        assert!(log.lost(&a, &ca), "a's first event left");
-        assert!(!log.lost(&b, &cb), "b needed nothing that left");
-        assert!(log.lost(&all, &call));
+        assert!(log.lost(&ca), "a's first event left");
+        assert!(!log.lost(&cb), "b needed nothing that left");
+        assert!(log.lost(&call));
     }
 
     #[test]
@@ -1369,27 +1467,27 @@ mod tests {
         let mut log = log(BIG);
         let sel = log.acquire(&["a"]);
         let old: Vec<u64> = (0..5).map(|_| publish(&mut log, &["a"], &"o".repeat(100))).collect();
-        let mut resume = log.resume(&sel, Some(old[0]));
-        assert!(log.backlog(&sel, &resume.cursor) > 400);
-        assert_eq!(log.lag(&sel, &resume.cursor, resume.live_from), 0, "replaying retained events is no lag");
+        let mut sub = Subscription::new(sel.clone(), Framing::Chunked, &log.resume(&sel, Some(old[0])));
+        assert!(log.backlog(&sub) > 400);
+        assert_eq!(log.lag(&sub), 0, "replaying retained events is no lag");
         let before = log.bytes();
         publish(&mut log, &["a"], &"n".repeat(50));
         let new_len = (log.bytes() - before) as u64;
-        assert_eq!(log.lag(&sel, &resume.cursor, resume.live_from), new_len, "what came since counts");
-        drain(&log, &sel, &mut resume.cursor, Framing::Chunked);
-        assert_eq!(log.lag(&sel, &resume.cursor, resume.live_from), 0);
+        assert_eq!(log.lag(&sub), new_len, "what came since counts");
+        drain_sub(&log, &mut sub);
+        assert_eq!(log.lag(&sub), 0);
 
         // Live: the event at the cursor is free, even one written halfway; the ones after it count.
         let big = publish(&mut log, &["a"], &"b".repeat(10_000));
-        assert_eq!(log.lag(&sel, &resume.cursor, resume.live_from), 0, "a single large event is no lag");
+        assert_eq!(log.lag(&sub), 0, "a single large event is no lag");
         let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-        let g = log.gather(&sel, &resume.cursor, Framing::Chunked, &mut slices, usize::MAX);
-        log.advance(&sel, &mut resume.cursor, Framing::Chunked, &g, 4_000);
-        assert_eq!(log.lag(&sel, &resume.cursor, resume.live_from), 0);
+        let g = log.gather(&sub, &mut slices, usize::MAX);
+        log.advance(&mut sub, &g, 4_000);
+        assert_eq!(log.lag(&sub), 0);
         let before = log.bytes();
         publish(&mut log, &["a"], "after");
         let after_len = (log.bytes() - before) as u64;
-        assert_eq!(log.lag(&sel, &resume.cursor, resume.live_from), after_len);
+        assert_eq!(log.lag(&sub), after_len);
         let _ = big;
     }
 
@@ -1432,13 +1530,17 @@ mod tests {
         assert!(next > dropped, "ids are never reused, even for dropped events");
         let next_len = (log.bytes() - bytes) as u64;
         assert_eq!(
-            log.backlog(&sel, &cursor),
+            log.backlog(&at(&sel, &cursor, Framing::Chunked)),
             next_len,
             "the topic's running total forgot the dropped event"
         );
-        assert_eq!(log.backlog(&all, &all_cursor), log.bytes() as u64, "so did the log's");
+        assert_eq!(
+            log.backlog(&at(&all, &all_cursor, Framing::Chunked)),
+            log.bytes() as u64,
+            "so did the log's"
+        );
         assert_eq!(ids_in(&drain(&log, &sel, &mut cursor, Framing::Raw)), vec![next]);
-        assert_eq!(log.backlog(&sel, &cursor), 0);
+        assert_eq!(log.backlog(&at(&sel, &cursor, Framing::Chunked)), 0);
     }
 
     #[test]

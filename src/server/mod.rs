@@ -22,7 +22,7 @@ use log::{debug, error, info, log_enabled, trace, warn, Level};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::broadcast::{self, Broadcast, Cursor, Framing, Limits, Selection};
+use crate::broadcast::{self, Broadcast, Framing, Limits, Selection, Subscription};
 use crate::config::Config;
 use crate::conn::{Action, Incoming, Meta, RequestReader, Waiting};
 use crate::error::Error;
@@ -340,20 +340,16 @@ impl Rng {
     }
 }
 
-/// A subscriber's state: its topics, its place on their lists, and its cursor into the log.
+/// A subscriber's state: what the log needs of it (topics, framing, cursor) and its place on the
+/// subscriber lists.
 struct Stream {
-    selection: Selection,
+    sub: Subscription,
     /// Position on the first list (`All`, or the first of `selection.topics()`), kept inline because
     /// nearly every stream is on exactly one list.
     position: u32,
     /// Positions on the other lists, parallel to `selection.topics()[1..]`; empty (no allocation)
     /// for a one-list stream.
     more_positions: Box<[u32]>,
-    cursor: Cursor,
-    /// The first sequence number published after the stream started: what came before is its
-    /// catch-up, which never counts as lag.
-    live_from: u64,
-    framing: Framing,
     /// `--max-lifetime`: when the stream ends cleanly.
     ends_at: Option<Instant>,
 }
@@ -377,8 +373,9 @@ impl Stream {
 
     /// The subscriber lists the stream is on, in position order.
     fn lists(&self) -> impl Iterator<Item = List> + '_ {
-        let all = matches!(self.selection, Selection::All).then_some(List::All);
-        all.into_iter().chain(self.selection.topics().iter().map(|&t| List::Topic(t)))
+        let selection = self.sub.selection();
+        let all = matches!(selection, Selection::All).then_some(List::All);
+        all.into_iter().chain(selection.topics().iter().map(|&t| List::Topic(t)))
     }
 }
 

@@ -59,12 +59,9 @@ impl Loop {
         let resume = self.log.resume(&selection, subscribe.last_event_id);
         let framing = Framing::for_http10(meta.http10);
         let mut stream = Stream {
-            selection,
+            sub: Subscription::new(selection, framing, &resume),
             position: 0,
             more_positions: Box::new([]),
-            cursor: resume.cursor,
-            live_from: resume.live_from,
-            framing,
             ends_at: None,
         };
         let positions: Vec<u32> = stream.lists().map(|list| self.registry.add(list, key)).collect();
@@ -149,11 +146,10 @@ impl Loop {
     pub(super) fn check_lag(&mut self, key: Key) {
         let Some(conn) = self.conns.get(key) else { return };
         let Phase::Streaming(stream) = &conn.phase else { return };
-        if self.log.lost(&stream.selection, &stream.cursor) {
+        if self.log.lost(&stream.sub) {
             return self.close(key, CloseReason::Dropped(DropReason::Evicted));
         }
-        let lag =
-            self.log.lag(&stream.selection, &stream.cursor, stream.live_from) + conn.pending_out() as u64;
+        let lag = self.log.lag(&stream.sub) + conn.pending_out() as u64;
         if lag > self.config.max_lag as u64 {
             self.close(key, CloseReason::Dropped(DropReason::Lag));
         }
@@ -189,17 +185,11 @@ impl Loop {
         let mut gathered = None;
         if let Phase::Streaming(stream) = &conn.phase {
             if !conn.closing {
-                if self.log.lost(&stream.selection, &stream.cursor) {
+                if self.log.lost(&stream.sub) {
                     self.close(key, CloseReason::Dropped(DropReason::Evicted));
                     return Wrote::Stopped;
                 }
-                let g = self.log.gather(
-                    &stream.selection,
-                    &stream.cursor,
-                    stream.framing,
-                    &mut slices[used..],
-                    MAX_WRITE_BYTES,
-                );
+                let g = self.log.gather(&stream.sub, &mut slices[used..], MAX_WRITE_BYTES);
                 used += g.slices;
                 gathered = Some(g);
             }
@@ -223,8 +213,7 @@ impl Loop {
                 let from_own = written.min(own);
                 conn.out_at += from_own;
                 if let (Phase::Streaming(stream), Some(g)) = (&mut conn.phase, gathered) {
-                    let framing = stream.framing;
-                    self.log.advance(&stream.selection, &mut stream.cursor, framing, &g, written - from_own);
+                    self.log.advance(&mut stream.sub, &g, written - from_own);
                 }
                 // The common case, one write that took everything and gathered all there was:
                 // finish now instead of gathering again only to find nothing.
@@ -358,7 +347,7 @@ impl Loop {
                     StreamTimer::Heartbeat => {
                         // Not blocked means the last write finished every frame, so a comment
                         // cannot land inside one.
-                        push_body(stream.framing, sse::HEARTBEAT, &mut conn.out);
+                        push_body(stream.sub.framing(), sse::HEARTBEAT, &mut conn.out);
                         self.flush(key);
                     }
                 }
@@ -373,19 +362,18 @@ impl Loop {
     pub(super) fn end_stream(&mut self, key: Key) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let Phase::Streaming(stream) = &mut conn.phase else { return };
-        if stream.cursor.mid_frame() && self.log.lost(&stream.selection, &stream.cursor) {
+        if stream.sub.cursor().mid_frame() && self.log.lost(&stream.sub) {
             // Half a frame went out and its rest is gone from the history: no clean end is possible,
             // and the client must not take what follows for the rest of that frame.
             return self.close(key, CloseReason::Dropped(DropReason::Evicted));
         }
-        if stream.cursor.mid_frame() {
+        if stream.sub.cursor().mid_frame() {
             let mut rest = [IoSlice::new(&[])];
-            let g = self.log.gather(&stream.selection, &stream.cursor, stream.framing, &mut rest, usize::MAX);
+            let g = self.log.gather(&stream.sub, &mut rest, usize::MAX);
             conn.out.extend_from_slice(&rest[0][..]);
-            let framing = stream.framing;
-            self.log.advance(&stream.selection, &mut stream.cursor, framing, &g, g.bytes);
+            self.log.advance(&mut stream.sub, &g, g.bytes);
         }
-        if stream.framing == Framing::Chunked {
+        if stream.sub.framing() == Framing::Chunked {
             conn.out.extend_from_slice(LAST_CHUNK);
         }
         conn.closing = true;
@@ -410,14 +398,14 @@ impl Loop {
                         let slot = match list {
                             List::All => 0,
                             List::Topic(t) => {
-                                other.selection.topics().binary_search(&t).expect("listed topic")
+                                other.sub.selection().topics().binary_search(&t).expect("listed topic")
                             }
                         };
                         other.set_position(slot, stream.position(index));
                     }
                 }
             }
-            self.log.release(&stream.selection);
+            self.log.release(stream.sub.selection());
             self.subscribers -= 1;
         }
         let _ = self.poll.registry().deregister(conn.transport.source());
