@@ -297,10 +297,10 @@ fn open_history(config: &Config) -> Result<(Broadcast, Option<Store>), Error> {
     let mut log = log.unwrap_or_else(|| Broadcast::new(limits, floor));
     log.raise_next_id(floor);
     info!(
-        "durable history on in {} (fsync {}): loaded {loaded} event{}{}",
+        "durable history on in {} (fsync {}): loaded {}{}",
         dir.display(),
         config.fsync,
-        if loaded == 1 { "" } else { "s" },
+        count(loaded as usize, "event"),
         newest.map(|id| format!(", newest id {id}")).unwrap_or_default(),
     );
     store.retain(log.oldest_id());
@@ -449,7 +449,7 @@ struct Loop {
     held_lists: HashSet<List>,
     /// What this turn holds for the commit, and whether that is all it may.
     held: publish::HeldTurn,
-    /// Connections whose requests wait because the turn holds all it may (`turn_full`), in the
+    /// Connections whose requests wait because the turn holds all it may (`HeldTurn::is_full`), in the
     /// order they are to be resumed.
     resume_after_commit: VecDeque<Key>,
     /// Connections allowed beyond `max_connections` to receive their "full" answer.

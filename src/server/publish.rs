@@ -33,11 +33,17 @@ impl HeldTurn {
     }
 }
 
-/// An id the log refused (not above its newest): with the clock's ids this does not happen; an id
-/// source elsewhere that went back gets the publish refused, like a storage failure, retryable.
-fn refused_id(e: broadcast::PublishError) -> PublishError {
-    warn!("event not stored: {e}");
-    PublishError::Storage(format!("event not stored: {e}"))
+/// The log's refusal as the publisher's: an event too large for the history, or an id the log
+/// refused (not above its newest). With the clock's ids the latter does not happen; an id source
+/// elsewhere that went back gets the publish refused like a storage failure, retryable.
+fn log_refusal(e: broadcast::PublishError) -> PublishError {
+    match e {
+        broadcast::PublishError::TooLarge => PublishError::TooLarge,
+        e @ broadcast::PublishError::IdNotAbove { .. } => {
+            warn!("event not stored: {e}");
+            PublishError::Storage(format!("event not stored: {e}"))
+        }
+    }
 }
 
 impl Loop {
@@ -51,11 +57,8 @@ impl Loop {
         let now = wall_micros();
         let id = ClockIds.next(self.log.newest_id(), now);
         // Checked before the record goes to disk: a refused event is stored nowhere.
-        self.log.check_id(id).map_err(refused_id)?;
-        let encoded = self.log.encode(event, id).map_err(|e| match e {
-            broadcast::PublishError::TooLarge => PublishError::TooLarge,
-            e @ broadcast::PublishError::IdNotAbove { .. } => refused_id(e),
-        })?;
+        self.log.check_id(id).map_err(log_refusal)?;
+        let encoded = self.log.encode(event, id).map_err(log_refusal)?;
         let wire_len = encoded.wire_len();
         let mut held = false;
         if let Some(store) = &mut self.store {
@@ -74,7 +77,7 @@ impl Loop {
             }
         }
         let id = encoded.id();
-        let topic_ids = self.log.insert(&topics, encoded, now).map_err(refused_id)?;
+        let topic_ids = self.log.insert(&topics, encoded, now).map_err(log_refusal)?;
         self.metrics.events_published += 1;
         let lists: Vec<List> =
             topic_ids.iter().map(|&t| List::Topic(t)).chain(std::iter::once(List::All)).collect();
@@ -113,12 +116,6 @@ impl Loop {
                 },
             }
         }
-    }
-
-    /// Whether this turn holds as many publishes for the commit as it may: further requests wait
-    /// for the commit (`resume_after_commit`).
-    pub(super) fn turn_full(&self) -> bool {
-        self.held.is_full()
     }
 
     /// Whether publishes are answered only after the turn's commit (a durable history that syncs).
@@ -202,7 +199,7 @@ impl Loop {
         // full again; what they publish is held for the next commit. A connection that fills it
         // goes to the back of the queue, so one busy publisher cannot keep the others (or a
         // `/health` probe) waiting.
-        while !self.turn_full() {
+        while !self.held.is_full() {
             let Some(key) = self.resume_after_commit.pop_front() else { break };
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.queued_for_commit = false;

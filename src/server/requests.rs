@@ -110,7 +110,7 @@ impl Loop {
     pub(super) fn read_requests(&mut self, key: Key) {
         loop {
             self.process_requests(key);
-            let full = self.turn_full();
+            let full = self.held.is_full();
             let Some(conn) = self.conns.get_mut(key) else { return };
             if full {
                 // Picked up again, and read until `WouldBlock`, once a commit makes room.
@@ -170,7 +170,7 @@ impl Loop {
                     _ => break,
                 }
             }
-            if self.turn_full() {
+            if self.held.is_full() {
                 break; // `read_requests` queues the connection for after the commit
             }
             let Some(conn) = self.conns.get_mut(key) else { return };
