@@ -10,9 +10,9 @@
 use std::time::Instant;
 
 use crate::config::Config;
-use crate::conn::{Action, Incoming, RequestReader, Waiting};
 use crate::event::Event;
 use crate::http::chunk::{self, ChunkedDecoder};
+use crate::http::reader::{Action, Incoming, RequestReader, Waiting};
 use crate::http::response::{self, Refusal};
 use crate::http::route::{self, PublishTarget};
 use crate::sse;

@@ -38,7 +38,7 @@
 
 pub mod broadcast;
 mod config;
-mod conn;
+mod connection;
 mod error;
 pub mod event;
 mod fanout;

@@ -22,14 +22,15 @@ use log::{debug, error, info, log_enabled, trace, warn, Level};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::broadcast::{self, Broadcast, Framing, Limits, Selection, Subscription};
+use crate::broadcast::{self, Broadcast, Framing, Limits, Subscription};
 use crate::config::Config;
-use crate::conn::{Action, Incoming, Meta, RequestReader, Waiting};
+use crate::connection::MAX_PENDING_RESPONSES;
+use crate::connection::{CloseReason, Connection, Expired, OnShutdown, PeerClosed, State, Stream};
 use crate::error::Error;
 use crate::event::{Event, PublishError};
 use crate::fanout::{List, Registry};
 use crate::handle::{Command, Mailbox, Publisher, Shutdown};
-use crate::http::chunk::{self, LAST_CHUNK};
+use crate::http::reader::{Action, Incoming, Meta};
 use crate::http::response::{self, Refusal};
 use crate::http::route::Subscribe;
 use crate::ids::ClockIds;
@@ -82,13 +83,6 @@ pub(crate) fn count(n: usize, noun: &str) -> String {
 const EXHAUSTION_REPORT: Duration = Duration::from_secs(10);
 /// How long accepting pauses after the process ran out of descriptors.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-/// How long a closing connection may keep reading the client's leftover bytes, so the final answer is
-/// not destroyed by a reset (RFC 9112 §9.6, "tear-down").
-const LINGER: Duration = Duration::from_secs(2);
-/// Pending response bytes after which a connection's further requests wait until the client reads.
-const MAX_PENDING_RESPONSES: usize = 64 * 1024;
-/// Bytes one vectored write gathers at most.
-const MAX_WRITE_BYTES: usize = 256 * 1024;
 /// Streams written per loop turn before the loop polls again (without sleeping) for new requests.
 /// At ~8 µs per loopback write a slice is ~4 ms: publishes that arrive during a long fan-out are
 /// answered within that and coalesce into the writes still to come.
@@ -340,94 +334,18 @@ impl Rng {
     }
 }
 
-/// A subscriber's state: what the log needs of it (topics, framing, cursor) and its place on the
-/// subscriber lists.
-struct Stream {
-    sub: Subscription,
-    /// Position on the first list (`All`, or the first of `selection.topics()`), kept inline because
-    /// nearly every stream is on exactly one list.
-    position: u32,
-    /// Positions on the other lists, parallel to `selection.topics()[1..]`; empty (no allocation)
-    /// for a one-list stream.
-    more_positions: Box<[u32]>,
-    /// `--max-lifetime`: when the stream ends cleanly.
-    ends_at: Option<Instant>,
-}
-
-impl Stream {
-    fn position(&self, index: usize) -> u32 {
-        if index == 0 {
-            self.position
-        } else {
-            self.more_positions[index - 1]
-        }
-    }
-
-    fn set_position(&mut self, index: usize, position: u32) {
-        if index == 0 {
-            self.position = position;
-        } else {
-            self.more_positions[index - 1] = position;
-        }
-    }
-
-    /// The subscriber lists the stream is on, in position order.
-    fn lists(&self) -> impl Iterator<Item = List> + '_ {
-        let selection = self.sub.selection();
-        let all = matches!(selection, Selection::All).then_some(List::All);
-        all.into_iter().chain(selection.topics().iter().map(|&t| List::Topic(t)))
-    }
-}
-
-enum Phase {
-    /// Reading and answering requests.
-    Requests(Box<RequestReader>),
-    /// An event stream.
-    Streaming(Stream),
-}
-
+/// A connection as the loop holds it: the transport it moves bytes through, the pure [`Connection`]
+/// that decides what they are, and the loop's own bookkeeping.
 struct Conn {
     /// The connection's bytes; the loop reads, writes, shuts and registers only through this seam.
     transport: Plain,
-    phase: Phase,
-    /// Bytes queued ahead of everything else: response heads, answers, heartbeats, the gap notice.
-    out: Vec<u8>,
-    out_at: usize,
+    conn: Connection,
     /// The deadline this connection has in the timer heap, if any.
     scheduled: Option<Instant>,
-    /// Last time bytes were written (streams) — heartbeats count from it.
-    last_write: Instant,
     /// On the list of streams to write at the end of the turn.
     dirty: bool,
-    /// The last write hit `WouldBlock`: wait for `WRITABLE` instead of writing again.
-    blocked: bool,
-    /// Accepted beyond `--max-connections`: gets one answer, then is closed.
-    over_capacity: bool,
-    /// Close once `out` is written (and, for a stream, write nothing more from the log).
-    closing: bool,
-    /// Answers in `out` that wait for the durable history's commit at the end of the turn.
-    awaiting_commit: u32,
     /// On `resume_after_commit`: its requests wait for room in a later turn.
     queued_for_commit: bool,
-    /// Set once the write side is shut: the connection only drains the client's bytes until `LINGER`.
-    lingering_until: Option<Instant>,
-}
-
-impl Conn {
-    fn pending_out(&self) -> usize {
-        self.out.len() - self.out_at
-    }
-}
-
-/// Why the loop is closing a connection, for the debug log and the metrics.
-#[derive(Debug, Clone, Copy)]
-enum CloseReason {
-    PeerClosed,
-    Error,
-    Done,
-    IdleTimeout,
-    Dropped(DropReason),
-    Shutdown,
 }
 
 /// A publish whose answer waits for the durable history's commit.
@@ -625,14 +543,6 @@ fn return_free_memory() {
 /// Other allocators (musl's, for one) return memory on their own terms; nothing to do.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn return_free_memory() {}
-
-/// Appends a body fragment with the stream's framing.
-fn push_body(framing: Framing, payload: &[u8], out: &mut Vec<u8>) {
-    match framing {
-        Framing::Chunked => chunk::encode_chunk(payload, out),
-        Framing::Raw => out.extend_from_slice(payload),
-    }
-}
 
 #[cfg(test)]
 mod tests {

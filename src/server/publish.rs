@@ -147,8 +147,7 @@ impl Loop {
                     match ack {
                         Ack::Http { key, .. } => {
                             if let Some(conn) = self.conns.get_mut(key) {
-                                conn.awaiting_commit -= 1;
-                                if conn.awaiting_commit == 0 && matches!(conn.phase, Phase::Requests(_)) {
+                                if conn.conn.release_answer() {
                                     // Reading may have paused behind the held answers: resume it.
                                     self.read_requests(key);
                                 } else {
@@ -176,15 +175,11 @@ impl Loop {
                     match ack {
                         Ack::Http { key, out_start } => {
                             let Some(conn) = self.conns.get_mut(key) else { continue };
-                            if conn.awaiting_commit == 0 {
-                                continue; // already answered by an earlier ack of the same connection
-                            }
                             // Everything queued from the first held answer on is replaced: one 503, and
                             // the connection closes so pipelined requests are not left in doubt.
-                            conn.out.truncate(out_start.max(conn.out_at));
-                            conn.awaiting_commit = 0;
-                            response::refusal(&refusal, false, false, b"", &mut conn.out);
-                            conn.closing = true;
+                            if !conn.conn.fail_held_answers(out_start, &refusal) {
+                                continue; // already answered by an earlier ack of the same connection
+                            }
                             self.metrics.refused(refusal.status());
                             self.flush(key);
                         }

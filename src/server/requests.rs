@@ -41,18 +41,10 @@ impl Loop {
             net::tune_stream(&stream);
             let conn = Conn {
                 transport: Plain::new(stream),
-                phase: Phase::Requests(Box::new(RequestReader::new(self.now))),
-                out: Vec::new(),
-                out_at: 0,
+                conn: Connection::new(self.now, over_capacity),
                 scheduled: None,
-                last_write: self.now,
                 dirty: false,
-                blocked: false,
-                over_capacity,
-                closing: false,
-                awaiting_commit: 0,
                 queued_for_commit: false,
-                lingering_until: None,
             };
             let key = self.conns.insert(conn);
             let conn = self.conns.get_mut(key).expect("just inserted");
@@ -78,9 +70,12 @@ impl Loop {
 
     pub(super) fn handle_readable(&mut self, key: Key) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        match &mut conn.phase {
-            Phase::Requests(_) if conn.lingering_until.is_none() => self.read_requests(key),
-            _ => self.drain_input(key),
+        match conn.conn.state() {
+            State::Requests(_) => self.read_requests(key),
+            // An answer is owed and the connection ends after it: a half-close must not cut it
+            // short, so nothing is read until it is written (lingering then reads the rest).
+            State::Closing(None) => {}
+            State::Streaming(_) | State::Closing(Some(_)) | State::Lingering { .. } => self.drain_input(key),
         }
     }
 
@@ -100,7 +95,6 @@ impl Loop {
         }
     }
 
-    /// Reads until `WouldBlock` (or until the input cap), carrying out each complete request.
     /// Answers the requests already buffered, then reads until `WouldBlock` (or until the input cap),
     /// answering each complete request as it arrives.
     ///
@@ -120,30 +114,27 @@ impl Loop {
                 }
                 return;
             }
-            if conn.closing || conn.pending_out() >= MAX_PENDING_RESPONSES {
+            let Some(budget) = conn.conn.read_budget(&self.config) else {
+                if matches!(conn.conn.state(), State::Streaming(_)) {
+                    // The last request opened a stream: its client has nothing more to say.
+                    self.drain_input(key);
+                }
                 return;
-            }
-            let Phase::Requests(reader) = &mut conn.phase else { return self.drain_input(key) };
-            let budget = reader.read_budget(&self.config).saturating_sub(reader.input.len()).max(1);
+            };
             let want = budget.min(self.scratch.len());
-            let was_idle = reader.waiting() == Waiting::Idle;
             match conn.transport.read(&mut self.scratch[..want]) {
                 Outcome::Done(n) => {
                     trace!("conn={} read {n} bytes", key.slot);
-                    reader.input.extend_from_slice(&self.scratch[..n]);
-                    reader.handle_input_at(was_idle, self.now);
+                    conn.conn.handle_input(&self.scratch[..n], self.now);
                 }
                 Outcome::WouldBlock => {
                     self.schedule(key);
                     return;
                 }
                 Outcome::Closed => {
-                    // A half-close after a complete request still gets its answer.
-                    if conn.pending_out() > 0 || conn.awaiting_commit > 0 {
-                        conn.closing = true;
-                        self.flush(key);
-                    } else {
-                        self.close(key, CloseReason::PeerClosed);
+                    match conn.conn.handle_peer_closed() {
+                        PeerClosed::Finish => self.flush(key),
+                        PeerClosed::Close => self.close(key, CloseReason::PeerClosed),
                     }
                     return;
                 }
@@ -159,25 +150,23 @@ impl Loop {
     pub(super) fn process_requests(&mut self, key: Key) {
         loop {
             let Some(conn) = self.conns.get_mut(key) else { return };
-            if conn.closing {
+            if !conn.conn.is_reading_requests() {
                 break;
             }
-            if conn.pending_out() >= MAX_PENDING_RESPONSES {
+            if conn.conn.pending_out() >= MAX_PENDING_RESPONSES {
                 // Write what we can; go on only if the client took it.
                 self.flush(key);
                 match self.conns.get(key) {
-                    Some(conn) if conn.pending_out() < MAX_PENDING_RESPONSES => continue,
+                    Some(conn) if conn.conn.pending_out() < MAX_PENDING_RESPONSES => continue,
                     _ => break,
                 }
             }
             if self.held.is_full() {
                 break; // `read_requests` queues the connection for after the commit
             }
-            let Some(conn) = self.conns.get_mut(key) else { return };
-            let Phase::Requests(reader) = &mut conn.phase else { break };
-            let Some(incoming) = reader.poll_request(&self.config, self.now) else { break };
+            let Some(incoming) = conn.conn.poll_request(&self.config, self.now) else { break };
             match incoming {
-                Incoming::Interim(bytes) => conn.out.extend_from_slice(bytes),
+                Incoming::Interim(_) => {} // already queued by the connection
                 Incoming::Refused(meta, refusal) => self.refuse(key, &meta, &refusal),
                 Incoming::Request(meta, action) => self.carry_out(key, meta, action),
             }
@@ -198,15 +187,11 @@ impl Loop {
         info!("conn={} refused: {status} {}", key.slot, refusal.reason());
         let cors = self.cors(meta.origin.as_deref());
         let Some(conn) = self.conns.get_mut(key) else { return };
-        let keep_alive = meta.keep_alive && !refusal.closes() && !conn.over_capacity;
-        response::refusal(refusal, keep_alive, meta.head_only, &cors, &mut conn.out);
-        if !keep_alive {
-            conn.closing = true;
-        }
+        conn.conn.refuse(meta, refusal, &cors);
     }
 
     pub(super) fn carry_out(&mut self, key: Key, meta: Meta, action: Action) {
-        let over_capacity = self.conns.get(key).is_some_and(|c| c.over_capacity);
+        let over_capacity = self.conns.get(key).is_some_and(|c| c.conn.over_capacity());
         if over_capacity {
             match action {
                 // Load balancers must not mark a full node dead; HEAD works wherever GET does.
@@ -242,8 +227,8 @@ impl Loop {
                 Ok(id) => {
                     if self.defers_acks() {
                         let conn = self.conns.get_mut(key).expect("caller holds a live key");
-                        conn.awaiting_commit += 1;
-                        self.pending_acks.push(Ack::Http { key, out_start: conn.out.len() });
+                        let out_start = conn.conn.hold_answer();
+                        self.pending_acks.push(Ack::Http { key, out_start });
                     }
                     let out = answer_buffer(&mut self.conns, key, keep_alive);
                     response::text(200, &format!("{id}\n"), keep_alive, false, &cors, out);
@@ -259,12 +244,10 @@ impl Loop {
     }
 }
 
-/// The buffer a complete answer is queued in; the connection closes after it unless kept alive.
+/// The buffer a complete answer is queued in ([`Connection::answer`]).
 ///
 /// A free function over the slab (not a method) so that an answer can borrow other parts of the
 /// loop, such as its configuration, while it is written.
 fn answer_buffer(conns: &mut Slab<Conn>, key: Key, keep_alive: bool) -> &mut Vec<u8> {
-    let conn = conns.get_mut(key).expect("caller holds a live key");
-    conn.closing |= !keep_alive;
-    &mut conn.out
+    conns.get_mut(key).expect("caller holds a live key").conn.answer(keep_alive)
 }

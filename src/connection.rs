@@ -1,0 +1,600 @@
+//! One client connection as a pure state machine: everything the server decides about a connection,
+//! with no socket and no clock of its own.
+//!
+//! The loop (`server/`) owns the sockets. It tells a [`Connection`] what happened through the
+//! `handle_*` calls (bytes arrived, the transport accepted `n` bytes or is full, the peer closed, a
+//! deadline passed, the server is stopping), always with the time as an argument, and asks it what to
+//! do through the `poll_*` calls (the next request, the bytes to write next, the next deadline). The
+//! shared event log is passed in where a stream needs it. So every decision about writing, closing,
+//! lingering, heartbeats, lifetimes and lag is made here, and the tests at the bottom drive a
+//! connection through an in-memory pair with a hand-advanced clock: no socket, no sleep.
+//!
+//! The states are named ([`State`]): reading requests, streaming, closing (the last bytes are owed),
+//! lingering (the write side is shut; the client's last bytes are read and dropped).
+
+use std::io::IoSlice;
+use std::time::{Duration, Instant};
+
+use crate::broadcast::{Broadcast, Framing, Gathered, Selection, Subscription};
+use crate::config::Config;
+use crate::fanout::List;
+use crate::http::chunk::{self, LAST_CHUNK};
+use crate::http::reader::{Incoming, Meta, RequestReader, Waiting};
+use crate::http::response::{self, Refusal};
+use crate::metrics::DropReason;
+use crate::sse;
+use crate::timer::deadline_after;
+
+/// How long a closing connection may keep reading the client's leftover bytes, so the final answer is
+/// not destroyed by a reset (RFC 9112 §9.6, "tear-down").
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
+/// Pending response bytes after which a connection's further requests wait until the client reads.
+pub(crate) const MAX_PENDING_RESPONSES: usize = 64 * 1024;
+/// Bytes one vectored write gathers at most.
+pub(crate) const MAX_WRITE_BYTES: usize = 256 * 1024;
+
+/// A subscriber's state: what the log needs of it (topics, framing, cursor) and its place on the
+/// subscriber lists, which the loop keeps.
+pub(crate) struct Stream {
+    pub(crate) sub: Subscription,
+    /// Position on the first list (`All`, or the first of `selection.topics()`), kept inline because
+    /// nearly every stream is on exactly one list.
+    position: u32,
+    /// Positions on the other lists, parallel to `selection.topics()[1..]`; empty (no allocation)
+    /// for a one-list stream.
+    more_positions: Box<[u32]>,
+    /// `--max-lifetime`: when the stream ends cleanly.
+    ends_at: Option<Instant>,
+}
+
+impl Stream {
+    /// A stream not yet on any list; the loop places it with [`Stream::set_position`].
+    pub(crate) fn new(sub: Subscription, ends_at: Option<Instant>) -> Stream {
+        let lists = sub.selection().topics().len() + usize::from(matches!(sub.selection(), Selection::All));
+        Stream { sub, position: 0, more_positions: vec![0; lists.saturating_sub(1)].into(), ends_at }
+    }
+
+    pub(crate) fn position(&self, index: usize) -> u32 {
+        if index == 0 {
+            self.position
+        } else {
+            self.more_positions[index - 1]
+        }
+    }
+
+    pub(crate) fn set_position(&mut self, index: usize, position: u32) {
+        if index == 0 {
+            self.position = position;
+        } else {
+            self.more_positions[index - 1] = position;
+        }
+    }
+
+    /// The subscriber lists the stream is on, in position order.
+    pub(crate) fn lists(&self) -> impl Iterator<Item = List> + '_ {
+        let selection = self.sub.selection();
+        let all = matches!(selection, Selection::All).then_some(List::All);
+        all.into_iter().chain(selection.topics().iter().map(|&t| List::Topic(t)))
+    }
+}
+
+/// Where a connection is in its life.
+pub(crate) enum State {
+    /// Reading requests and answering them, possibly several (keep-alive, pipelining).
+    Requests(Box<RequestReader>),
+    /// An event stream: written from the log at its cursor.
+    Streaming(Stream),
+    /// Owes the bytes queued in it and nothing more (an answer that ends the connection, or a
+    /// stream's end); once they are written the write side is shut. A stream stays on its lists until
+    /// the connection is gone.
+    Closing(Option<Stream>),
+    /// The write side is shut; what the client still sends is read and dropped until `until`, so it
+    /// does not turn the close into a reset that destroys the answer.
+    Lingering { until: Instant, stream: Option<Stream> },
+}
+
+/// Why a connection is to be closed, for the debug log and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    PeerClosed,
+    Error,
+    Done,
+    IdleTimeout,
+    Dropped(DropReason),
+    Shutdown,
+}
+
+/// What a passed deadline came to ([`Connection::handle_timeout`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Expired {
+    /// Nothing is due yet (a stale timer).
+    Nothing,
+    /// Bytes were queued (a heartbeat, a stream's end at its lifetime): write them.
+    Write,
+    /// The stream reached `--max-lifetime`; its end is queued: write it.
+    Lifetime,
+    /// A request did not complete within `--header-timeout`: answer `408` with this meta.
+    RequestTimeout(Meta),
+    /// Close the connection.
+    Close(CloseReason),
+}
+
+/// What the peer's end of stream came to ([`Connection::handle_peer_closed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PeerClosed {
+    /// Answers are still owed (a half-close after a complete request): write them, then close.
+    Finish,
+    /// Nothing is owed: close now.
+    Close,
+}
+
+/// What the start of a shutdown asks of a connection ([`Connection::handle_shutdown`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnShutdown {
+    /// Already on its way out, or nothing to do yet.
+    Nothing,
+    /// Its last bytes are queued: write them.
+    Write,
+    /// Close it now.
+    Close(CloseReason),
+}
+
+/// What [`Connection::poll_transmit`] put into the slice array, to be handed back with the number
+/// of bytes the transport accepted.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Transmit {
+    /// Slices filled (0: nothing to write).
+    pub(crate) slices: usize,
+    /// Bytes of the connection's own buffer in the first slice.
+    own: usize,
+    /// What came from the log, for a stream.
+    gathered: Option<Gathered>,
+    /// Slices there were room for after the own bytes.
+    room: usize,
+}
+
+/// A connection's state and the bytes it owes, without its socket.
+pub(crate) struct Connection {
+    state: State,
+    /// Bytes queued ahead of everything else: response heads, answers, heartbeats, the gap notice.
+    out: Vec<u8>,
+    out_at: usize,
+    /// Last time bytes were accepted by the transport (streams count heartbeats from it).
+    last_write: Instant,
+    /// The last write found the transport full: write again only once it is writable.
+    blocked: bool,
+    /// Accepted beyond `--max-connections`: gets one answer, then is closed.
+    over_capacity: bool,
+    /// Answers in `out` that wait for the durable history's commit.
+    awaiting_commit: u32,
+}
+
+impl Connection {
+    /// A connection accepted at `now`, reading requests.
+    pub(crate) fn new(now: Instant, over_capacity: bool) -> Connection {
+        Connection {
+            state: State::Requests(Box::new(RequestReader::new(now))),
+            out: Vec::new(),
+            out_at: 0,
+            last_write: now,
+            blocked: false,
+            over_capacity,
+            awaiting_commit: 0,
+        }
+    }
+
+    pub(crate) fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The stream, in any state that still has one (it leaves the lists only with the connection).
+    pub(crate) fn stream(&self) -> Option<&Stream> {
+        match &self.state {
+            State::Streaming(stream) => Some(stream),
+            State::Closing(stream) | State::Lingering { stream, .. } => stream.as_ref(),
+            State::Requests(_) => None,
+        }
+    }
+
+    pub(crate) fn stream_mut(&mut self) -> Option<&mut Stream> {
+        match &mut self.state {
+            State::Streaming(stream) => Some(stream),
+            State::Closing(stream) | State::Lingering { stream, .. } => stream.as_mut(),
+            State::Requests(_) => None,
+        }
+    }
+
+    pub(crate) fn is_reading_requests(&self) -> bool {
+        matches!(self.state, State::Requests(_))
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        matches!(self.state, State::Closing(_))
+    }
+
+    pub(crate) fn is_lingering(&self) -> bool {
+        matches!(self.state, State::Lingering { .. })
+    }
+
+    pub(crate) fn over_capacity(&self) -> bool {
+        self.over_capacity
+    }
+
+    /// Queued bytes not yet accepted by the transport.
+    pub(crate) fn pending_out(&self) -> usize {
+        self.out.len() - self.out_at
+    }
+
+    /// Whether the last write found the transport full.
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// Moves to [`State::Closing`], keeping the stream (if any) until the connection is gone.
+    fn start_closing(&mut self) {
+        let state = std::mem::replace(&mut self.state, State::Closing(None));
+        self.state = match state {
+            State::Streaming(stream) => State::Closing(Some(stream)),
+            State::Requests(_) => State::Closing(None),
+            other => other,
+        };
+    }
+
+    // ----- requests -----
+
+    /// How many bytes to read next for requests, or `None` while none are wanted: not reading
+    /// requests, or `MAX_PENDING_RESPONSES` of answers wait for the client to read them.
+    pub(crate) fn read_budget(&self, config: &Config) -> Option<usize> {
+        let State::Requests(reader) = &self.state else { return None };
+        if self.pending_out() >= MAX_PENDING_RESPONSES {
+            return None;
+        }
+        Some(reader.read_budget(config).saturating_sub(reader.input.len()).max(1))
+    }
+
+    /// Bytes the client sent, read at `now`. Outside of reading requests they are dropped: a
+    /// stream's client has nothing to say, a closing one only its leftovers.
+    pub(crate) fn handle_input(&mut self, bytes: &[u8], now: Instant) {
+        if let State::Requests(reader) = &mut self.state {
+            let was_idle = reader.waiting() == Waiting::Idle;
+            reader.input.extend_from_slice(bytes);
+            reader.handle_input_at(was_idle, now);
+        }
+    }
+
+    /// The next complete request (or interim answer, or refusal), while the connection reads
+    /// requests and its client is not behind on reading answers.
+    pub(crate) fn poll_request(&mut self, config: &Config, now: Instant) -> Option<Incoming> {
+        if self.pending_out() >= MAX_PENDING_RESPONSES {
+            return None;
+        }
+        let State::Requests(reader) = &mut self.state else { return None };
+        let incoming = reader.poll_request(config, now);
+        if let Some(Incoming::Interim(bytes)) = incoming {
+            self.out.extend_from_slice(bytes);
+        }
+        incoming
+    }
+
+    /// The buffer a complete answer is queued in; the connection closes after it unless kept alive
+    /// (and one accepted over capacity is never kept alive).
+    pub(crate) fn answer(&mut self, keep_alive: bool) -> &mut Vec<u8> {
+        if !keep_alive || self.over_capacity {
+            self.start_closing();
+        }
+        &mut self.out
+    }
+
+    /// Queues a refusal; the connection closes after it unless the request allows keeping it.
+    pub(crate) fn refuse(&mut self, meta: &Meta, refusal: &Refusal, cors: &[u8]) {
+        let keep_alive = meta.keep_alive && !refusal.closes() && !self.over_capacity;
+        let out = self.answer(keep_alive);
+        response::refusal(refusal, keep_alive, meta.head_only, cors, out);
+    }
+
+    /// Notes that the answer about to be queued waits for the durable history's commit; returns where
+    /// it starts in the buffer, for [`Connection::fail_held_answers`].
+    pub(crate) fn hold_answer(&mut self) -> usize {
+        self.awaiting_commit += 1;
+        self.out.len()
+    }
+
+    /// One held answer may go out; true when reading requests should resume (none is held any more
+    /// and the connection still reads requests).
+    pub(crate) fn release_answer(&mut self) -> bool {
+        self.awaiting_commit = self.awaiting_commit.saturating_sub(1);
+        self.awaiting_commit == 0 && self.is_reading_requests()
+    }
+
+    /// The commit failed: everything queued from the first held answer (at `out_start`) is replaced
+    /// by `refusal`, and the connection closes so pipelined requests are not left in doubt. False
+    /// when an earlier held answer of this connection already did so.
+    pub(crate) fn fail_held_answers(&mut self, out_start: usize, refusal: &Refusal) -> bool {
+        if self.awaiting_commit == 0 {
+            return false;
+        }
+        self.out.truncate(out_start.max(self.out_at));
+        self.awaiting_commit = 0;
+        response::refusal(refusal, false, false, b"", &mut self.out);
+        self.start_closing();
+        true
+    }
+
+    /// Turns the connection into an event stream: queues the response head and the start of the
+    /// body (`body`: the prelude, maybe a gap notice) with the framing the request's HTTP version
+    /// calls for. A stream's connection is never reused, so the head says `Connection: close`.
+    pub(crate) fn start_stream(
+        &mut self,
+        stream: Stream,
+        meta: &Meta,
+        cors: &[u8],
+        body: &[u8],
+        now: Instant,
+    ) {
+        queue_stream_start(meta, cors, body, &mut self.out);
+        self.state = State::Streaming(stream);
+        self.last_write = now;
+    }
+
+    /// At capacity, a subscriber is told to come back later in a way `EventSource` honours: a normal
+    /// stream that carries only `body` (a long `retry:`) and ends at once (any non-200 would be
+    /// final).
+    pub(crate) fn turn_away(&mut self, meta: &Meta, cors: &[u8], body: &[u8]) {
+        if queue_stream_start(meta, cors, body, &mut self.out) == Framing::Chunked {
+            self.out.extend_from_slice(LAST_CHUNK);
+        }
+        self.start_closing();
+    }
+
+    // ----- writing -----
+
+    /// Fills `slices` with what to write next: the queued bytes, then (for a stream) the log from
+    /// its cursor, up to the array's length and about `MAX_WRITE_BYTES`; `Ok(None)` while nothing may
+    /// be written (blocked, lingering, or holding answers for a commit), and no slice filled when
+    /// everything owed is written. `Err` when the stream's next event has left the history (the
+    /// stream must be dropped).
+    pub(crate) fn poll_transmit<'a>(
+        &'a self,
+        log: &'a Broadcast,
+        slices: &mut [IoSlice<'a>],
+    ) -> Result<Option<Transmit>, DropReason> {
+        if self.blocked || self.is_lingering() || self.awaiting_commit > 0 {
+            return Ok(None);
+        }
+        let own = self.pending_out();
+        let mut tx = Transmit { slices: 0, own, gathered: None, room: slices.len() };
+        if own > 0 {
+            slices[0] = IoSlice::new(&self.out[self.out_at..]);
+            tx.slices = 1;
+            tx.room -= 1;
+        }
+        if let State::Streaming(stream) = &self.state {
+            if log.lost(&stream.sub) {
+                return Err(DropReason::Evicted);
+            }
+            let gathered = log.gather(&stream.sub, &mut slices[tx.slices..], MAX_WRITE_BYTES);
+            tx.slices += gathered.slices;
+            tx.gathered = Some(gathered);
+        }
+        Ok(Some(tx))
+    }
+
+    /// Everything owed was written: the buffer goes back (an idle connection holds no heap). True
+    /// when the connection is closing, so its write side is to be shut.
+    pub(crate) fn handle_drained(&mut self) -> bool {
+        self.out = Vec::new();
+        self.out_at = 0;
+        self.is_closing()
+    }
+
+    /// The transport accepted `written` bytes of `tx` at `now`: the queued bytes and the stream's
+    /// cursor move past exactly those. True when the write took everything and there was nothing
+    /// more to gather (so no second write is needed).
+    pub(crate) fn handle_written(
+        &mut self,
+        log: &Broadcast,
+        tx: &Transmit,
+        written: usize,
+        now: Instant,
+    ) -> bool {
+        self.last_write = now;
+        let from_own = written.min(tx.own);
+        self.out_at += from_own;
+        if let (State::Streaming(stream), Some(g)) = (&mut self.state, &tx.gathered) {
+            log.advance(&mut stream.sub, g, written - from_own);
+        }
+        let took_all = written == tx.own + tx.gathered.map_or(0, |g| g.bytes);
+        let gathered_all = tx.gathered.map_or(true, |g| g.slices < tx.room && g.bytes < MAX_WRITE_BYTES);
+        if took_all && gathered_all && !self.is_closing() {
+            self.out = Vec::new();
+            self.out_at = 0;
+            return true;
+        }
+        false
+    }
+
+    /// The transport is full: write again only once it says it is writable.
+    pub(crate) fn handle_blocked(&mut self) {
+        self.blocked = true;
+    }
+
+    /// The transport is writable again. True when reading requests should resume: reading paused
+    /// for this client's answers to drain (and the readiness edge that would resume it is gone).
+    pub(crate) fn handle_writable(&mut self) -> bool {
+        self.blocked = false;
+        self.is_reading_requests() && self.pending_out() >= MAX_PENDING_RESPONSES
+    }
+
+    /// Why a stream must be dropped now, if it must: its next event left the history, or its lag
+    /// (see [`Broadcast::lag`]: a catch-up and the event being written do not count) plus its queued
+    /// bytes passed `max_lag`.
+    pub(crate) fn check_lag(&self, log: &Broadcast, max_lag: usize) -> Option<DropReason> {
+        let State::Streaming(stream) = &self.state else { return None };
+        if log.lost(&stream.sub) {
+            return Some(DropReason::Evicted);
+        }
+        let lag = log.lag(&stream.sub) + self.pending_out() as u64;
+        (lag > max_lag as u64).then_some(DropReason::Lag)
+    }
+
+    // ----- closing -----
+
+    /// The client closed its side. A half-close after a complete request still gets its answer.
+    pub(crate) fn handle_peer_closed(&mut self) -> PeerClosed {
+        if self.is_reading_requests() && (self.pending_out() > 0 || self.awaiting_commit > 0) {
+            self.start_closing();
+            PeerClosed::Finish
+        } else {
+            PeerClosed::Close
+        }
+    }
+
+    /// Ends a stream cleanly: the terminating chunk on HTTP/1.1 (the end of the connection on 1.0).
+    ///
+    /// A write cut inside a frame is completed first: the rest of that frame is copied ahead of the
+    /// terminating chunk, since the client must never see half an event followed by the end. If that
+    /// rest has left the history no clean end is possible: `Err`, drop the stream.
+    pub(crate) fn end_stream(&mut self, log: &Broadcast) -> Result<(), DropReason> {
+        let State::Streaming(stream) = &mut self.state else { return Ok(()) };
+        if stream.sub.cursor().mid_frame() {
+            if log.lost(&stream.sub) {
+                // The client must not take what follows for the rest of that frame.
+                return Err(DropReason::Evicted);
+            }
+            let mut rest = [IoSlice::new(&[])];
+            let g = log.gather(&stream.sub, &mut rest, usize::MAX);
+            self.out.extend_from_slice(&rest[0][..]);
+            log.advance(&mut stream.sub, &g, g.bytes);
+        }
+        if stream.sub.framing() == Framing::Chunked {
+            self.out.extend_from_slice(LAST_CHUNK);
+        }
+        self.start_closing();
+        Ok(())
+    }
+
+    /// The write side was shut at `now`: linger, reading the client's leftovers.
+    pub(crate) fn handle_write_closed(&mut self, now: Instant) {
+        let state = std::mem::replace(&mut self.state, State::Closing(None));
+        let stream = match state {
+            State::Streaming(stream) => Some(stream),
+            State::Closing(stream) | State::Lingering { stream, .. } => stream,
+            State::Requests(_) => None,
+        };
+        self.state = State::Lingering { until: now + LINGER, stream };
+    }
+
+    /// A graceful shutdown begins: streams end cleanly, owed answers are written, the rest closes.
+    pub(crate) fn handle_shutdown(&mut self, log: &Broadcast) -> OnShutdown {
+        match &self.state {
+            State::Closing(_) => OnShutdown::Nothing,
+            State::Streaming(_) => match self.end_stream(log) {
+                Ok(()) => OnShutdown::Write,
+                Err(why) => OnShutdown::Close(CloseReason::Dropped(why)),
+            },
+            State::Lingering { .. } => OnShutdown::Close(CloseReason::Shutdown),
+            State::Requests(_) if self.pending_out() > 0 => {
+                self.start_closing();
+                OnShutdown::Write
+            }
+            State::Requests(_) => OnShutdown::Close(CloseReason::Shutdown),
+        }
+    }
+
+    // ----- deadlines -----
+
+    /// The next moment this connection needs [`Connection::handle_timeout`], if any.
+    pub(crate) fn poll_timeout(&self, config: &Config) -> Option<Instant> {
+        self.deadline(config).map(|(at, _)| at)
+    }
+
+    /// The next deadline and what it is for; `poll_timeout` and `handle_timeout` both ask here, so
+    /// what is scheduled and what is handled cannot drift apart.
+    fn deadline(&self, config: &Config) -> Option<(Instant, Due)> {
+        match &self.state {
+            State::Lingering { until, .. } => Some((*until, Due::LingerOver)),
+            State::Requests(reader) => {
+                let due = match reader.waiting() {
+                    Waiting::Idle => Due::KeepAliveOver,
+                    Waiting::Request => Due::RequestTimedOut,
+                };
+                Some((reader.poll_deadline(config), due))
+            }
+            // Its end (or last answer) could not be written within as long as a request head may
+            // take: give up on it.
+            State::Closing(_) => Some((deadline_after(self.last_write, config.header_timeout), Due::GiveUp)),
+            State::Streaming(stream) => {
+                let heartbeat = (!config.heartbeat.is_zero())
+                    .then(|| (deadline_after(self.last_write, config.heartbeat), Due::Heartbeat));
+                let lifetime = stream.ends_at.map(|at| (at, Due::Lifetime));
+                [lifetime, heartbeat].into_iter().flatten().min_by_key(|&(at, _)| at)
+            }
+        }
+    }
+
+    /// A deadline may have passed at `now`: acts on it, and says what the loop is to do.
+    pub(crate) fn handle_timeout(&mut self, now: Instant, config: &Config, log: &Broadcast) -> Expired {
+        let Some((at, due)) = self.deadline(config) else { return Expired::Nothing };
+        if at > now {
+            return Expired::Nothing;
+        }
+        match due {
+            Due::LingerOver => Expired::Close(CloseReason::Done),
+            Due::KeepAliveOver | Due::GiveUp => Expired::Close(CloseReason::IdleTimeout),
+            Due::RequestTimedOut => match &self.state {
+                State::Requests(reader) => Expired::RequestTimeout(reader.pending_meta()),
+                _ => Expired::Nothing,
+            },
+            Due::Lifetime => match self.end_stream(log) {
+                Ok(()) => Expired::Lifetime,
+                Err(why) => Expired::Close(CloseReason::Dropped(why)),
+            },
+            Due::Heartbeat => {
+                if self.blocked {
+                    // A full socket is not idle: nothing to add behind it; look again later.
+                    self.last_write = now;
+                    return Expired::Nothing;
+                }
+                let State::Streaming(stream) = &self.state else { return Expired::Nothing };
+                // Not blocked means the last write finished every frame, so a comment cannot land
+                // inside one.
+                push_body(stream.sub.framing(), sse::HEARTBEAT, &mut self.out);
+                Expired::Write
+            }
+        }
+    }
+}
+
+/// What a connection's deadline is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// Lingering is over: close.
+    LingerOver,
+    /// Idle between requests for `--keep-alive-timeout`: close quietly.
+    KeepAliveOver,
+    /// A request did not complete within `--header-timeout`: `408`.
+    RequestTimedOut,
+    /// Closing, and its last bytes could not be written in time.
+    GiveUp,
+    /// `--max-lifetime` is up: end the stream cleanly.
+    Lifetime,
+    /// Quiet for `--heartbeat`: send a comment.
+    Heartbeat,
+}
+
+/// Queues a stream's response head and the start of its body with the framing its HTTP version calls
+/// for, which it returns.
+fn queue_stream_start(meta: &Meta, cors: &[u8], body: &[u8], out: &mut Vec<u8>) -> Framing {
+    let framing = Framing::for_http10(meta.http10);
+    response::stream_head(meta.http10, false, cors, out);
+    push_body(framing, body, out);
+    framing
+}
+
+/// Appends a body fragment with the stream's framing.
+fn push_body(framing: Framing, payload: &[u8], out: &mut Vec<u8>) {
+    match framing {
+        Framing::Chunked => chunk::encode_chunk(payload, out),
+        Framing::Raw => out.extend_from_slice(payload),
+    }
+}
