@@ -546,7 +546,12 @@ impl Connection {
                 _ => Expired::Nothing,
             },
             Due::Lifetime => match self.end_stream(log) {
-                Ok(()) => Expired::Lifetime,
+                Ok(()) => {
+                    // The end gets its own `--header-timeout` to be written: a stream that was
+                    // stalled and quiet for long must not be cut the moment it starts to end.
+                    self.last_write = now;
+                    Expired::Lifetime
+                }
                 Err(why) => Expired::Close(CloseReason::Dropped(why)),
             },
             Due::Heartbeat => {
@@ -563,6 +568,22 @@ impl Connection {
             }
         }
     }
+}
+
+/// When a stream opened at `now` ends under `--max-lifetime` (`None`: never): somewhere from 80% to
+/// 120% of it, as `pick(low, high)` chooses in milliseconds, so streams opened together (after a
+/// restart) do not all reconnect together.
+pub(crate) fn lifetime_end(
+    now: Instant,
+    max_lifetime: Duration,
+    pick: impl FnOnce(u64, u64) -> u64,
+) -> Option<Instant> {
+    if max_lifetime.is_zero() {
+        return None;
+    }
+    let base = max_lifetime.as_millis() as u64;
+    let millis = pick(base * 8 / 10, base * 12 / 10);
+    Some(deadline_after(now, Duration::from_millis(millis)))
 }
 
 /// What a connection's deadline is for.
@@ -596,5 +617,490 @@ fn push_body(framing: Framing, payload: &[u8], out: &mut Vec<u8>) {
     match framing {
         Framing::Chunked => chunk::encode_chunk(payload, out),
         Framing::Raw => out.extend_from_slice(payload),
+    }
+}
+
+/// The in-memory pair: a [`Connection`] driven the way the loop drives it, against a client whose
+/// receive window the test sets, with a clock the test advances by hand. Timing is exact (a deadline
+/// fires at its instant, not a millisecond before) and nothing sleeps.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broadcast::Limits;
+    use crate::event::Draft;
+    use crate::http::reader::Action;
+    use crate::http::route::Subscribe;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    struct Pair {
+        conn: Connection,
+        log: Broadcast,
+        config: Config,
+        now: Instant,
+        /// Bytes the client has read.
+        received: Vec<u8>,
+        /// Bytes the client's side still takes before the transport is full.
+        window: usize,
+        /// The server shut its write side.
+        write_shut: bool,
+        /// The connection is gone, and why.
+        closed: Option<CloseReason>,
+        /// Ids of the events published, for microsecond clock ids that always increase.
+        clock: u64,
+    }
+
+    impl Pair {
+        fn new(config: Config) -> Pair {
+            let now = Instant::now();
+            let log = Broadcast::new(Limits { events: config.history, bytes: config.history_bytes }, 1);
+            Pair {
+                conn: Connection::new(now, false),
+                log,
+                config,
+                now,
+                received: Vec::new(),
+                window: usize::MAX,
+                write_shut: false,
+                closed: None,
+                clock: 1,
+            }
+        }
+
+        /// The client sends `bytes`; the server carries out what they complete, as the loop does.
+        fn send(&mut self, bytes: &[u8]) {
+            assert!(self.closed.is_none(), "sending on a closed connection");
+            self.conn.handle_input(bytes, self.now);
+            self.serve();
+        }
+
+        fn serve(&mut self) {
+            while let Some(incoming) = self.conn.poll_request(&self.config, self.now) {
+                match incoming {
+                    Incoming::Interim(_) => {}
+                    Incoming::Refused(meta, refusal) => self.conn.refuse(&meta, &refusal, b""),
+                    Incoming::Request(meta, Action::Health) => {
+                        let out = self.conn.answer(meta.keep_alive);
+                        response::text(200, "ok\n", meta.keep_alive, meta.head_only, b"", out);
+                    }
+                    Incoming::Request(meta, Action::Subscribe(subscribe)) => {
+                        self.subscribe(&meta, &subscribe)
+                    }
+                    Incoming::Request(_, other) => panic!("the pair does not carry out {other:?}"),
+                }
+            }
+            self.transmit();
+        }
+
+        fn subscribe(&mut self, meta: &Meta, subscribe: &Subscribe) {
+            let names: Vec<&str> = subscribe.topics.iter().map(String::as_str).collect();
+            let selection = self.log.acquire(&names);
+            let resume = self.log.resume(&selection, subscribe.last_event_id);
+            let sub = Subscription::new(selection, Framing::for_http10(meta.http10), &resume);
+            // The shortest lifetime the jitter allows.
+            let ends_at = lifetime_end(self.now, self.config.max_lifetime, |low, _| low);
+            let mut body = Vec::new();
+            sse::encode_prelude(3000, &mut body);
+            self.conn.start_stream(Stream::new(sub, ends_at), meta, b"", &body, self.now);
+        }
+
+        /// Publishes `data` to `topic` and has the stream written, as the end of a loop turn does.
+        fn publish(&mut self, topic: &str, data: &str) {
+            let draft =
+                Draft { topics: vec![topic.into()], data: data.as_bytes().to_vec(), ..Draft::default() };
+            let event = draft.validate(usize::MAX).expect("a valid event");
+            self.clock += 1;
+            self.log.publish(&[topic], &event, self.clock).expect("stored");
+            if self.conn.is_blocked() {
+                self.check_lag();
+            } else {
+                self.transmit();
+            }
+        }
+
+        fn check_lag(&mut self) {
+            if let Some(why) = self.conn.check_lag(&self.log, self.config.max_lag) {
+                self.closed = Some(CloseReason::Dropped(why));
+            }
+        }
+
+        /// Writes what the connection owes, as far as the client's window takes it.
+        fn transmit(&mut self) {
+            while self.closed.is_none() {
+                let mut slices = [IoSlice::new(&[]); 8];
+                let tx = match self.conn.poll_transmit(&self.log, &mut slices) {
+                    Ok(Some(tx)) => tx,
+                    Ok(None) => return,
+                    Err(why) => {
+                        self.closed = Some(CloseReason::Dropped(why));
+                        return;
+                    }
+                };
+                if tx.slices == 0 {
+                    if self.conn.handle_drained() {
+                        self.write_shut = true;
+                        self.conn.handle_write_closed(self.now);
+                    }
+                    return;
+                }
+                let mut written = 0;
+                for slice in &slices[..tx.slices] {
+                    let take = slice.len().min(self.window - written);
+                    self.received.extend_from_slice(&slice[..take]);
+                    written += take;
+                }
+                if written == 0 {
+                    self.conn.handle_blocked();
+                    self.check_lag();
+                    return;
+                }
+                self.window -= written;
+                if self.conn.handle_written(&self.log, &tx, written, self.now) {
+                    return;
+                }
+            }
+        }
+
+        /// The client reads: `room` more bytes fit, and the transport is writable again.
+        fn make_room(&mut self, room: usize) {
+            self.window = self.window.saturating_add(room);
+            let resumes_reading = self.conn.handle_writable();
+            self.transmit();
+            if resumes_reading {
+                self.serve();
+            }
+        }
+
+        /// Moves the clock on by `by`, firing each deadline at its own instant on the way.
+        fn advance(&mut self, by: Duration) {
+            let end = self.now + by;
+            for _ in 0..1000 {
+                if self.closed.is_some() {
+                    break;
+                }
+                match self.conn.poll_timeout(&self.config) {
+                    Some(at) if at <= end => {
+                        self.now = self.now.max(at);
+                        self.fire();
+                    }
+                    _ => break,
+                }
+            }
+            self.now = end;
+        }
+
+        fn fire(&mut self) {
+            match self.conn.handle_timeout(self.now, &self.config, &self.log) {
+                Expired::Nothing => {}
+                Expired::Write | Expired::Lifetime => self.transmit(),
+                Expired::RequestTimeout(meta) => {
+                    self.conn.refuse(&meta, &Refusal::Timeout, b"");
+                    self.transmit();
+                }
+                Expired::Close(reason) => self.closed = Some(reason),
+            }
+        }
+
+        fn take_received(&mut self) -> String {
+            String::from_utf8(std::mem::take(&mut self.received)).expect("UTF-8 on the wire")
+        }
+    }
+
+    fn config() -> Config {
+        Config {
+            header_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(15),
+            ..Config::default()
+        }
+    }
+
+    /// The status and the body of the one response in `text`.
+    fn status_and_body(text: &str) -> (u16, &str) {
+        let (head, body) =
+            text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no complete head: {text:?}"));
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+        (status, body)
+    }
+
+    fn header<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+        let head = text.split("\r\n\r\n").next()?;
+        head.lines().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    #[test]
+    fn a_request_that_does_not_complete_within_the_header_timeout_is_408_then_closed() {
+        for partial in [&b"GET /health HTTP/1.1\r\nHost: t\r\n"[..], b""] {
+            let mut pair = Pair::new(config());
+            if !partial.is_empty() {
+                pair.send(partial);
+            }
+            pair.advance(Duration::from_secs(10) - MS);
+            assert_eq!(pair.take_received(), "", "answered before the header timeout");
+            assert_eq!(pair.closed, None);
+            pair.advance(MS);
+            let text = pair.take_received();
+            assert_eq!(status_and_body(&text).0, 408, "{text}");
+            assert_eq!(header(&text, "connection"), Some("close"), "{text}");
+            assert!(pair.write_shut, "the write side is shut after the 408");
+            assert!(pair.conn.is_lingering());
+        }
+    }
+
+    #[test]
+    fn the_header_clock_starts_at_the_first_byte_of_a_request_not_at_the_last_answer() {
+        let mut pair = Pair::new(config());
+        pair.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(status_and_body(&pair.take_received()).0, 200);
+        pair.advance(Duration::from_secs(4));
+        pair.send(b"GET /hea");
+        // 10 s from that first byte, not from the answer 4 s earlier.
+        pair.advance(Duration::from_secs(10) - MS);
+        assert_eq!(pair.take_received(), "");
+        pair.advance(MS);
+        assert_eq!(status_and_body(&pair.take_received()).0, 408);
+    }
+
+    #[test]
+    fn a_408_to_head_is_a_head_only_with_the_length_get_would_have() {
+        for partial in [&b"HEAD /health HTTP/1.1\r\nHost: t\r\n"[..], b"HEAD /hea"] {
+            let answer = |request: &[u8]| {
+                let mut pair = Pair::new(config());
+                pair.send(request);
+                pair.advance(Duration::from_secs(10));
+                pair.take_received()
+            };
+            let head = answer(partial);
+            let get = answer(&[&b"GET"[..], &partial[4..]].concat());
+            let (status, body) = status_and_body(&head);
+            assert_eq!(status, 408, "{head}");
+            assert_eq!(body, "", "a 408 to HEAD carried a body");
+            let (_, get_body) = status_and_body(&get);
+            assert!(!get_body.is_empty(), "the GET twin has a body: {get}");
+            assert_eq!(header(&head, "content-length"), header(&get, "content-length"));
+        }
+    }
+
+    #[test]
+    fn an_idle_keep_alive_connection_closes_quietly_at_the_keep_alive_timeout() {
+        let mut pair = Pair::new(config());
+        pair.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(status_and_body(&pair.take_received()).0, 200);
+        // Each answer restarts the idle clock.
+        pair.advance(Duration::from_secs(3));
+        pair.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(status_and_body(&pair.take_received()).0, 200);
+        pair.advance(Duration::from_secs(5) - MS);
+        assert_eq!(pair.closed, None, "closed before the keep-alive timeout");
+        pair.advance(MS);
+        assert_eq!(pair.closed, Some(CloseReason::IdleTimeout));
+        assert_eq!(pair.take_received(), "", "no 408 and no bytes: just the close");
+    }
+
+    #[test]
+    fn a_closed_connection_lingers_dropping_what_the_client_still_sends() {
+        let mut pair = Pair::new(config());
+        pair.send(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        assert_eq!(status_and_body(&pair.take_received()).0, 200);
+        assert!(pair.write_shut && pair.conn.is_lingering());
+        pair.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(pair.take_received(), "", "a lingering connection answers nothing");
+        pair.advance(LINGER - MS);
+        assert_eq!(pair.closed, None, "closed before the linger was over");
+        pair.advance(MS);
+        assert_eq!(pair.closed, Some(CloseReason::Done));
+    }
+
+    fn subscribed(config: Config) -> Pair {
+        let mut pair = Pair::new(config);
+        pair.send(b"GET /events?topic=t HTTP/1.1\r\nHost: t\r\n\r\n");
+        let text = pair.take_received();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(matches!(pair.conn.state(), State::Streaming(_)));
+        pair
+    }
+
+    #[test]
+    fn a_quiet_stream_gets_a_heartbeat_counted_from_its_last_write() {
+        let mut pair = subscribed(config());
+        pair.advance(Duration::from_secs(10));
+        pair.publish("t", "hello");
+        assert!(pair.take_received().contains("data: hello\n"));
+        pair.advance(Duration::from_secs(15) - MS);
+        assert_eq!(pair.take_received(), "", "a heartbeat before 15 s without a write");
+        pair.advance(MS);
+        assert_eq!(pair.take_received(), "2\r\n:\n\r\n", "one comment in its own chunk");
+        pair.advance(Duration::from_secs(15));
+        assert_eq!(pair.take_received(), "2\r\n:\n\r\n", "and again after another quiet period");
+        pair.publish("t", "still live");
+        assert!(pair.take_received().contains("data: still live\n"));
+    }
+
+    #[test]
+    fn a_full_transport_gets_no_heartbeat_behind_what_it_owes() {
+        let mut pair = subscribed(config());
+        pair.window = 10;
+        pair.publish("t", "a frame the client reads slowly");
+        assert!(pair.conn.is_blocked());
+        pair.advance(Duration::from_secs(15));
+        pair.make_room(usize::MAX / 2);
+        let text = pair.take_received();
+        assert!(text.ends_with("data: a frame the client reads slowly\n\n\r\n"), "{text:?}");
+        assert!(!text.contains(":\n\r\n"), "a heartbeat was queued behind a full socket: {text:?}");
+    }
+
+    #[test]
+    fn lifetimes_are_spread_from_80_to_120_percent() {
+        let now = Instant::now();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(lifetime_end(now, Duration::ZERO, |_, _| unreachable!()), None);
+        assert_eq!(lifetime_end(now, hour, |low, _| low), Some(now + hour * 8 / 10));
+        assert_eq!(lifetime_end(now, hour, |_, high| high), Some(now + hour * 12 / 10));
+    }
+
+    #[test]
+    fn a_stream_ends_cleanly_at_its_lifetime() {
+        let lifetime =
+            Config { max_lifetime: Duration::from_secs(60), heartbeat: Duration::ZERO, ..config() };
+        let mut pair = subscribed(lifetime);
+        pair.publish("t", "before the end");
+        assert!(pair.take_received().contains("data: before the end\n"));
+        pair.advance(Duration::from_secs(48) - MS);
+        assert_eq!(pair.take_received(), "", "ended before its lifetime");
+        pair.advance(MS);
+        assert_eq!(pair.take_received(), "0\r\n\r\n", "the terminating chunk, and nothing else");
+        assert!(pair.write_shut);
+    }
+
+    #[test]
+    fn a_lifetime_that_ends_inside_a_frame_completes_the_frame_first() {
+        let lifetime =
+            Config { max_lifetime: Duration::from_secs(60), heartbeat: Duration::ZERO, ..config() };
+        let mut pair = subscribed(lifetime);
+        pair.window = 20;
+        pair.publish("t", "a frame cut by a full socket");
+        let started = pair.take_received();
+        // Stalled and quiet (no heartbeats) far longer than --header-timeout before the end.
+        pair.advance(Duration::from_secs(48));
+        assert_eq!(pair.closed, None, "cut the moment its end began");
+        pair.make_room(usize::MAX / 2);
+        let text = started + &pair.take_received();
+        assert!(text.ends_with("data: a frame cut by a full socket\n\n\r\n0\r\n\r\n"), "{text:?}");
+        assert!(pair.write_shut);
+    }
+
+    #[test]
+    fn a_stalled_stream_is_dropped_once_what_it_owes_passes_max_lag() {
+        let mut pair = subscribed(Config { max_lag: 4096, ..config() });
+        pair.window = 0;
+        let data = "x".repeat(1100);
+        // The first event is the one being written: it does not count. Three more are under 4 KiB,
+        // four are over.
+        for _ in 0..4 {
+            pair.publish("t", &data);
+        }
+        assert!(pair.conn.is_blocked());
+        assert_eq!(
+            pair.closed,
+            None,
+            "dropped at {} bytes behind",
+            pair.log.lag(&pair.conn.stream().unwrap().sub)
+        );
+        pair.publish("t", &data);
+        assert_eq!(pair.closed, Some(CloseReason::Dropped(DropReason::Lag)));
+    }
+
+    #[test]
+    fn a_closing_connection_that_cannot_write_its_answer_gives_up_after_the_header_timeout() {
+        let mut pair = Pair::new(config());
+        pair.window = 0;
+        pair.send(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        assert!(pair.conn.is_closing() && pair.conn.is_blocked());
+        pair.advance(Duration::from_secs(10) - MS);
+        assert_eq!(pair.closed, None);
+        pair.advance(MS);
+        assert_eq!(pair.closed, Some(CloseReason::IdleTimeout));
+    }
+
+    #[test]
+    fn a_half_close_after_a_request_still_gets_the_answer() {
+        let mut pair = Pair::new(config());
+        pair.window = 0;
+        pair.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(pair.conn.handle_peer_closed(), PeerClosed::Finish);
+        pair.make_room(usize::MAX / 2);
+        assert_eq!(status_and_body(&pair.take_received()), (200, "ok\n"));
+        assert!(pair.write_shut);
+        // With nothing owed, the peer's end is the connection's.
+        let mut idle = Pair::new(config());
+        assert_eq!(idle.conn.handle_peer_closed(), PeerClosed::Close);
+    }
+
+    #[test]
+    fn a_shutdown_ends_streams_writes_owed_answers_and_closes_the_rest() {
+        let mut pair = subscribed(config());
+        assert_eq!(pair.conn.handle_shutdown(&pair.log), OnShutdown::Write);
+        pair.transmit();
+        assert_eq!(pair.take_received(), "0\r\n\r\n");
+
+        let mut idle = Pair::new(config());
+        assert_eq!(idle.conn.handle_shutdown(&idle.log), OnShutdown::Close(CloseReason::Shutdown));
+
+        let mut owed = Pair::new(config());
+        owed.window = 0;
+        owed.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(owed.conn.handle_shutdown(&owed.log), OnShutdown::Write);
+        assert!(owed.conn.is_closing(), "no request is read after a shutdown began");
+
+        let mut lingering = Pair::new(config());
+        lingering.send(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        assert_eq!(lingering.conn.handle_shutdown(&lingering.log), OnShutdown::Close(CloseReason::Shutdown));
+    }
+
+    #[test]
+    fn held_answers_wait_for_the_commit_and_a_failed_commit_replaces_them_with_one_503() {
+        let mut pair = Pair::new(config());
+        pair.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+        pair.take_received();
+        let start = pair.conn.hold_answer();
+        response::text(200, "1\n", true, false, b"", pair.conn.answer(true));
+        pair.transmit();
+        assert_eq!(pair.take_received(), "", "a held answer went out before the commit");
+        assert!(pair.conn.fail_held_answers(start, &Refusal::Timeout));
+        assert!(!pair.conn.fail_held_answers(start, &Refusal::Timeout), "answered twice");
+        pair.transmit();
+        let text = pair.take_received();
+        assert_eq!(status_and_body(&text).0, 408, "{text}");
+        assert!(pair.write_shut, "the connection closes after the replacement");
+
+        let mut pair = Pair::new(config());
+        pair.conn.hold_answer();
+        response::text(200, "1\n", true, false, b"", pair.conn.answer(true));
+        assert!(pair.conn.release_answer(), "reading resumes once no answer is held");
+        pair.transmit();
+        assert_eq!(status_and_body(&pair.take_received()), (200, "1\n"));
+    }
+
+    #[test]
+    fn requests_wait_while_the_client_is_behind_on_reading_answers() {
+        let mut pair = Pair::new(config());
+        pair.window = 0;
+        let request = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n";
+        let mut sent = 0;
+        while pair.conn.read_budget(&pair.config).is_some() {
+            pair.send(request);
+            sent += 1;
+            assert!(sent < 10_000, "reading never paused");
+        }
+        assert!(pair.conn.pending_out() >= MAX_PENDING_RESPONSES);
+        pair.send(request); // buffered, not answered
+        let pending = pair.conn.pending_out();
+        pair.make_room(usize::MAX / 2);
+        let answers = pair.take_received().matches("HTTP/1.1 200").count();
+        assert_eq!(answers, sent + 1, "every buffered request is answered once the client reads");
+        assert!(pending >= MAX_PENDING_RESPONSES);
     }
 }

@@ -25,7 +25,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::broadcast::{self, Broadcast, Framing, Limits, Subscription};
 use crate::config::Config;
 use crate::connection::MAX_PENDING_RESPONSES;
-use crate::connection::{CloseReason, Connection, Expired, OnShutdown, PeerClosed, State, Stream};
+use crate::connection::{
+    lifetime_end, CloseReason, Connection, Expired, OnShutdown, PeerClosed, State, Stream,
+};
 use crate::error::Error;
 use crate::event::{Event, PublishError};
 use crate::fanout::{List, Registry};

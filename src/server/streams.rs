@@ -24,11 +24,8 @@ impl Loop {
         let selection = self.log.acquire(&names);
         let resume = self.log.resume(&selection, subscribe.last_event_id);
         let framing = Framing::for_http10(meta.http10);
-        let ends_at = (!self.config.max_lifetime.is_zero()).then(|| {
-            let base = self.config.max_lifetime.as_millis() as u64;
-            let jitter = self.rng.between(base * 8 / 10, base * 12 / 10);
-            deadline_after(self.now, Duration::from_millis(jitter))
-        });
+        let rng = &mut self.rng;
+        let ends_at = lifetime_end(self.now, self.config.max_lifetime, |low, high| rng.between(low, high));
         let mut stream = Stream::new(Subscription::new(selection, framing, &resume), ends_at);
         let positions: Vec<u32> = stream.lists().map(|list| self.registry.add(list, key)).collect();
         for (index, position) in positions.into_iter().enumerate() {

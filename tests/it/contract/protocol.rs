@@ -110,25 +110,6 @@ fn head_answers_never_carry_a_body() {
 }
 
 #[test]
-fn head_timeout_answer_has_no_body() {
-    let config = Config { header_timeout: Duration::from_secs(1), ..quiet_config() };
-    let server = TestServer::start(config);
-    for partial in [&b"HEAD /health HTTP/1.1\r\nHost: test\r\n"[..], b"HEAD /hea"] {
-        let mut conn = Conn::open(&server);
-        conn.send(partial);
-        let head = conn.head();
-        assert_eq!(head.status, 408, "{head:?}");
-        assert_eq!(head.header("content-length").map(str::to_string), {
-            let mut stream = server.connect();
-            stream.write_all(&get_twin(partial)).unwrap();
-            read_response(&mut stream).header("content-length").map(str::to_string)
-        });
-        assert_eq!(conn.buf, b"", "408 to HEAD carried a body");
-        assert_closed(&mut conn.stream);
-    }
-}
-
-#[test]
 fn head_at_max_connections_has_no_body() {
     let config = Config { max_connections: 1, ..quiet_config() };
     let server = TestServer::start(config);

@@ -151,27 +151,6 @@ fn retry_field_follows_config() {
 }
 
 #[test]
-fn heartbeat_comment_after_quiet_period() {
-    let server = TestServer::start(Config { heartbeat: Duration::from_secs(1), ..quiet_config() });
-    let mut sub = Subscriber::open(&server, "/events?topic=hb", "");
-    let opened = Instant::now();
-    // The prelude's comment is the first; a heartbeat is a second comment, and never an event.
-    while sub.comments < 2 {
-        assert!(opened.elapsed() < DEADLINE, "no heartbeat comment within the deadline");
-        assert_eq!(sub.next_event_within(Duration::from_millis(100)), None, "a heartbeat is not an event");
-        assert!(!sub.ended, "the stream ended");
-    }
-    assert!(
-        opened.elapsed() >= Duration::from_millis(500),
-        "the heartbeat came after {:?}, before the stream was quiet for 1 s",
-        opened.elapsed()
-    );
-    // The stream is still live after it.
-    let id = publish(&server, "topic=hb", "after");
-    assert_eq!(id_data(&sub.next_event()), (id, "after".to_string()));
-}
-
-#[test]
 fn multi_topic_stream_merges_in_id_order_once_each() {
     let server = TestServer::start(quiet_config());
     let mut sub = Subscriber::open(&server, "/events?topic=a&topic=b", "");
