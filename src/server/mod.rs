@@ -1,10 +1,10 @@
-//! The mio shell: one `Poll`, the listener, a slab of connections, the waker; it moves bytes and
-//! readiness, and leaves some of the deciding to pure parts that do no I/O: `conn.rs` turns bytes
-//! into requests or refusals, the [`Broadcast`] log says what a stream still has to send and how far
-//! behind it is, and `timer.rs` computes deadlines. The rest is still decided here, in
-//! `streams.rs`, with the sockets at hand: when and how much to write to a stream, when to drop one
-//! that lags past `--max-lag` or whose next event left the history, when a heartbeat is due, when a
-//! stream ends, and how long a closing connection lingers to read what the client still sends.
+//! The mio shell: one `Poll`, the listener, a slab of connections, the waker, the timer heap. It
+//! moves bytes and readiness and carries out what pure parts decide: each [`Connection`]
+//! (`connection.rs`) decides what to write, when to end, linger, send a heartbeat or drop a stream
+//! for lag, and turns bytes into requests through its reader; the [`Broadcast`] log says what a
+//! stream still has to send and how far behind it is. What stays here is the server-wide part:
+//! accepting under `--max-connections`, carrying out a request (publishing, subscribing, the
+//! subscriber lists, the durable history's group commit), and the shutdown.
 //!
 //! A loop turn: sleep in `poll` until readiness or the earliest deadline; accept until `WouldBlock`;
 //! read each readable connection until `WouldBlock` and carry out its complete requests (a publish is
