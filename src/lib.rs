@@ -37,6 +37,8 @@
 #![deny(unsafe_code)]
 
 pub mod broadcast;
+#[allow(dead_code)] // wired to the loop by the Redis bridge, next
+mod cluster;
 mod config;
 mod connection;
 mod error;
