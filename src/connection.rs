@@ -1085,6 +1085,38 @@ mod tests {
     }
 
     #[test]
+    fn a_backlog_leaves_in_one_vectored_write() {
+        let mut pair = subscribed(config());
+        pair.window = 0;
+        for n in 0..40 {
+            pair.publish("t", &format!("{n:0>200}"));
+        }
+        pair.window = usize::MAX / 2;
+        pair.conn.handle_writable();
+        let mut slices = [IoSlice::new(&[]); 64];
+        let tx = pair.conn.poll_transmit(&pair.log, &mut slices).unwrap().unwrap();
+        assert_eq!(tx.slices, 40, "every pending event in one write, one slice each");
+        let bytes: usize = slices[..tx.slices].iter().map(|s| s.len()).sum();
+        assert!(bytes > 40 * 200, "{bytes}");
+    }
+
+    #[test]
+    fn a_stream_keeps_one_position_per_list() {
+        let mut log = Broadcast::new(Limits { events: 10, bytes: 1 << 20 }, 1);
+        for (names, lists) in [(&["a"][..], 1), (&[][..], 1), (&["a", "b", "c"][..], 3)] {
+            let selection = log.acquire(names);
+            let resume = log.resume(&selection, None);
+            let mut stream = Stream::new(Subscription::new(selection, Framing::Chunked, &resume), None);
+            assert_eq!(stream.lists().count(), lists, "{names:?}");
+            for index in 0..lists {
+                stream.set_position(index, 10 + index as u32);
+            }
+            let positions: Vec<u32> = (0..lists).map(|index| stream.position(index)).collect();
+            assert_eq!(positions, (0..lists as u32).map(|i| 10 + i).collect::<Vec<_>>(), "{names:?}");
+        }
+    }
+
+    #[test]
     fn requests_wait_while_the_client_is_behind_on_reading_answers() {
         let mut pair = Pair::new(config());
         pair.window = 0;
