@@ -2,7 +2,7 @@
 # ssed against two other SSE broadcast servers on this machine, with the same load tool:
 #   ssed          target/release/ssed --heartbeat 0
 #   nchan         nginx + nchan, one worker (benches/peers/nchan.conf.in)
-#   axum          examples/axum_sse.rs (tokio current-thread runtime + axum's Sse), feature axum-peer
+#   axum          benches/peers/axum (tokio current-thread runtime + axum's Sse), binary axum_sse
 # Each server runs pinned to SERVER_CPU, ssed-bench to BENCH_CPU, a fresh server for every run, N
 # subscribers on one topic. Scenarios (RUNS runs each; the table shows medians and ranges):
 #   paced    EVENTS events of BODY bytes at RATE/s                    (the 200 x 100 B at 5/s)
@@ -52,11 +52,12 @@ done
 [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || [[ " $PEERS " != *" nchan "* ]] ||
     { echo "compare.sh: nchan is missing (apt-get install libnginx-mod-nchan)" >&2; exit 2; }
 
-cargo build --release --bin ssed --bin ssed-bench
-cargo build --release --features axum-peer --example axum_sse
+# Separate builds: the peer's dependencies never unify features into the ssed that is measured.
+cargo build --release -p ssed-server -p ssed-bench
+cargo build --release -p ssed-axum-peer
 # Run copies, so a rebuild by someone else during a long run cannot swap the binaries under it.
 mkdir -p "$OUT/bin"
-cp target/release/ssed target/release/ssed-bench target/release/examples/axum_sse "$OUT/bin/"
+cp target/release/ssed target/release/ssed-bench target/release/axum_sse "$OUT/bin/"
 BIN=$OUT/bin
 : >"$OUT/runs.jsonl"
 : >"$OUT/floor.jsonl"

@@ -27,7 +27,7 @@ BURST_EVENTS=${BURST_EVENTS:-50}
 OUT=${OUT:-target/density}
 URL="http://127.0.0.1:$PORT/events?topic=density"
 
-cargo build --release --bin ssed --bin ssed-bench
+cargo build --release -p ssed-server -p ssed-bench
 mkdir -p "$OUT"
 
 . benches/common.sh

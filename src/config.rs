@@ -1,4 +1,8 @@
 //! Validated server settings: the same knobs as the command-line flags, with no I/O.
+//!
+//! The defaults below are the only place they are written: `Config::default` is built from them, and
+//! `ssed --help` shows what `Config::default` holds (src/cli/main.rs derives each flag's default from
+//! the field it sets).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -96,28 +100,50 @@ pub struct Config {
 }
 
 /// Tokens are shown as `<redacted>`, so a program that logs its configuration does not leak them.
+/// The pattern names every field, so a field added to `Config` must be added here too (and a secret
+/// one redacted) before it compiles.
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Config {
+            listen,
+            history,
+            history_bytes,
+            heartbeat,
+            retry,
+            max_connections,
+            max_body,
+            max_lag,
+            header_timeout,
+            keep_alive_timeout,
+            publish_token,
+            subscribe_token,
+            cors_origins,
+            max_lifetime,
+            shutdown_timeout,
+            data_dir,
+            fsync,
+            history_age,
+        } = self;
         let redact = |token: &Option<String>| token.as_ref().map(|_| "<redacted>");
         f.debug_struct("Config")
-            .field("listen", &self.listen)
-            .field("history", &self.history)
-            .field("history_bytes", &self.history_bytes)
-            .field("heartbeat", &self.heartbeat)
-            .field("retry", &self.retry)
-            .field("max_connections", &self.max_connections)
-            .field("max_body", &self.max_body)
-            .field("max_lag", &self.max_lag)
-            .field("header_timeout", &self.header_timeout)
-            .field("keep_alive_timeout", &self.keep_alive_timeout)
-            .field("publish_token", &redact(&self.publish_token))
-            .field("subscribe_token", &redact(&self.subscribe_token))
-            .field("cors_origins", &self.cors_origins)
-            .field("max_lifetime", &self.max_lifetime)
-            .field("shutdown_timeout", &self.shutdown_timeout)
-            .field("data_dir", &self.data_dir)
-            .field("fsync", &self.fsync)
-            .field("history_age", &self.history_age)
+            .field("listen", listen)
+            .field("history", history)
+            .field("history_bytes", history_bytes)
+            .field("heartbeat", heartbeat)
+            .field("retry", retry)
+            .field("max_connections", max_connections)
+            .field("max_body", max_body)
+            .field("max_lag", max_lag)
+            .field("header_timeout", header_timeout)
+            .field("keep_alive_timeout", keep_alive_timeout)
+            .field("publish_token", &redact(publish_token))
+            .field("subscribe_token", &redact(subscribe_token))
+            .field("cors_origins", cors_origins)
+            .field("max_lifetime", max_lifetime)
+            .field("shutdown_timeout", shutdown_timeout)
+            .field("data_dir", data_dir)
+            .field("fsync", fsync)
+            .field("history_age", history_age)
             .finish()
     }
 }

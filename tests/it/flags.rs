@@ -265,7 +265,8 @@ fn sizes_take_binary_units() {
 /// `ssed --help` lists.
 #[test]
 fn the_environment_file_examples_are_accepted() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/ssed.env")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../systemd/ssed.env")).unwrap();
     let examples: Vec<(&str, &str)> = text
         .lines()
         .filter_map(|line| line.strip_prefix('#')?.split_once('='))

@@ -129,7 +129,7 @@ fn serves_on_a_socket_passed_by_systemd() {
 /// steps, so `systemctl help ssed` and `systemctl status` point at something that exists.
 #[test]
 fn the_units_documentation_is_installed_by_the_readme_steps() {
-    let root = env!("CARGO_MANIFEST_DIR");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let unit = std::fs::read_to_string(format!("{root}/systemd/ssed.service")).unwrap();
     let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
     // The destination of each `install ... DEST` line, with its comment cut off.

@@ -29,7 +29,7 @@ pub const CLIENT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A path inside the repository.
 pub fn repo_path(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(relative)
 }
 
 /// Finds `name` on `PATH` (and in the sbin directories, where Debian puts nginx), or fails the test

@@ -1,32 +1,48 @@
 //! The `ssed` binary: flags (and their environment variables) to a validated [`Config`], a logger, run.
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ssed::{systemd, Config, Server};
+use ssed::{systemd, Config, Fsync, Server};
 
-/// One flag: its name, environment variable, default as shown in `--help`, meaning, and the kind of
-/// value it takes (with its range). The same table drives parsing, the environment and the help
-/// text, so they cannot drift apart.
+/// One flag: its name, what its value looks like, what it means, and the [`Config`] field it sets.
+///
+/// Everything else is derived from these, so nothing can drift apart: the environment variable from
+/// the name ([`Flag::env`]), the default `--help` shows from [`Config::default`] through the field
+/// ([`Flag::default_shown`]), and the parsing and its range from the field's [`Setting`].
 struct Flag {
     name: &'static str,
-    env: &'static str,
     value: &'static str,
-    default: &'static str,
     help: &'static str,
-    kind: Kind,
+    setting: Setting,
 }
 
-/// What a flag's value is: it decides how the value is parsed and what range `--help` shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    /// Taken as written: an address, a token, an origin, a path, a mode.
-    Text,
+/// The [`Config`] field a flag sets and how its value is read. The field is reached through an
+/// accessor, the same one for setting it and for reading its default.
+#[derive(Clone, Copy)]
+enum Setting {
     /// A whole number from `min` to `max`.
-    Number { min: u64, max: u64 },
+    Count { field: fn(&mut Config) -> &mut usize, min: u64, max: u64 },
     /// A number of bytes from `min` to `max`, optionally with a binary unit (see [`parse_size`]).
-    Size { min: u64, max: u64 },
+    Bytes { field: fn(&mut Config) -> &mut usize, min: u64, max: u64 },
+    /// Whole seconds from `min` to `max`.
+    Secs { field: fn(&mut Config) -> &mut Duration, min: u64, max: u64 },
+    /// Whole milliseconds from `min` to `max`.
+    Millis { field: fn(&mut Config) -> &mut Duration, min: u64, max: u64 },
+    /// A socket address.
+    Addr(fn(&mut Config) -> &mut SocketAddr),
+    /// Text taken as written (a token).
+    Text(fn(&mut Config) -> &mut Option<String>),
+    /// A path.
+    Path(fn(&mut Config) -> &mut Option<PathBuf>),
+    /// A list: each flag adds one item; the variable holds a comma-separated list, which the flags
+    /// replace.
+    List(fn(&mut Config) -> &mut Vec<String>),
+    /// The durable history's sync policy: `always`, `batch` or `never`.
+    Fsync(fn(&mut Config) -> &mut Fsync),
 }
 
 const DAY_SECS: u64 = ssed::TIMEOUT_CEILING.as_secs();
@@ -35,151 +51,164 @@ const YEAR_SECS: u64 = ssed::AGE_CEILING.as_secs();
 const FLAGS: &[Flag] = &[
     Flag {
         name: "listen",
-        env: "SSED_LISTEN",
         value: "ADDR",
-        default: "127.0.0.1:8080",
         help: "address to bind (ignored under systemd socket activation)",
-        kind: Kind::Text,
+        setting: Setting::Addr(|c| &mut c.listen),
     },
     Flag {
         name: "history",
-        env: "SSED_HISTORY",
         value: "N",
-        default: "10000",
         help: "events kept for resume",
-        kind: Kind::Number { min: 1, max: ssed::HISTORY_CEILING as u64 },
+        setting: Setting::Count { field: |c| &mut c.history, min: 1, max: ssed::HISTORY_CEILING as u64 },
     },
     Flag {
         name: "history-bytes",
-        env: "SSED_HISTORY_BYTES",
         value: "BYTES",
-        default: "64MiB",
         help: "cap on the bytes those events hold; the oldest are dropped first; at least twice --max-body",
-        kind: Kind::Size { min: 1, max: ssed::BYTES_CEILING },
+        setting: Setting::Bytes { field: |c| &mut c.history_bytes, min: 1, max: ssed::BYTES_CEILING },
     },
     Flag {
         name: "heartbeat",
-        env: "SSED_HEARTBEAT",
         value: "SECS",
-        default: "15",
         help: "comment line after this long without bytes on a stream; 0 disables",
-        kind: Kind::Number { min: 0, max: DAY_SECS },
+        setting: Setting::Secs { field: |c| &mut c.heartbeat, min: 0, max: DAY_SECS },
     },
     Flag {
         name: "retry-ms",
-        env: "SSED_RETRY_MS",
         value: "MS",
-        default: "3000",
         help: "retry: sent at the start of each stream",
-        kind: Kind::Number { min: 0, max: ssed::RETRY_CEILING.as_millis() as u64 },
+        setting: Setting::Millis {
+            field: |c| &mut c.retry,
+            min: 0,
+            max: ssed::RETRY_CEILING.as_millis() as u64,
+        },
     },
     Flag {
         name: "max-connections",
-        env: "SSED_MAX_CONNECTIONS",
         value: "N",
-        default: "100000",
         help: "connections held open (capped by the open-file limit)",
-        kind: Kind::Number { min: 1, max: ssed::CONNECTIONS_CEILING as u64 },
+        setting: Setting::Count {
+            field: |c| &mut c.max_connections,
+            min: 1,
+            max: ssed::CONNECTIONS_CEILING as u64,
+        },
     },
     Flag {
         name: "max-body",
-        env: "SSED_MAX_BODY",
         value: "BYTES",
-        default: "64KiB",
         help: "larger publish bodies get 413",
-        kind: Kind::Size { min: 1, max: ssed::BODY_CEILING as u64 },
+        setting: Setting::Bytes { field: |c| &mut c.max_body, min: 1, max: ssed::BODY_CEILING as u64 },
     },
     Flag {
         name: "max-lag",
-        env: "SSED_MAX_LAG",
         value: "BYTES",
-        default: "1MiB",
         help: "a subscriber this far behind is disconnected; at least twice --max-body",
-        kind: Kind::Size { min: 1, max: ssed::BYTES_CEILING },
+        setting: Setting::Bytes { field: |c| &mut c.max_lag, min: 1, max: ssed::BYTES_CEILING },
     },
     Flag {
         name: "header-timeout",
-        env: "SSED_HEADER_TIMEOUT",
         value: "SECS",
-        default: "10",
         help: "a request (head and body) not complete this long after its first byte gets 408",
-        kind: Kind::Number { min: 1, max: DAY_SECS },
+        setting: Setting::Secs { field: |c| &mut c.header_timeout, min: 1, max: DAY_SECS },
     },
     Flag {
         name: "keep-alive-timeout",
-        env: "SSED_KEEP_ALIVE_TIMEOUT",
         value: "SECS",
-        default: "60",
         help: "an idle keep-alive connection is closed after this long",
-        kind: Kind::Number { min: 1, max: DAY_SECS },
+        setting: Setting::Secs { field: |c| &mut c.keep_alive_timeout, min: 1, max: DAY_SECS },
     },
     Flag {
         name: "publish-token",
-        env: "SSED_PUBLISH_TOKEN",
         value: "TOKEN",
-        default: "unset",
         help: "publishing needs Authorization: Bearer TOKEN",
-        kind: Kind::Text,
+        setting: Setting::Text(|c| &mut c.publish_token),
     },
     Flag {
         name: "subscribe-token",
-        env: "SSED_SUBSCRIBE_TOKEN",
         value: "TOKEN",
-        default: "unset",
         help: "subscribing needs that bearer token or cookie ssed_token=TOKEN",
-        kind: Kind::Text,
+        setting: Setting::Text(|c| &mut c.subscribe_token),
     },
     Flag {
         name: "cors-origin",
-        env: "SSED_CORS_ORIGIN",
         value: "ORIGIN",
-        default: "unset",
         help: "allow this origin, scheme://host[:port] as a browser sends it, or *; repeatable \
                (the variable takes a comma-separated list, which the flags replace)",
-        kind: Kind::Text,
+        setting: Setting::List(|c| &mut c.cors_origins),
     },
     Flag {
         name: "max-lifetime",
-        env: "SSED_MAX_LIFETIME",
         value: "SECS",
-        default: "0",
         help: "end each stream after this long, +-20% at random; 0 disables",
-        kind: Kind::Number { min: 0, max: YEAR_SECS },
+        setting: Setting::Secs { field: |c| &mut c.max_lifetime, min: 0, max: YEAR_SECS },
     },
     Flag {
         name: "shutdown-timeout",
-        env: "SSED_SHUTDOWN_TIMEOUT",
         value: "SECS",
-        default: "5",
         help: "how long a graceful shutdown waits for buffered bytes",
-        kind: Kind::Number { min: 0, max: DAY_SECS },
+        setting: Setting::Secs { field: |c| &mut c.shutdown_timeout, min: 0, max: DAY_SECS },
     },
     Flag {
         name: "data-dir",
-        env: "SSED_DATA_DIR",
         value: "DIR",
-        default: "unset",
         help: "keep the history in segment files here so it survives restarts and crashes",
-        kind: Kind::Text,
+        setting: Setting::Path(|c| &mut c.data_dir),
     },
     Flag {
         name: "fsync",
-        env: "SSED_FSYNC",
         value: "MODE",
-        default: "batch",
         help: "only with --data-dir (refused without it): always (sync each event), batch (one sync per \
                loop turn), never",
-        kind: Kind::Text,
+        setting: Setting::Fsync(|c| &mut c.fsync),
     },
     Flag {
         name: "history-age",
-        env: "SSED_HISTORY_AGE",
         value: "SECS",
-        default: "0",
         help: "events older than this leave the history (memory and disk); 0 keeps them",
-        kind: Kind::Number { min: 0, max: YEAR_SECS },
+        setting: Setting::Secs { field: |c| &mut c.history_age, min: 0, max: YEAR_SECS },
     },
 ];
+
+impl Flag {
+    /// The environment variable: `SSED_` and the name in capitals with `_` for `-`
+    /// (`--max-body` is `SSED_MAX_BODY`).
+    fn env(&self) -> String {
+        format!("SSED_{}", self.name.to_ascii_uppercase().replace('-', "_"))
+    }
+
+    /// The range of a numeric flag, `min` to `max`, and whether its value may carry a unit.
+    fn range(&self) -> Option<(u64, u64, bool)> {
+        match self.setting {
+            Setting::Count { min, max, .. }
+            | Setting::Secs { min, max, .. }
+            | Setting::Millis { min, max, .. } => Some((min, max, false)),
+            Setting::Bytes { min, max, .. } => Some((min, max, true)),
+            Setting::Addr(_) | Setting::Text(_) | Setting::Path(_) | Setting::List(_) | Setting::Fsync(_) => {
+                None
+            }
+        }
+    }
+
+    /// The default `--help` shows: the field's value in [`Config::default`], written the way the flag
+    /// takes it (sizes in their largest exact unit), or `unset`.
+    fn default_shown(&self) -> String {
+        let mut config = Config::default();
+        let config = &mut config;
+        let unset = || "unset".to_string();
+        match self.setting {
+            Setting::Count { field, .. } => field(config).to_string(),
+            Setting::Bytes { field, .. } => show_size(*field(config) as u64),
+            Setting::Secs { field, .. } => field(config).as_secs().to_string(),
+            Setting::Millis { field, .. } => field(config).as_millis().to_string(),
+            Setting::Addr(field) => field(config).to_string(),
+            Setting::Text(field) => field(config).clone().unwrap_or_else(unset),
+            Setting::Path(field) => field(config).as_ref().map_or_else(unset, |p| p.display().to_string()),
+            Setting::List(field) if field(config).is_empty() => unset(),
+            Setting::List(field) => field(config).join(","),
+            Setting::Fsync(field) => field(config).to_string(),
+        }
+    }
+}
 
 fn help() -> String {
     let mut text = String::from(
@@ -194,14 +223,16 @@ fn help() -> String {
     );
     for flag in FLAGS {
         let left = format!("  --{} {}", flag.name, flag.value);
-        let range = match flag.kind {
-            Kind::Text => String::new(),
-            Kind::Number { min, max } => format!(" [range: {min}-{max}]"),
-            Kind::Size { min, max } => format!(" [range: {}-{}]", show_size(min), show_size(max)),
+        let range = match flag.range() {
+            None => String::new(),
+            Some((min, max, false)) => format!(" [range: {min}-{max}]"),
+            Some((min, max, true)) => format!(" [range: {}-{}]", show_size(min), show_size(max)),
         };
         text.push_str(&format!(
             "{left:<34}{}{range} [default: {}] [env: {}]\n",
-            flag.help, flag.default, flag.env
+            flag.help,
+            flag.default_shown(),
+            flag.env()
         ));
     }
     text.push_str("  -h, --help                      print this help\n  -V, --version                   print the version\n");
@@ -283,16 +314,14 @@ fn show_size(bytes: u64) -> String {
 
 /// Reads a numeric flag's value and checks it against the flag's range.
 fn number(flag: &Flag, text: &str) -> Result<u64, String> {
-    let (min, max, parsed, what) = match flag.kind {
-        Kind::Number { min, max } => (min, max, parse_size(text, false), "a whole number"),
-        Kind::Size { min, max } => {
-            (min, max, parse_size(text, true), "a whole number of bytes, optionally with K, M, G or T")
-        }
-        Kind::Text => unreachable!("--{} takes text", flag.name),
+    let Some((min, max, units)) = flag.range() else {
+        return Err(format!("--{} does not take a number", flag.name));
     };
-    let range = match flag.kind {
-        Kind::Size { .. } => format!("{min} to {max} ({} to {})", show_size(min), show_size(max)),
-        _ => format!("{min} to {max}"),
+    let (parsed, what, range) = if units {
+        let range = format!("{min} to {max} ({} to {})", show_size(min), show_size(max));
+        (parse_size(text, true), "a whole number of bytes, optionally with K, M, G or T", range)
+    } else {
+        (parse_size(text, false), "a whole number", format!("{min} to {max}"))
     };
     match parsed {
         Ok(value) if (min..=max).contains(&value) => Ok(value),
@@ -303,38 +332,28 @@ fn number(flag: &Flag, text: &str) -> Result<u64, String> {
     }
 }
 
+/// Sets the flag's field from one value (one flag, or the variable when the flag is absent).
 fn apply(config: &mut Config, flag: &Flag, value: &str) -> Result<(), String> {
     let count = |v: &str| {
         let n = number(flag, v)?;
         usize::try_from(n)
             .map_err(|_| format!("--{}: {v:?} is more than this machine can address", flag.name))
     };
-    let secs = |v: &str| number(flag, v).map(Duration::from_secs);
-    match flag.name {
-        "listen" => {
-            config.listen = value
-                .trim()
-                .parse()
-                .map_err(|_| format!("--listen: {value:?} is not an address like 127.0.0.1:8080"))?
+    match flag.setting {
+        Setting::Count { field, .. } | Setting::Bytes { field, .. } => *field(config) = count(value)?,
+        Setting::Secs { field, .. } => *field(config) = Duration::from_secs(number(flag, value)?),
+        Setting::Millis { field, .. } => *field(config) = Duration::from_millis(number(flag, value)?),
+        Setting::Addr(field) => {
+            *field(config) = value.trim().parse().map_err(|_| {
+                format!("--{}: {value:?} is not an address like {}", flag.name, flag.default_shown())
+            })?
         }
-        "history" => config.history = count(value)?,
-        "history-bytes" => config.history_bytes = count(value)?,
-        "heartbeat" => config.heartbeat = secs(value)?,
-        "retry-ms" => config.retry = Duration::from_millis(number(flag, value)?),
-        "max-connections" => config.max_connections = count(value)?,
-        "max-body" => config.max_body = count(value)?,
-        "max-lag" => config.max_lag = count(value)?,
-        "header-timeout" => config.header_timeout = secs(value)?,
-        "keep-alive-timeout" => config.keep_alive_timeout = secs(value)?,
-        "publish-token" => config.publish_token = Some(value.to_string()),
-        "subscribe-token" => config.subscribe_token = Some(value.to_string()),
-        "cors-origin" => config.cors_origins.push(value.to_string()),
-        "max-lifetime" => config.max_lifetime = secs(value)?,
-        "shutdown-timeout" => config.shutdown_timeout = secs(value)?,
-        "data-dir" => config.data_dir = Some(value.into()),
-        "fsync" => config.fsync = value.trim().parse().map_err(|e: ssed::Error| e.to_string())?,
-        "history-age" => config.history_age = secs(value)?,
-        other => return Err(format!("unknown option --{other}")),
+        Setting::Text(field) => *field(config) = Some(value.to_string()),
+        Setting::Path(field) => *field(config) = Some(value.into()),
+        Setting::List(field) => field(config).push(value.to_string()),
+        Setting::Fsync(field) => {
+            *field(config) = value.trim().parse().map_err(|e: ssed::Error| e.to_string())?
+        }
     }
     Ok(())
 }
@@ -396,25 +415,25 @@ fn parse_args(
         if given.iter().any(|(f, _)| f.name == flag.name) {
             continue; // the flag wins; repeated --cors-origin flags replace the variable's list
         }
-        let Some(value) = env(flag.env) else { continue };
-        let value = value.into_string().map_err(|_| format!("{}: value is not UTF-8", flag.env))?;
+        let name = flag.env();
+        let Some(value) = env(&name) else { continue };
+        let value = value.into_string().map_err(|_| format!("{name}: value is not UTF-8"))?;
         if value.trim().is_empty() {
             continue;
         }
-        if flag.name == "cors-origin" {
-            config
-                .cors_origins
+        if let Setting::List(field) = flag.setting {
+            field(&mut config)
                 .extend(value.split(',').map(str::trim).filter(|o| !o.is_empty()).map(String::from));
         } else {
-            apply(&mut config, flag, &value).map_err(|e| format!("{e} (from {})", flag.env))?;
+            apply(&mut config, flag, &value).map_err(|e| format!("{e} (from {name})"))?;
         }
-        if flag.name == "fsync" {
-            fsync_from = Some(flag.env.to_string());
+        if let Setting::Fsync(_) = flag.setting {
+            fsync_from = Some(name);
         }
     }
     for (flag, value) in &given {
         apply(&mut config, flag, value)?;
-        if flag.name == "fsync" {
+        if let Setting::Fsync(_) = flag.setting {
             fsync_from = Some(format!("--fsync {value}"));
         }
     }
@@ -695,23 +714,131 @@ mod tests {
         assert!(line("heartbeat").contains("[range: 0-86400]"), "{}", line("heartbeat"));
         assert!(line("max-body").contains("[range: 1-1GiB]"), "{}", line("max-body"));
         for flag in FLAGS {
-            assert!(line(flag.name).contains(flag.env));
-            if flag.kind != Kind::Text {
+            assert!(line(flag.name).contains(&format!("[env: {}]", flag.env())), "{}", line(flag.name));
+            if flag.range().is_some() {
                 assert!(line(flag.name).contains("[range: "), "{}", line(flag.name));
             }
         }
+        // The figures the table now derives, as --help showed them when they were written by hand.
+        assert!(
+            line("listen").contains("[default: 127.0.0.1:8080] [env: SSED_LISTEN]"),
+            "{}",
+            line("listen")
+        );
+        assert!(line("history-bytes").contains("[default: 64MiB]"), "{}", line("history-bytes"));
+        assert!(line("max-body").contains("[default: 64KiB]"), "{}", line("max-body"));
+        assert!(line("max-lag").contains("[default: 1MiB]"), "{}", line("max-lag"));
+        assert!(line("retry-ms").contains("[default: 3000]"), "{}", line("retry-ms"));
+        assert!(line("fsync").contains("[default: batch]"), "{}", line("fsync"));
+        assert!(line("cors-origin").contains("[default: unset] [env: SSED_CORS_ORIGIN]"));
     }
 
     #[test]
     fn every_default_shown_parses_to_the_default() {
-        for flag in FLAGS.iter().filter(|f| f.default != "unset") {
-            let config = parse(&[&format!("--{}", flag.name), flag.default], &[]);
-            let config = match (flag.name, config) {
-                ("fsync", Err(_)) => parse(&["--fsync", flag.default, "--data-dir", "d"], &[])
-                    .map(|c| Config { data_dir: None, ..c }),
-                (_, config) => config,
-            };
-            assert_eq!(config.unwrap(), Config::default(), "--{} {}", flag.name, flag.default);
+        for flag in FLAGS {
+            let shown = flag.default_shown();
+            if shown == "unset" {
+                continue;
+            }
+            for config in
+                [parse(&[&format!("--{}", flag.name), &shown], &[]), parse(&[], &[(&flag.env(), &shown)])]
+            {
+                let config = match (flag.setting, config) {
+                    (Setting::Fsync(_), Err(_)) => parse(&["--fsync", &shown, "--data-dir", "d"], &[])
+                        .map(|c| Config { data_dir: None, ..c }),
+                    (_, config) => config,
+                };
+                assert_eq!(config.unwrap(), Config::default(), "--{} {shown}", flag.name);
+            }
         }
+    }
+
+    /// Every field of [`Config`] by name, each with whether it differs between `a` and `b`. The
+    /// pattern names every field (no `..`), so a field added to `Config` does not compile here until
+    /// it is listed, and then [`every_config_field_has_exactly_one_flag`] fails until a flag sets it.
+    fn fields(a: &Config, b: &Config) -> Vec<(&'static str, bool)> {
+        macro_rules! fields {
+            ($($field:ident),* $(,)?) => {{
+                let Config { $($field: _),* } = a;
+                vec![$((stringify!($field), a.$field != b.$field)),*]
+            }};
+        }
+        fields!(
+            listen,
+            history,
+            history_bytes,
+            heartbeat,
+            retry,
+            max_connections,
+            max_body,
+            max_lag,
+            header_timeout,
+            keep_alive_timeout,
+            publish_token,
+            subscribe_token,
+            cors_origins,
+            max_lifetime,
+            shutdown_timeout,
+            data_dir,
+            fsync,
+            history_age,
+        )
+    }
+
+    /// A value for the flag that is valid and differs from its default.
+    fn other_than_default(flag: &Flag) -> String {
+        match (flag.setting, flag.range()) {
+            (_, Some((min, max, _))) => {
+                let shown = flag.default_shown();
+                let default = parse_size(&shown, true).expect("a numeric default parses");
+                if default == max { min } else { max }.to_string()
+            }
+            (Setting::Addr(_), _) => "127.0.0.2:1".into(),
+            (Setting::Text(_), _) => "t0ken".into(),
+            (Setting::Path(_), _) => "/var/lib/elsewhere".into(),
+            (Setting::List(_), _) => "https://other.example".into(),
+            (Setting::Fsync(_), _) => {
+                ["always", "batch", "never"].into_iter().find(|m| *m != flag.default_shown()).unwrap().into()
+            }
+            (
+                Setting::Count { .. } | Setting::Bytes { .. } | Setting::Secs { .. } | Setting::Millis { .. },
+                None,
+            ) => {
+                unreachable!("--{} is numeric", flag.name)
+            }
+        }
+    }
+
+    /// Each flag sets one field of `Config` and no other, no two flags set the same field, and every
+    /// field has a flag; the flag's variable sets it alike.
+    #[test]
+    fn every_config_field_has_exactly_one_flag() {
+        let default = Config::default();
+        let mut set = Vec::new();
+        for flag in FLAGS {
+            let value = other_than_default(flag);
+            let mut config = Config::default();
+            apply(&mut config, flag, &value).unwrap_or_else(|e| panic!("--{} {value}: {e}", flag.name));
+            let changed: Vec<_> = fields(&config, &default)
+                .into_iter()
+                .filter(|(_, differs)| *differs)
+                .map(|(f, _)| f)
+                .collect();
+            assert_eq!(changed.len(), 1, "--{} {value} changed {changed:?}", flag.name);
+            assert!(!set.contains(&changed[0]), "--{} sets {} too", flag.name, changed[0]);
+            set.push(changed[0]);
+
+            let mut env = vec![(flag.env(), value.clone())];
+            if let Setting::Fsync(_) = flag.setting {
+                env.push(("SSED_DATA_DIR".into(), "d".into()));
+                config.data_dir = Some("d".into());
+            }
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            assert_eq!(parse(&[], &env), Ok(config), "{} {value}", flag.env());
+        }
+        let mut every: Vec<_> = fields(&default, &default).into_iter().map(|(f, _)| f).collect();
+        every.sort_unstable();
+        set.sort_unstable();
+        assert_eq!(set, every, "fields without a flag");
     }
 }

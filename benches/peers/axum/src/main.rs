@@ -1,14 +1,14 @@
 //! A tokio + axum Server-Sent Events broadcast server, written the way an axum user would write one.
 //! It is not part of ssed: it is the peer that `benches/compare.sh` measures ssed against (see
-//! docs/benchmarks.md), built only with the `axum-peer` feature so the default build has no tokio.
+//! docs/benchmarks.md), a package of its own that the default build leaves out, so it has no tokio.
 //!
 //! - `GET /events?topic=T` streams `id:`/`data:` events from the topic's `tokio::sync::broadcast`
 //!   channel through `axum::response::sse::Sse` (no keep-alive comments, no history, no resume);
 //! - `POST /events?topic=T` publishes the body as one event and answers its id and a newline.
 //!
 //! ```text
-//! cargo run --release --features axum-peer --example axum_sse -- 127.0.0.1:8082
-//! cargo run --release --features axum-peer --example axum_sse -- 127.0.0.1:8082 --runtime current
+//! cargo run --release -p ssed-axum-peer -- 127.0.0.1:8082        # target/release/axum_sse
+//! cargo run --release -p ssed-axum-peer -- 127.0.0.1:8082 --runtime current
 //! AXUM_SSE_RUNTIME=current TOKIO_WORKER_THREADS=2 ...    # the same through the environment
 //! ```
 //!
