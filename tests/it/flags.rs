@@ -134,8 +134,8 @@ fn a_config_at_every_ceiling_serves_and_stops() {
         ..Config::default()
     };
     let server = TestServer::start(config);
-    let mut sub = Subscriber::open(&server, "/events?topic=t", "");
-    crate::support::publish(&server, "topic=t", "at the ceiling");
+    let mut sub = Subscriber::open(server.addr, "/events?topic=t", "");
+    crate::support::publish(server.addr, "topic=t", "at the ceiling");
     assert_eq!(sub.next_event().data, "at the ceiling");
     server.stop();
     assert!(sub.read_to_end().is_empty() && sub.clean_end(), "the stream ends cleanly at shutdown");

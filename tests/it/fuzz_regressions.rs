@@ -58,7 +58,7 @@ struct Reply {
 /// Sends `request`, half-closes, and reads until the server closes or, once it has answered, falls
 /// quiet. Fails the test when nothing at all happens within [`DEADLINE`].
 fn send(server: &TestServer, request: &[u8]) -> Reply {
-    let mut stream = server.connect();
+    let mut stream = connect(server.addr);
     // The server may close before it has read everything (a refused head): that is an answer too.
     let _ = stream.write_all(request);
     // After a half-close the server answers what it has and closes, or keeps streaming events.
@@ -111,7 +111,7 @@ fn statuses(bytes: &[u8]) -> Vec<u16> {
 
 /// Fails the test unless the server still answers `GET /health` on a new connection.
 fn assert_healthy(server: &TestServer, after: &str) {
-    let response = roundtrip(server, b"GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    let response = roundtrip(server.addr, b"GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
     assert_eq!((response.status, response.body_text().as_str()), (200, "ok\n"), "after {after}");
 }
 
@@ -177,7 +177,7 @@ fn publish_body_corpus_is_answered_and_the_server_lives_on() {
 #[test]
 fn encode_roundtrip_corpus_reaches_a_subscriber_intact() {
     let server = TestServer::start(Config { heartbeat: Duration::ZERO, ..Config::default() });
-    let mut subscriber = Subscriber::open(&server, "/events?topic=fuzz", "");
+    let mut subscriber = Subscriber::open(server.addr, "/events?topic=fuzz", "");
     for (name, input) in corpus("encode_roundtrip") {
         let Some((_, rest)) = input.split_first() else { continue };
         // As in `ssed::fuzzing::encode_roundtrip`: lossy UTF-8, split at the first NUL into an event
@@ -192,7 +192,7 @@ fn encode_roundtrip_corpus_reaches_a_subscriber_intact() {
             query.push_str("&event=");
             query.push_str(&percent_encode(event_type));
         }
-        let id = publish(&server, &query, data);
+        let id = publish(server.addr, &query, data);
         let event = subscriber.next_event();
         assert_eq!(event.id, Some(id.to_string()), "{name}");
         assert_eq!(event.event.as_deref(), event_type, "{name}");
