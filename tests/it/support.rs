@@ -239,6 +239,32 @@ fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) {
     }
 }
 
+/// Reads `stream` until `needle` has arrived, failing the test if the stream ends or [`DEADLINE`]
+/// passes first; returns every byte read. Searches only around what each read added, so a body of
+/// megabytes stays cheap.
+pub fn read_until(stream: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "never saw {:?}", String::from_utf8_lossy(needle));
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => panic!("the stream ended before {:?}", String::from_utf8_lossy(needle)),
+            Ok(n) => {
+                seen.extend_from_slice(&buf[..n]);
+                let from = (seen.len() - n).saturating_sub(needle.len());
+                if seen[from..].windows(needle.len()).any(|w| w == needle) {
+                    return seen;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("read failed before {:?}: {e}", String::from_utf8_lossy(needle)),
+        }
+    }
+}
+
 /// Reads a response head; returns it with the body bytes that arrived after it.
 pub fn read_head(stream: &mut TcpStream) -> (Response, Vec<u8>) {
     let mut buf = Vec::new();
