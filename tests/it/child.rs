@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::DEADLINE;
+use crate::support::{eventually, DEADLINE};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_ssed");
@@ -101,15 +101,17 @@ impl Proc {
         assert!(status.success(), "kill -{name} failed");
     }
 
+    /// Waits up to [`DEADLINE`] for the process to exit; its exit status.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the process did not exit in time");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let mut status = None;
+        assert!(
+            eventually(|| {
+                status = self.child.try_wait().unwrap();
+                status.is_some()
+            }),
+            "the process did not exit in time"
+        );
+        status.unwrap()
     }
 
     /// Whether the process is still running.
