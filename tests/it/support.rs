@@ -566,15 +566,17 @@ pub fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
     })
 }
 
-/// A fresh directory under the system temp dir, removed on drop.
+/// A fresh directory of its own under the system temp dir, removed on drop.
 pub struct TempDir(pub std::path::PathBuf);
 
 impl TempDir {
+    /// Creates `ssed-it-{name}-{pid}-{n}-{nanos}`: unique across the tests of this run and others.
     pub fn new(name: &str) -> TempDir {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let dir = std::env::temp_dir().join(format!("ssed-it-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("ssed-it-{name}-{}-{n}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a temporary directory");
         TempDir(dir)
     }
 
