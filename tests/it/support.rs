@@ -277,6 +277,26 @@ pub fn read_head(stream: &mut TcpStream) -> (Response, Vec<u8>) {
     }
 }
 
+/// The status codes of every response head in `bytes`, in order (an event stream's body may follow
+/// the last one; bodies with a `Content-Length` are skipped).
+pub fn statuses(bytes: &[u8]) -> Vec<u16> {
+    let mut found = Vec::new();
+    let mut rest = bytes;
+    while rest.starts_with(b"HTTP/1.") {
+        let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else { break };
+        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a numeric status");
+        found.push(status);
+        let length = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+            .map_or(0, |(_, value)| value.trim().parse::<usize>().expect("a numeric Content-Length"));
+        rest = &rest[(end + 4 + length).min(rest.len())..];
+    }
+    found
+}
+
 /// Parses a response head (status line and header lines, without the blank line) into a
 /// [`Response`] with an empty body.
 pub fn parse_head_bytes(head: &[u8]) -> Response {

@@ -34,17 +34,7 @@ fn statuses(server: &TestServer, request: &[u8]) -> Vec<u16> {
             Err(e) => panic!("reading answers: {e}"),
         }
     };
-    let mut found = Vec::new();
-    let mut rest = &bytes[..];
-    while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
-        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
-        found.push(head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line"));
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("content-length")))
-            .map_or(0, |(_, v)| v.trim().parse().unwrap());
-        rest = &rest[(end + 4 + length).min(rest.len())..];
-    }
+    let mut found = crate::support::statuses(&bytes);
     if open {
         found.push(0);
     }
