@@ -562,6 +562,13 @@ pub fn next_events(subscriber: &mut Subscriber, n: usize) -> Vec<(u64, String)> 
     (0..n).map(|_| id_data(&subscriber.next_event())).collect()
 }
 
+/// Publishes `marker` with `query` and asserts it is the next event `sub` sees: nothing else reached
+/// the stream before it. `what` says what must not have been published.
+pub fn assert_marker_next(addr: SocketAddr, sub: &mut Subscriber, query: &str, what: &str) {
+    let marker = publish(addr, query, "marker");
+    assert_eq!(id_data(&sub.next_event()), (marker, "marker".to_string()), "{what}");
+}
+
 /// Polls `condition` until it holds or [`DEADLINE`] passes; returns whether it held. Callers assert
 /// on the answer with a message of their own (often the figure that failed to settle).
 pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {

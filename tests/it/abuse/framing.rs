@@ -55,8 +55,7 @@ macro_rules! refused {
                 assert_eq!(statuses(&server, request), vec![$status], "{}: {:?}", stringify!($name),
                     String::from_utf8_lossy(request));
             )*
-            let marker = crate::support::publish(server.addr, "topic=smuggled", "marker");
-            assert_eq!(watcher.next_event().id, Some(marker.to_string()), "a refused request published");
+            assert_marker_next(server.addr, &mut watcher, "topic=smuggled", "a refused request published");
         }
     };
 }
@@ -144,8 +143,7 @@ fn a_signed_chunk_size_is_refused() {
     let mut watcher = Subscriber::open(server.addr, "/events?topic=smuggled", "");
     let request = post("Transfer-Encoding: chunked\r\n", "+5\r\nhello\r\n0\r\n\r\n");
     assert_eq!(statuses(&server, &request), vec![400]);
-    let marker = crate::support::publish(server.addr, "topic=smuggled", "marker");
-    assert_eq!(watcher.next_event().id, Some(marker.to_string()), "the signed chunk was published");
+    assert_marker_next(server.addr, &mut watcher, "topic=smuggled", "the signed chunk was published");
 }
 
 /// The cap applies to the decoded body, not to the bytes on the wire: 1024 bytes sent as 1024 chunks

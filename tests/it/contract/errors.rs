@@ -215,8 +215,7 @@ fn content_length_with_transfer_encoding_is_400() {
           0\r\n\r\n",
     );
     assert_error(&response, 400);
-    let marker = publish(server.addr, "topic=t", "marker");
-    assert_eq!(id_data(&sub.next_event()), (marker, "marker".to_string()), "nothing was published");
+    assert_marker_next(server.addr, &mut sub, "topic=t", "nothing was published");
 }
 
 #[test]

@@ -171,8 +171,7 @@ fn request_lines_that_are_not_http_are_400_and_other_versions_505() {
     }
     // Nothing was published by the request with a space in its target.
     let mut sub = Subscriber::open(server.addr, "/events", "");
-    let marker = publish(server.addr, "topic=my", "marker");
-    assert_eq!(id_data(&sub.next_event()), (marker, "marker".to_string()));
+    assert_marker_next(server.addr, &mut sub, "topic=my", "the request with a space in its target published");
 }
 
 #[test]

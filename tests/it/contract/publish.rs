@@ -110,12 +110,7 @@ fn form_id_field_is_refused() {
     let server = TestServer::start(quiet_config());
     let mut sub = Subscriber::open(server.addr, "/events?topic=f", "");
     assert_error(&post_form(server.addr, "topic=f&data=x&id=7"), 400);
-    let marker = publish(server.addr, "topic=f", "marker");
-    assert_eq!(
-        id_data(&sub.next_event()),
-        (marker, "marker".to_string()),
-        "the refused form was not published"
-    );
+    assert_marker_next(server.addr, &mut sub, "topic=f", "the refused form was not published");
 }
 
 #[test]
