@@ -46,7 +46,7 @@ fn parse_events(text: &str) -> Vec<(u64, String)> {
 fn a_restart_keeps_the_history_and_ids_keep_growing() {
     let dir = TempDir::new("restart");
     let (mut proc, addr) = start(&dir.0, &[]);
-    let ids: Vec<u64> = (0..5).map(|i| publish(addr, "topic=t", &format!("before-{i}"))).collect();
+    let ids: Vec<u64> = (0..5).map(|i| publish(addr, "topic=t", format!("before-{i}"))).collect();
     proc.signal("TERM");
     assert_eq!(proc.wait_exit().code(), Some(0));
 
@@ -158,7 +158,7 @@ fn last_segment(dir: &Path) -> PathBuf {
 fn damage_at_the_end_of_the_last_segment_is_cut_off_and_logged() {
     let dir = TempDir::new("damage");
     let (mut proc, addr) = start(&dir.0, &[]);
-    let ids: Vec<u64> = (0..4).map(|i| publish(addr, "topic=t", &format!("kept-{i}"))).collect();
+    let ids: Vec<u64> = (0..4).map(|i| publish(addr, "topic=t", format!("kept-{i}"))).collect();
     proc.signal("TERM");
     proc.wait_exit();
 
@@ -530,7 +530,7 @@ fn a_data_dir_from_the_old_record_format_is_served_resumed_and_appended_to() {
     );
     let expected_old: Vec<(u64, String)> = (1..3).map(|i| (old[i], format!("old-{i}"))).collect();
     assert_eq!(replay(addr, Some(old[0])), expected_old, "a resume from an old event");
-    let new: Vec<u64> = (0..2).map(|i| publish(addr, "topic=t", &format!("new-{i}"))).collect();
+    let new: Vec<u64> = (0..2).map(|i| publish(addr, "topic=t", format!("new-{i}"))).collect();
     assert!(new[0] > old[2], "ids continue above the old history");
     let expected_new: Vec<(u64, String)> = (0..2).map(|i| (new[i], format!("new-{i}"))).collect();
     assert_eq!(replay(addr, Some(old[2])), expected_new);

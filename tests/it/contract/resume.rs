@@ -6,7 +6,7 @@ use super::*;
 
 /// Publishes `r1`..`rN` to topic `r` and returns their ids.
 fn publish_r(server: &TestServer, n: usize) -> Vec<u64> {
-    (1..=n).map(|i| publish(server.addr, "topic=r", &format!("r{i}"))).collect()
+    (1..=n).map(|i| publish(server.addr, "topic=r", format!("r{i}"))).collect()
 }
 
 /// Reads the next event and checks it is the `ssed-gap` event for a resume from `last` with `oldest`
@@ -94,7 +94,7 @@ fn gap_is_judged_on_the_subscribed_topics() {
     publish(server.addr, "topic=g", "g1");
     let x1 = publish(server.addr, "topic=x", "x1");
     publish(server.addr, "topic=g", "g2");
-    let xs: Vec<u64> = (2..=4).map(|i| publish(server.addr, "topic=x", &format!("x{i}"))).collect();
+    let xs: Vec<u64> = (2..=4).map(|i| publish(server.addr, "topic=x", format!("x{i}"))).collect();
     // Retained: x2, x3, x4. Evicted after x1: g2 only.
 
     // Topic x lost nothing after x1: no gap event.
