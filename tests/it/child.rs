@@ -91,10 +91,12 @@ impl Proc {
         self.stderr.lines.lock().unwrap().0.clone()
     }
 
+    /// The child's process id (of the wrapper, where one execs the binary in place: the same).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// Sends the signal `name` (`TERM`, `HUP`, …) to the child with `kill`.
     pub fn signal(&self, name: &str) {
         let status =
             Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().unwrap();
