@@ -2,14 +2,14 @@
 //! through `/proc`, and talk to it.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::DEADLINE;
+use crate::support::{eventually, DEADLINE};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_ssed");
@@ -91,25 +91,29 @@ impl Proc {
         self.stderr.lines.lock().unwrap().0.clone()
     }
 
+    /// The child's process id (of the wrapper, where one execs the binary in place: the same).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// Sends the signal `name` (`TERM`, `HUP`, …) to the child with `kill`.
     pub fn signal(&self, name: &str) {
         let status =
             Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().unwrap();
         assert!(status.success(), "kill -{name} failed");
     }
 
+    /// Waits up to [`DEADLINE`] for the process to exit; its exit status.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the process did not exit in time");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let mut status = None;
+        assert!(
+            eventually(|| {
+                status = self.child.try_wait().unwrap();
+                status.is_some()
+            }),
+            "the process did not exit in time"
+        );
+        status.unwrap()
     }
 
     /// Whether the process is still running.
@@ -174,51 +178,6 @@ pub fn base_command() -> Command {
     let mut command = Command::new(BIN);
     scrub_env(&mut command, "info");
     command
-}
-
-/// Opens a stream on topic `t` and returns the socket once the response head has been read.
-pub fn subscribe(addr: SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    stream.write_all(b"GET /events?topic=t HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
-    stream
-}
-
-pub fn publish(addr: SocketAddr, body: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    let request = format!(
-        "POST /events?topic=t HTTP/1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response.rsplit("\r\n\r\n").next().unwrap().trim().to_string()
-}
-
-/// Reads from a stream until `needle` has appeared or the stream ends; returns all bytes read.
-pub fn read_until(stream: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + DEADLINE;
-    while !seen.windows(needle.len()).any(|w| w == needle) {
-        assert!(Instant::now() < deadline, "never saw {:?}", String::from_utf8_lossy(needle));
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-            Err(e) => panic!("read failed: {e}; had {:?}", String::from_utf8_lossy(&seen)),
-        }
-    }
-    seen
 }
 
 /// Receives datagrams until one contains `needle`; returns everything received.

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::child::*;
-use crate::support::{TempDir, DEADLINE};
+use crate::support::*;
 
 fn start(dir: &Path, extra: &[&str]) -> (Proc, SocketAddr) {
     let mut command = base_command();
@@ -19,18 +19,11 @@ fn start(dir: &Path, extra: &[&str]) -> (Proc, SocketAddr) {
     (proc, addr)
 }
 
-/// Everything retained for topic `t` after `last` (or all of it), as `(id, data)` pairs, read until
-/// the stream has been quiet briefly after the replay.
+/// Everything retained for topic `t` after `last` (or all of it), as `(id, data)` pairs, read up to
+/// a marker published after the replay.
 fn replay(addr: SocketAddr, last: Option<u64>) -> Vec<(u64, String)> {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let header = last.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
-    write!(stream, "GET /events?topic=t HTTP/1.0\r\n{header}\r\n").unwrap();
-    // Publish a marker so we know where the replay ends, without waiting on a timeout.
-    let marker: u64 = publish(addr, "__end__").parse().unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    let text = String::from_utf8(read_until(&mut stream, format!("id: {marker}\n").as_bytes())).unwrap();
     // Markers of earlier replays are stored events too; they are not part of what the tests check.
-    parse_events(&text).into_iter().filter(|(_, data)| data != "__end__").collect()
+    parse_events(&resume_text(addr, last)).into_iter().filter(|(_, data)| data != "__end__").collect()
 }
 
 /// `(id, data)` of every event with an id in an SSE body (single-line data).
@@ -53,7 +46,7 @@ fn parse_events(text: &str) -> Vec<(u64, String)> {
 fn a_restart_keeps_the_history_and_ids_keep_growing() {
     let dir = TempDir::new("restart");
     let (mut proc, addr) = start(&dir.0, &[]);
-    let ids: Vec<u64> = (0..5).map(|i| publish(addr, &format!("before-{i}")).parse().unwrap()).collect();
+    let ids: Vec<u64> = (0..5).map(|i| publish(addr, "topic=t", format!("before-{i}"))).collect();
     proc.signal("TERM");
     assert_eq!(proc.wait_exit().code(), Some(0));
 
@@ -62,7 +55,7 @@ fn a_restart_keeps_the_history_and_ids_keep_growing() {
     let replayed = replay(addr, Some(ids[1]));
     let expected: Vec<(u64, String)> = (2..5).map(|i| (ids[i], format!("before-{i}"))).collect();
     assert_eq!(replayed, expected, "exactly the events after the resume point, no gap notice needed");
-    let after: u64 = publish(addr, "after").parse().unwrap();
+    let after: u64 = publish(addr, "topic=t", "after");
     assert!(after > ids[4], "ids continue above the history on disk");
     let all = replay(addr, Some(ids[4]));
     assert_eq!(all.first(), Some(&(after, "after".to_string())));
@@ -165,7 +158,7 @@ fn last_segment(dir: &Path) -> PathBuf {
 fn damage_at_the_end_of_the_last_segment_is_cut_off_and_logged() {
     let dir = TempDir::new("damage");
     let (mut proc, addr) = start(&dir.0, &[]);
-    let ids: Vec<u64> = (0..4).map(|i| publish(addr, &format!("kept-{i}")).parse().unwrap()).collect();
+    let ids: Vec<u64> = (0..4).map(|i| publish(addr, "topic=t", format!("kept-{i}"))).collect();
     proc.signal("TERM");
     proc.wait_exit();
 
@@ -209,16 +202,10 @@ fn retention_deletes_old_segments() {
     let args = ["--history-bytes", "2097152", "--max-body", "8192", "--max-lag", "65536", "--fsync", "never"];
     let (mut proc, addr) = start(&dir.0, &args);
     let body = "x".repeat(4000);
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut conn = Conn::open(addr);
     let mut largest = 0;
     for _ in 0..3000 {
-        let request =
-            format!("POST /events?topic=t HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut buf = [0u8; 512];
-        let n = stream.read(&mut buf).unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        conn.publish("topic=t", body.as_bytes());
         largest = largest.max(dir_bytes(&dir.0));
     }
     let published = 3000 * 4000;
@@ -247,7 +234,7 @@ fn a_full_disk_refuses_publishes_and_recovers() {
     let _unmount = Unmount(mount.clone());
     let data = mount.join("history");
     let (mut proc, addr) = start(&data, &[]);
-    let mut stream = subscribe(addr);
+    let mut sub = Subscriber::open(addr, "/events?topic=t", "");
     // Fill the disk with a file of our own, leaving only a little room.
     let filler = mount.join("filler");
     let mut file = std::fs::File::create(&filler).unwrap();
@@ -257,69 +244,39 @@ fn a_full_disk_refuses_publishes_and_recovers() {
 
     let mut refused = None;
     for i in 0..200 {
-        let mut conn = TcpStream::connect(addr).unwrap();
-        conn.set_read_timeout(Some(DEADLINE)).unwrap();
         let body = format!("fill-{i}-{}", "y".repeat(2000));
-        write!(
-            conn,
-            "POST /events?topic=t HTTP/1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut response = String::new();
-        conn.read_to_string(&mut response).unwrap();
-        if response.starts_with("HTTP/1.1 503") {
+        let response = post(addr, "/events?topic=t", "", body.as_bytes());
+        if response.status == 503 {
             refused = Some(response);
             break;
         }
     }
     let refused = refused.expect("a publish is refused once the disk is full");
-    assert!(refused.contains("Retry-After:"), "{refused}");
-    assert!(refused.contains("No space left on device"), "{refused}");
+    assert!(refused.header("retry-after").is_some(), "{refused:?}");
+    assert!(refused.body_text().contains("No space left on device"), "{refused:?}");
     // Subscribers are still served: the health check answers and the stream is open.
-    let mut health = TcpStream::connect(addr).unwrap();
-    health.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    health.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = get(addr, "/health", "");
+    assert_eq!(answer.status, 200, "{answer:?}");
 
     // Room again: publishing works and the subscriber gets the event.
     std::fs::remove_file(&filler).unwrap();
-    let id = publish(addr, "room again");
-    read_until(&mut stream, format!("id: {id}\ndata: room again\n").as_bytes());
+    let id = publish(addr, "topic=t", "room again");
+    // The publishes that filled the disk came first on this stream.
+    let room = (id, "room again".to_string());
+    while id_data(&sub.next_event()) != room {}
     proc.signal("TERM");
     assert_eq!(proc.wait_exit().code(), Some(0));
 }
 
-/// Reads a resume from `last` up to a marker published after it: the raw SSE text.
-fn resume_text(addr: SocketAddr, last: u64) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(stream, "GET /events?topic=t HTTP/1.0\r\nLast-Event-ID: {last}\r\n\r\n").unwrap();
-    let marker: u64 = publish(addr, "__end__").parse().unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    // Megabytes may come first: look for the marker only in what each read added (read_until
-    // searches everything each time).
-    let needle = format!("id: {marker}\n").into_bytes();
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        assert!(std::time::Instant::now() < deadline, "never saw the marker {marker}");
-        match stream.read(&mut buf) {
-            Ok(0) => panic!("the stream ended before the marker"),
-            Ok(n) => {
-                seen.extend_from_slice(&buf[..n]);
-                let start = seen.len() - n;
-                let from = start.saturating_sub(needle.len());
-                if seen[from..].windows(needle.len()).any(|w| w == needle) {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => panic!("reading the resume: {e}"),
-        }
-    }
-    String::from_utf8(seen).unwrap()
+/// Reads a stream of topic `t` (HTTP/1.0, so unchunked) resumed after `last` (or from the start)
+/// up to a marker published after it: the raw SSE text.
+fn resume_text(addr: SocketAddr, last: Option<u64>) -> String {
+    let mut stream = connect(addr);
+    let header = last.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
+    write!(stream, "GET /events?topic=t HTTP/1.0\r\n{header}\r\n").unwrap();
+    // Publish a marker so we know where the replay ends, without waiting on a timeout.
+    let marker = publish(addr, "topic=t", "__end__");
+    String::from_utf8(read_until(&mut stream, format!("id: {marker}\n").as_bytes())).unwrap()
 }
 
 fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
@@ -334,29 +291,8 @@ fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
 
 /// Publishes `count` events of 4000 bytes (`00000-xxx…`, numbered) on one connection; their ids.
 fn publish_numbered(addr: SocketAddr, count: usize) -> Vec<u64> {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut ids = Vec::new();
-    for i in 0..count {
-        let body = format!("{i:05}-{}", "x".repeat(3994));
-        let request =
-            format!("POST /events?topic=t HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut response = Vec::new();
-        let mut buf = [0u8; 512];
-        while !(response.ends_with(b"\n") && response.windows(4).any(|w| w == b"\r\n\r\n")) {
-            let n = match stream.read(&mut buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                result => result.unwrap(),
-            };
-            assert!(n > 0, "closed after {i} publishes");
-            response.extend_from_slice(&buf[..n]);
-        }
-        let text = String::from_utf8(response).unwrap();
-        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-        ids.push(text.rsplit("\r\n\r\n").next().unwrap().trim().parse().unwrap());
-    }
-    ids
+    let mut conn = Conn::open(addr);
+    (0..count).map(|i| conn.publish("topic=t", format!("{i:05}-{}", "x".repeat(3994)).as_bytes())).collect()
 }
 
 /// Item: a bit flip in the middle of an older segment used to truncate every intact record after
@@ -392,7 +328,7 @@ fn damage_in_an_older_segment_keeps_the_records_after_it_and_resumes_across_it_g
     assert_eq!(std::fs::read(&damaged[0]).unwrap(), bytes, "byte for byte");
 
     // Every event after the damaged one is served; a resume from before the damage is told of it.
-    let text = resume_text(addr, ids[0]);
+    let text = resume_text(addr, Some(ids[0]));
     assert!(text.contains("event: ssed-gap\n"), "{text:.300}");
     let served: Vec<(u64, String)> = parse_events(&text)
         .into_iter()
@@ -401,10 +337,10 @@ fn damage_in_an_older_segment_keeps_the_records_after_it_and_resumes_across_it_g
     let served_ids: Vec<u64> = served.iter().map(|(id, _)| *id).collect();
     assert_eq!(served_ids, ids[101..].to_vec(), "everything after the damaged event, nothing before");
     assert!(served.iter().zip(101..).all(|((_, data), i)| data.starts_with(&format!("{i:05}-"))));
-    let text = resume_text(addr, ids[99]);
+    let text = resume_text(addr, Some(ids[99]));
     assert!(text.contains("event: ssed-gap\n"), "a resume from just before the damage: {text:.300}");
     // A resume after the hole needs no notice and gets exactly what follows.
-    let text = resume_text(addr, ids[300]);
+    let text = resume_text(addr, Some(ids[300]));
     assert!(!text.contains("ssed-gap"), "{text:.300}");
     let after: Vec<u64> =
         parse_events(&text).into_iter().filter(|(_, d)| d != "__end__").map(|(id, _)| id).collect();
@@ -416,7 +352,7 @@ fn damage_in_an_older_segment_keeps_the_records_after_it_and_resumes_across_it_g
     let (mut proc, addr) = start(&dir.0, &flags);
     let line = proc.wait_for_line("durable history on");
     assert!(line.contains(&format!("loaded {} events", 600 - 101 + 3)), "{line}");
-    assert!(resume_text(addr, ids[50]).contains("event: ssed-gap\n"));
+    assert!(resume_text(addr, Some(ids[50])).contains("event: ssed-gap\n"));
     proc.signal("TERM");
     assert_eq!(proc.wait_exit().code(), Some(0));
 }
@@ -428,7 +364,7 @@ fn damage_in_an_older_segment_keeps_the_records_after_it_and_resumes_across_it_g
 fn a_second_process_on_the_same_data_dir_is_refused_until_the_first_dies() {
     let dir = TempDir::new("lock");
     let (mut first, addr) = start(&dir.0, &[]);
-    publish(addr, "from the first");
+    publish(addr, "topic=t", "from the first");
     let mut command = base_command();
     command.args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(&dir.0);
     let mut second = Proc::spawn(command);
@@ -469,7 +405,7 @@ fn a_second_server_in_one_process_on_the_same_data_dir_is_refused() {
 fn history_age_removes_expired_events_from_disk_on_a_quiet_server() {
     let dir = TempDir::new("age");
     let (mut proc, addr) = start(&dir.0, &["--history-age", "1"]);
-    publish(addr, "short-lived");
+    publish(addr, "topic=t", "short-lived");
     let published = std::time::Instant::now();
     let on_disk = |dir: &Path| {
         files_ending(dir, ".seg")
@@ -478,11 +414,7 @@ fn history_age_removes_expired_events_from_disk_on_a_quiet_server() {
     };
     assert!(on_disk(&dir.0), "stored first");
     // No further request of any kind: the server must wake up by itself.
-    let deadline = published + DEADLINE;
-    while on_disk(&dir.0) {
-        assert!(std::time::Instant::now() < deadline, "the expired event is still on disk");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(eventually(|| !on_disk(&dir.0)), "the expired event is still on disk");
     let gone_after = published.elapsed();
     eprintln!("history-age 1 s: the event left the disk {gone_after:?} after its publish");
     assert!(gone_after >= Duration::from_millis(900), "not before its age");
@@ -534,13 +466,13 @@ fn data_dir_problems_are_named_and_a_start_says_what_it_loaded() {
     let line = proc.wait_for_line("durable history on");
     assert!(line.contains(&dir.display().to_string()) && line.contains("fsync always"), "{line}");
     assert!(line.contains("loaded 0 events"), "{line}");
-    publish(addr, "one");
+    publish(addr, "topic=t", "one");
     proc.signal("TERM");
     assert_eq!(proc.wait_exit().code(), Some(0));
     let (mut proc, addr) = start(&dir, &[]);
     let line = proc.wait_for_line("durable history on");
     assert!(line.contains("fsync batch") && line.contains("loaded 1 event,"), "{line}");
-    publish(addr, "two");
+    publish(addr, "topic=t", "two");
     proc.signal("TERM");
     assert_eq!(proc.wait_exit().code(), Some(0));
     let (mut proc, _) = start(&dir, &[]);
@@ -593,14 +525,14 @@ fn a_data_dir_from_the_old_record_format_is_served_resumed_and_appended_to() {
 
     let (mut proc, addr) = start(&dir.0, &[]);
     proc.wait_for_line("loaded 3 events");
-    let text = resume_text(addr, old[0]);
+    let text = resume_text(addr, Some(old[0]));
     assert!(
         text.contains(&format!("id: {}\nevent: note\nretry: 2500\ndata: old-1\n", old[1])),
         "the old event keeps its type and retry: {text}"
     );
     let expected_old: Vec<(u64, String)> = (1..3).map(|i| (old[i], format!("old-{i}"))).collect();
     assert_eq!(replay(addr, Some(old[0])), expected_old, "a resume from an old event");
-    let new: Vec<u64> = (0..2).map(|i| publish(addr, &format!("new-{i}")).parse().unwrap()).collect();
+    let new: Vec<u64> = (0..2).map(|i| publish(addr, "topic=t", format!("new-{i}"))).collect();
     assert!(new[0] > old[2], "ids continue above the old history");
     let expected_new: Vec<(u64, String)> = (0..2).map(|i| (new[i], format!("new-{i}"))).collect();
     assert_eq!(replay(addr, Some(old[2])), expected_new);
@@ -615,7 +547,7 @@ fn a_data_dir_from_the_old_record_format_is_served_resumed_and_appended_to() {
     let mut expected = expected_old;
     expected.extend(expected_new);
     assert_eq!(replay(addr, Some(old[0])), expected, "both formats after a restart");
-    let text = resume_text(addr, old[0]);
+    let text = resume_text(addr, Some(old[0]));
     assert!(text.contains(&format!("id: {}\nevent: note\nretry: 2500\n", old[1])), "{text}");
     proc.signal("TERM");
     assert_eq!(proc.wait_exit().code(), Some(0));

@@ -1,14 +1,13 @@
 //! Flags, environment variables and `Config` ranges: what the binary and the library refuse at start,
 //! and that everything they accept runs without panicking.
 
-use std::io::Write;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use ssed::{Config, Server};
 
 use crate::child::*;
-use crate::support::{Subscriber, TestServer};
+use crate::support::{get, id_data, post, publish, Subscriber, TestServer, DEADLINE};
 
 /// `ssed` with no `SSED_*` variable from the test's own environment.
 fn ssed() -> Command {
@@ -42,7 +41,7 @@ fn finished(command: Command) -> Output {
     std::thread::spawn(move || {
         let _ = sender.send(child.wait_with_output());
     });
-    match receiver.recv_timeout(crate::support::DEADLINE) {
+    match receiver.recv_timeout(DEADLINE) {
         Ok(output) => output.expect("waiting for the child"),
         Err(_) => {
             let _ = Command::new("kill").arg("-KILL").arg(id.to_string()).status();
@@ -134,8 +133,8 @@ fn a_config_at_every_ceiling_serves_and_stops() {
         ..Config::default()
     };
     let server = TestServer::start(config);
-    let mut sub = Subscriber::open(&server, "/events?topic=t", "");
-    crate::support::publish(&server, "topic=t", "at the ceiling");
+    let mut sub = Subscriber::open(server.addr, "/events?topic=t", "");
+    publish(server.addr, "topic=t", "at the ceiling");
     assert_eq!(sub.next_event().data, "at the ceiling");
     server.stop();
     assert!(sub.read_to_end().is_empty() && sub.clean_end(), "the stream ends cleanly at shutdown");
@@ -156,14 +155,15 @@ fn every_numeric_flag_at_its_ceiling_serves_and_stops() {
     let addr = proc.listening_addr();
     let lowered = proc.wait_for_line("max-connections lowered");
     assert!(lowered.contains("ulimit -Hn") && !lowered.contains("ulimit -n"), "{lowered}");
-    let mut stream = subscribe(addr);
-    let id = publish(addr, "at the ceiling");
-    read_until(&mut stream, format!("id: {id}\ndata: at the ceiling\n\n").as_bytes());
+    let mut sub = Subscriber::open(addr, "/events?topic=t", "");
+    let id = publish(addr, "topic=t", "at the ceiling");
+    assert_eq!(id_data(&sub.next_event()), (id, "at the ceiling".to_string()));
     proc.signal("TERM");
     let line = proc.wait_for_line("streams to end");
     assert!(line.contains("streams to end: 1"), "{line}");
-    read_until(&mut stream, b"0\r\n\r\n");
-    drop(stream);
+    sub.read_to_end();
+    assert!(sub.clean_end(), "the stream ends with the terminating chunk");
+    drop(sub);
     assert_eq!(proc.wait_exit().code(), Some(0));
 }
 
@@ -180,9 +180,9 @@ fn help_and_overriding_flags_win_over_a_bad_variable() {
     command.env("SSED_HISTORY", "-5").args(["--history", "10", "--listen", "127.0.0.1:0"]);
     let proc = Proc::spawn(command);
     let addr = proc.listening_addr();
-    let mut stream = subscribe(addr);
-    let id = publish(addr, "flag wins");
-    read_until(&mut stream, format!("id: {id}\ndata: flag wins\n\n").as_bytes());
+    let mut sub = Subscriber::open(addr, "/events?topic=t", "");
+    let id = publish(addr, "topic=t", "flag wins");
+    assert_eq!(id_data(&sub.next_event()), (id, "flag wins".to_string()));
 
     let mut command = ssed();
     command.env("SSED_HISTORY", "-5");
@@ -250,13 +250,9 @@ fn sizes_take_binary_units() {
         }
         let proc = Proc::spawn(command);
         let addr = proc.listening_addr();
-        publish(addr, &"x".repeat(1024));
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(crate::support::DEADLINE)).unwrap();
-        let body = "x".repeat(1025);
-        write!(stream, "POST /events?topic=t HTTP/1.1\r\nContent-Length: 1025\r\n\r\n{body}").unwrap();
-        let answer = read_until(&mut stream, b"\r\n");
-        assert!(answer.starts_with(b"HTTP/1.1 413"), "{}", String::from_utf8_lossy(&answer));
+        publish(addr, "topic=t", "x".repeat(1024));
+        let answer = post(addr, "/events?topic=t", "", "x".repeat(1025).as_bytes());
+        assert_eq!(answer.status, 413, "{answer:?}");
     }
 }
 
@@ -284,11 +280,8 @@ fn the_environment_file_examples_are_accepted() {
     command.envs(examples.iter().copied()).args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(&dir);
     let proc = Proc::spawn(command);
     let addr = proc.listening_addr();
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(crate::support::DEADLINE)).unwrap();
-    write!(stream, "GET /health HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
-    let answer = read_until(&mut stream, b"\r\n");
-    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    let answer = get(addr, "/health", "");
+    assert_eq!(answer.status, 200, "{answer:?}");
     drop(proc);
     let _ = std::fs::remove_dir_all(&dir);
 }

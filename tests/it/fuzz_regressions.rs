@@ -58,7 +58,7 @@ struct Reply {
 /// Sends `request`, half-closes, and reads until the server closes or, once it has answered, falls
 /// quiet. Fails the test when nothing at all happens within [`DEADLINE`].
 fn send(server: &TestServer, request: &[u8]) -> Reply {
-    let mut stream = server.connect();
+    let mut stream = connect(server.addr);
     // The server may close before it has read everything (a refused head): that is an answer too.
     let _ = stream.write_all(request);
     // After a half-close the server answers what it has and closes, or keeps streaming events.
@@ -89,29 +89,9 @@ fn read_reply(stream: &mut TcpStream) -> Reply {
     }
 }
 
-/// The status codes of every response head in `bytes`, in order (an event stream's body may follow
-/// the last one; bodies with a `Content-Length` are skipped).
-fn statuses(bytes: &[u8]) -> Vec<u16> {
-    let mut found = Vec::new();
-    let mut rest = bytes;
-    while rest.starts_with(b"HTTP/1.") {
-        let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else { break };
-        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
-        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a numeric status");
-        found.push(status);
-        let length = head
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
-            .map_or(0, |(_, value)| value.trim().parse::<usize>().expect("a numeric Content-Length"));
-        rest = &rest[(end + 4 + length).min(rest.len())..];
-    }
-    found
-}
-
 /// Fails the test unless the server still answers `GET /health` on a new connection.
 fn assert_healthy(server: &TestServer, after: &str) {
-    let response = roundtrip(server, b"GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    let response = get(server.addr, "/health", "");
     assert_eq!((response.status, response.body_text().as_str()), (200, "ok\n"), "after {after}");
 }
 
@@ -177,7 +157,7 @@ fn publish_body_corpus_is_answered_and_the_server_lives_on() {
 #[test]
 fn encode_roundtrip_corpus_reaches_a_subscriber_intact() {
     let server = TestServer::start(Config { heartbeat: Duration::ZERO, ..Config::default() });
-    let mut subscriber = Subscriber::open(&server, "/events?topic=fuzz", "");
+    let mut subscriber = Subscriber::open(server.addr, "/events?topic=fuzz", "");
     for (name, input) in corpus("encode_roundtrip") {
         let Some((_, rest)) = input.split_first() else { continue };
         // As in `ssed::fuzzing::encode_roundtrip`: lossy UTF-8, split at the first NUL into an event
@@ -192,7 +172,7 @@ fn encode_roundtrip_corpus_reaches_a_subscriber_intact() {
             query.push_str("&event=");
             query.push_str(&percent_encode(event_type));
         }
-        let id = publish(&server, &query, data);
+        let id = publish(server.addr, &query, data);
         let event = subscriber.next_event();
         assert_eq!(event.id, Some(id.to_string()), "{name}");
         assert_eq!(event.event.as_deref(), event_type, "{name}");

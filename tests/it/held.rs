@@ -7,9 +7,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::abuse::{exclusive, get_at};
+use crate::abuse::exclusive;
 use crate::child::Proc;
-use crate::support::{connect, metric, TempDir, DEADLINE};
+use crate::support::{connect, get, metric, TempDir, DEADLINE};
 
 /// Pipelines `count` publishes on one connection, each naming 64 topics no one named before, and
 /// reads every answer; returns how many were answered 200.
@@ -65,7 +65,7 @@ fn flood(conns: usize, per_conn: usize) -> (Duration, Duration, f64) {
             let mut slowest = Duration::ZERO;
             while !*done.lock().unwrap() {
                 let asked = Instant::now();
-                assert_eq!(get_at(addr, "/health").status, 200);
+                assert_eq!(get(addr, "/health", "").status, 200);
                 slowest = slowest.max(asked.elapsed());
             }
             slowest

@@ -16,7 +16,7 @@ use proptest::test_runner::{Config as Cases, TestCaseError, TestRunner};
 
 use ssed::{Config, Event};
 
-use crate::support::{roundtrip, Response, SseEvent, Subscriber, TestServer, DEADLINE};
+use crate::support::{post, published_id, roundtrip, SseEvent, Subscriber, TestServer, DEADLINE};
 
 /// Cases per property: enough variety to matter, few enough to run in a second or two.
 const CASES: u32 = 64;
@@ -96,18 +96,6 @@ fn encode(text: &str, plus: bool) -> String {
     out
 }
 
-/// `POST /events` with `query` (may be empty), extra header lines and a body; returns the answer.
-fn post(server: &TestServer, query: &str, headers: &str, body: &[u8]) -> Response {
-    let target = if query.is_empty() { "/events".to_string() } else { format!("/events?{query}") };
-    let mut request = format!(
-        "POST {target} HTTP/1.1\r\nHost: t\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(body);
-    roundtrip(server, &request)
-}
-
 const FORM: &str = "Content-Type: application/x-www-form-urlencoded\r\n";
 
 /// Which stream a case reads from.
@@ -133,7 +121,7 @@ fn open(server: &TestServer, topics: &[String], listen: Listen) -> Subscriber {
         }
         Listen::Everything => String::new(),
     };
-    Subscriber::open(server, &format!("/events{query}"), "")
+    Subscriber::open(server.addr, &format!("/events{query}"), "")
 }
 
 /// Publishes a marker to `topic` and returns every event the subscriber sees before it.
@@ -164,11 +152,6 @@ fn id_type_data(events: &[SseEvent]) -> Vec<(Option<String>, Option<String>, Str
     events.iter().map(|e| (e.id.clone(), e.event.clone(), e.data.clone())).collect()
 }
 
-fn published_id(response: &Response) -> Result<u64, TestCaseError> {
-    prop_assert_eq!(response.status, 200, "publish answered {:?}", response);
-    Ok(response.body_text().trim_end().parse().expect("a decimal id"))
-}
-
 /// Raw publish: the body is the data whatever it holds; the query names topics and the type.
 #[test]
 fn raw_publish_round_trips_exactly() {
@@ -182,7 +165,12 @@ fn raw_publish_round_trips_exactly() {
             if let Some(event_type) = &event_type {
                 query.push(format!("event={}", encode(event_type, false)));
             }
-            let id = published_id(&post(&server, &query.join("&"), "", data.as_bytes()))?;
+            let id = published_id(&post(
+                server.addr,
+                &format!("/events?{}", query.join("&")),
+                "",
+                data.as_bytes(),
+            ));
             let seen = events_until_marker(&server, &mut sub, &topics[0])?;
             prop_assert_eq!(
                 id_type_data(&seen),
@@ -223,7 +211,7 @@ fn form_publish_round_trips_exactly() {
             // A deterministic shuffle from the generated seed; the topics keep their relative order.
             let n = fields.len();
             fields.rotate_left((shuffle % n as u64) as usize);
-            let id = published_id(&post(&server, "", FORM, fields.join("&").as_bytes()))?;
+            let id = published_id(&post(server.addr, "/events", FORM, fields.join("&").as_bytes()));
             let seen = events_until_marker(&server, &mut sub, &topics[0])?;
             prop_assert_eq!(
                 id_type_data(&seen),
@@ -286,32 +274,32 @@ fn refused() -> impl Strategy<Value = Refused> {
 fn invalid_topics_and_types_are_refused() {
     let server = server();
     // `TestRunner::run` takes a `Fn`: the one stream is borrowed per case.
-    let everything = std::cell::RefCell::new(Subscriber::open(&server, "/events", ""));
+    let everything = std::cell::RefCell::new(Subscriber::open(server.addr, "/events", ""));
     runner()
         .run(&(refused(), data()), |(refused, data)| {
             let body = data.as_bytes();
             let response = match &refused {
                 Refused::RawTopic(t) => {
-                    post(&server, &format!("topic=ok&topic={}", encode(t, false)), "", body)
+                    post(server.addr, &format!("/events?topic=ok&topic={}", encode(t, false)), "", body)
                 }
                 Refused::RawType(e) => {
-                    post(&server, &format!("topic=ok&event={}", encode(e, false)), "", body)
+                    post(server.addr, &format!("/events?topic=ok&event={}", encode(e, false)), "", body)
                 }
                 Refused::FormTopic(t) => post(
-                    &server,
-                    "",
+                    server.addr,
+                    "/events",
                     FORM,
                     format!("topic=ok&topic={}&data={}", encode(t, true), encode(&data, true)).as_bytes(),
                 ),
                 Refused::FormType(e) => post(
-                    &server,
-                    "",
+                    server.addr,
+                    "/events",
                     FORM,
                     format!("topic=ok&type={}&data={}", encode(e, true), encode(&data, true)).as_bytes(),
                 ),
                 Refused::FormRetry(r) => post(
-                    &server,
-                    "",
+                    server.addr,
+                    "/events",
                     FORM,
                     format!("topic=ok&retry={}&data={}", encode(r, true), encode(&data, true)).as_bytes(),
                 ),
@@ -320,9 +308,9 @@ fn invalid_topics_and_types_are_refused() {
                         "GET /events?topic={} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
                         encode(t, false)
                     );
-                    roundtrip(&server, request.as_bytes())
+                    roundtrip(server.addr, request.as_bytes())
                 }
-                Refused::NotUtf8Topic(b) => post(&server, &format!("topic=ok%{b:02X}"), "", body),
+                Refused::NotUtf8Topic(b) => post(server.addr, &format!("/events?topic=ok%{b:02X}"), "", body),
             };
             prop_assert_eq!(response.status, 400, "{:?} answered {:?}", refused, response);
             let seen = events_until_marker(&server, &mut everything.borrow_mut(), "ok")?;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use ssed::Config;
 
-use crate::abuse::{connect_small_window, PublishConn};
-use crate::support::{eventually, metric, read_head, TestServer, DEADLINE};
+use crate::abuse::connect_small_window;
+use crate::support::{eventually, metric, read_head, Conn, TestServer, DEADLINE};
 
 const KIB: usize = 1024;
 /// The receive buffer of every subscriber here (the kernel doubles it and rounds up).
@@ -76,14 +76,14 @@ fn read_through(stream: &mut TcpStream, start: Vec<u8>, last: u64) -> Result<Vec
 
 /// A server with `--max-lag 256KiB` and room for 16 MiB of history, a keep-alive publisher, and the
 /// 48 KB event the catch-up cases publish.
-fn catch_up_server() -> (TestServer, PublishConn, Vec<u8>) {
+fn catch_up_server() -> (TestServer, Conn, Vec<u8>) {
     let server = TestServer::start(Config {
         max_lag: 256 * KIB,
         history_bytes: 16 * KIB * KIB,
         heartbeat: Duration::ZERO,
         ..Config::default()
     });
-    let publisher = PublishConn::open(server.addr);
+    let publisher = Conn::open(server.addr);
     (server, publisher, vec![b'x'; 48 * KIB])
 }
 
@@ -135,7 +135,7 @@ fn a_stalled_live_reader_is_cut_at_the_limit() {
     let server =
         TestServer::start(Config { max_lag: 256 * KIB, heartbeat: Duration::ZERO, ..Config::default() });
     let (_stalled, _) = subscribe(&server, "topic=t", None);
-    let mut publisher = PublishConn::open(server.addr);
+    let mut publisher = Conn::open(server.addr);
     let event = vec![b'x'; 16 * KIB];
     // Everything up to the limit is allowed.
     for _ in 0..(256 / 16) {
@@ -166,7 +166,7 @@ fn a_reader_slower_than_the_publish_rate_is_cut() {
     let publishing = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let mut publisher = PublishConn::open(addr);
+            let mut publisher = Conn::open(addr);
             let event = vec![b'x'; 48 * KIB];
             let deadline = Instant::now() + DEADLINE;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
@@ -204,7 +204,7 @@ fn a_single_event_larger_than_max_lag_reaches_a_reader() {
         heartbeat: Duration::ZERO,
         ..Config::default()
     });
-    let mut publisher = PublishConn::open(server.addr);
+    let mut publisher = Conn::open(server.addr);
     let body = vec![b'\n'; KIB * KIB];
     for round in 0..3 {
         // Live: subscribed before the event is published.

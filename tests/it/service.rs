@@ -2,13 +2,13 @@
 //! journald-style logging. These run the built binary as a child process.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::Instant;
 
 use crate::child::*;
-use crate::support::DEADLINE;
+use crate::support::{connect, id_data, publish, Subscriber, DEADLINE};
 
 #[test]
 fn notifies_ready_watchdog_and_stopping_and_exits_cleanly_on_sigterm() {
@@ -36,16 +36,16 @@ fn notifies_ready_watchdog_and_stopping_and_exits_cleanly_on_sigterm() {
         received.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
 
-    let mut stream = subscribe(addr);
-    let id = publish(addr, "before the end");
-    read_until(&mut stream, format!("id: {id}\ndata: before the end\n\n").as_bytes());
+    let mut sub = Subscriber::open(addr, "/events?topic=t", "");
+    let id = publish(addr, "topic=t", "before the end");
+    assert_eq!(id_data(&sub.next_event()), (id, "before the end".to_string()));
     // "1 subscriber,", not "1 subscribers,".
     recv_until(&notify, "STATUS=1 subscriber,", &mut received);
 
     proc.signal("TERM");
     recv_until(&notify, "STOPPING=1", &mut received);
-    let tail = read_until(&mut stream, b"0\r\n\r\n");
-    assert!(tail.ends_with(b"0\r\n\r\n"), "the stream ends with the terminating chunk: {tail:?}");
+    let tail = sub.read_to_end();
+    assert!(sub.clean_end(), "the stream ends with the terminating chunk after {tail:?}");
     let status = proc.wait_exit();
     assert_eq!(status.code(), Some(0), "a graceful shutdown exits 0");
     let _ = std::fs::remove_file(&path);
@@ -61,7 +61,7 @@ fn logs_with_syslog_priorities_under_journald() {
     assert!(!line.contains("Z "), "no timestamp of our own under journald: {line:?}");
     let addr = listening_addr_from(&line);
     // A refused request logs at info too, without any token in it.
-    let mut stream = TcpStream::connect(addr).unwrap();
+    let mut stream = connect(addr);
     stream.write_all(b"GET /nowhere HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n").unwrap();
     let refused = proc.wait_for_line("refused");
     assert!(refused.starts_with("<6>") && !refused.contains("s3cret"), "{refused:?}");
@@ -88,10 +88,10 @@ fn a_second_signal_exits_at_once() {
     ]);
     let mut proc = Proc::spawn(command);
     let addr = proc.listening_addr();
-    let _stuck = subscribe(addr);
+    let _stuck = Subscriber::open(addr, "/events?topic=t", "");
     let body = "x".repeat(1 << 20);
     for _ in 0..48 {
-        publish(addr, &body);
+        publish(addr, "topic=t", &body);
     }
     proc.signal("TERM");
     proc.wait_for_line("shutting down");
@@ -116,11 +116,11 @@ fn serves_on_a_socket_passed_by_systemd() {
     proc.wait_for_line("Listening on");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // The first connection makes systemd-socket-activate exec ssed with the socket as fd 3.
-    let mut stream = subscribe(addr);
+    let mut sub = Subscriber::open(addr, "/events?topic=t", "");
     let line = proc.wait_for_line("passed by systemd");
     assert!(line.contains("--listen is ignored"), "{line}");
-    let id = publish(addr, "through the inherited socket");
-    read_until(&mut stream, format!("id: {id}\ndata: through the inherited socket\n\n").as_bytes());
+    let id = publish(addr, "topic=t", "through the inherited socket");
+    assert_eq!(id_data(&sub.next_event()), (id, "through the inherited socket".to_string()));
     proc.signal("TERM");
     assert_eq!(proc.wait_exit().code(), Some(0));
 }

@@ -20,9 +20,8 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 
-use crate::abuse::PublishConn;
 use crate::child::Proc;
-use crate::support::{eventually, metric};
+use crate::support::{eventually, metric, Conn};
 
 const TOPICS: usize = 8;
 /// Subscribers connected at most at once; each slot holds one subscriber after another.
@@ -87,7 +86,7 @@ fn topic_query(mask: u8) -> String {
 
 fn publisher(addr: SocketAddr, n: u32, seed: u64, ledger: Arc<Mutex<Vec<Published>>>, stop: Arc<AtomicBool>) {
     let mut rng = Rng(seed);
-    let mut conn = PublishConn::open(addr);
+    let mut conn = Conn::open(addr);
     let period = Duration::from_secs(1) / RATE;
     let start = Instant::now();
     let mut k = 0u32;
@@ -518,7 +517,7 @@ fn soak_churning_subscribers_get_every_event_once_in_order() {
         "the workers did not finish their resumes"
     );
     let mut ledger = std::mem::take(&mut *ledger.lock().unwrap());
-    let mut end = PublishConn::open(addr);
+    let mut end = Conn::open(addr);
     let end_data = b"the end";
     let end_started = Instant::now();
     let end_id = end.publish(&topic_query(u8::MAX), end_data);

@@ -34,13 +34,9 @@ impl TestServer {
         TestServer { addr, publisher, shutdown, thread: Some(thread) }
     }
 
+    /// A server with the default configuration.
     pub fn with_defaults() -> TestServer {
         TestServer::start(Config::default())
-    }
-
-    /// Opens a plain TCP connection with read/write timeouts set to [`DEADLINE`].
-    pub fn connect(&self) -> TcpStream {
-        connect(self.addr)
     }
 
     /// Stops the server and waits for `run()` to return, failing the test if it returned an error.
@@ -93,16 +89,118 @@ impl Response {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
+    /// The body as text (lossy), for assertions and failure messages.
     pub fn body_text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
-/// Sends `request` verbatim and reads one complete response (Content-Length, chunked, or until close).
-pub fn roundtrip(server: &TestServer, request: &[u8]) -> Response {
-    let mut stream = server.connect();
+/// Sends `request` verbatim on a new connection to `addr` and reads one complete response.
+pub fn roundtrip(addr: SocketAddr, request: &[u8]) -> Response {
+    exchange(addr, request).0
+}
+
+/// Like [`roundtrip`], and also returns the connection, for checks on what comes after (a close).
+pub fn exchange(addr: SocketAddr, request: &[u8]) -> (Response, TcpStream) {
+    let mut stream = connect(addr);
     stream.write_all(request).unwrap();
-    read_response(&mut stream)
+    let response = read_response(&mut stream);
+    (response, stream)
+}
+
+/// `GET path` with the extra header lines given (each ending in CRLF), on a connection of its own.
+/// Not for a successful subscribe, whose body never ends: use [`Subscriber`] for that.
+pub fn get(addr: SocketAddr, path: &str, headers: &str) -> Response {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{headers}Connection: close\r\n\r\n");
+    roundtrip(addr, request.as_bytes())
+}
+
+/// The bytes of `POST path` with the extra header lines given and a `Content-Length` body;
+/// `Connection: close` when `close`.
+pub fn post_request(path: &str, headers: &str, body: &[u8], close: bool) -> Vec<u8> {
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\n{headers}Content-Length: {}\r\n{connection}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// `POST path` with a `Content-Length` body and the extra header lines given, on a connection of
+/// its own.
+pub fn post(addr: SocketAddr, path: &str, headers: &str, body: &[u8]) -> Response {
+    roundtrip(addr, &post_request(path, headers, body, true))
+}
+
+/// Publishes `body` raw with `POST /events?{query}` on a connection of its own; returns the id.
+pub fn publish(addr: SocketAddr, query: &str, body: impl AsRef<[u8]>) -> u64 {
+    published_id(&post(addr, &format!("/events?{query}"), "", body.as_ref()))
+}
+
+/// The id a successful publish answered with, checking the answer's shape (200, `ID\n`) on the way.
+pub fn published_id(response: &Response) -> u64 {
+    assert_eq!(response.status, 200, "publish answered {response:?}");
+    let text = response.body_text();
+    let id = text.strip_suffix('\n').unwrap_or_else(|| panic!("publish body {text:?} ends with a newline"));
+    id.parse().unwrap_or_else(|_| panic!("publish body {text:?} is a decimal id"))
+}
+
+/// One connection whose responses are read in order, keeping bytes that belong to the next response:
+/// for keep-alive, pipelining, and publishing many events without a handshake each.
+pub struct Conn {
+    pub stream: TcpStream,
+    /// Bytes read but not yet taken by [`Conn::head`] or [`Conn::response`].
+    pub buf: Vec<u8>,
+}
+
+impl Conn {
+    /// A new connection to `addr` (timeouts as [`connect`]).
+    pub fn open(addr: SocketAddr) -> Conn {
+        Conn { stream: connect(addr), buf: Vec::new() }
+    }
+
+    /// Writes `bytes` as they are.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Publishes `body` raw with a keep-alive `POST /events?{query}` and returns the id.
+    pub fn publish(&mut self, query: &str, body: &[u8]) -> u64 {
+        self.send(&post_request(&format!("/events?{query}"), "", body, false));
+        published_id(&self.response())
+    }
+
+    /// Reads once more into [`Conn::buf`]; fails the test if the connection ends or errs.
+    pub fn fill(&mut self) {
+        read_more(&mut self.stream, &mut self.buf);
+    }
+
+    /// The next response head, leaving any bytes after it in the buffer (a HEAD response ends here).
+    pub fn head(&mut self) -> Response {
+        let end = loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            self.fill();
+        };
+        let response = parse_head_bytes(&self.buf[..end]);
+        self.buf.drain(..end + 4);
+        response
+    }
+
+    /// The next complete response whose body is framed by `Content-Length` (or is empty).
+    pub fn response(&mut self) -> Response {
+        let mut response = self.head();
+        assert!(response.header("transfer-encoding").is_none(), "unexpected chunked body: {response:?}");
+        let len: usize = response.header("content-length").map_or(0, |v| v.parse().expect("numeric length"));
+        while self.buf.len() < len {
+            self.fill();
+        }
+        response.body = self.buf.drain(..len).collect();
+        response
+    }
 }
 
 /// Reads one response from `stream`: the head, then a body framed by Content-Length, chunked
@@ -142,6 +240,32 @@ fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) {
     }
 }
 
+/// Reads `stream` until `needle` has arrived, failing the test if the stream ends or [`DEADLINE`]
+/// passes first; returns every byte read. Searches only around what each read added, so a body of
+/// megabytes stays cheap.
+pub fn read_until(stream: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "never saw {:?}", String::from_utf8_lossy(needle));
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => panic!("the stream ended before {:?}", String::from_utf8_lossy(needle)),
+            Ok(n) => {
+                seen.extend_from_slice(&buf[..n]);
+                let from = (seen.len() - n).saturating_sub(needle.len());
+                if seen[from..].windows(needle.len()).any(|w| w == needle) {
+                    return seen;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("read failed before {:?}: {e}", String::from_utf8_lossy(needle)),
+        }
+    }
+}
+
 /// Reads a response head; returns it with the body bytes that arrived after it.
 pub fn read_head(stream: &mut TcpStream) -> (Response, Vec<u8>) {
     let mut buf = Vec::new();
@@ -152,6 +276,26 @@ pub fn read_head(stream: &mut TcpStream) -> (Response, Vec<u8>) {
         }
         read_more(stream, &mut buf);
     }
+}
+
+/// The status codes of every response head in `bytes`, in order (an event stream's body may follow
+/// the last one; bodies with a `Content-Length` are skipped).
+pub fn statuses(bytes: &[u8]) -> Vec<u16> {
+    let mut found = Vec::new();
+    let mut rest = bytes;
+    while rest.starts_with(b"HTTP/1.") {
+        let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else { break };
+        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a numeric status");
+        found.push(status);
+        let length = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+            .map_or(0, |(_, value)| value.trim().parse::<usize>().expect("a numeric Content-Length"));
+        rest = &rest[(end + 4 + length).min(rest.len())..];
+    }
+    found
 }
 
 /// Parses a response head (status line and header lines, without the blank line) into a
@@ -225,10 +369,10 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// Subscribes with `GET {path_and_query}` and the extra header lines given (each ending in CRLF).
-    pub fn open(server: &TestServer, path_and_query: &str, extra_headers: &str) -> Subscriber {
-        let stream = server.connect();
-        Self::open_on(stream, path_and_query, extra_headers, "HTTP/1.1")
+    /// Subscribes to the server at `addr` with `GET {path_and_query}` and the extra header lines
+    /// given (each ending in CRLF).
+    pub fn open(addr: SocketAddr, path_and_query: &str, extra_headers: &str) -> Subscriber {
+        Self::open_on(connect(addr), path_and_query, extra_headers, "HTTP/1.1")
     }
 
     /// Like [`Subscriber::open`] on an existing stream and with a chosen HTTP version.
@@ -408,15 +552,22 @@ impl Subscriber {
     }
 }
 
-/// Publishes `body` raw to `topic` over HTTP and returns the assigned id.
-pub fn publish(server: &TestServer, query: &str, body: &str) -> u64 {
-    let request = format!(
-        "POST /events?{query} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let response = roundtrip(server, request.as_bytes());
-    assert_eq!(response.status, 200, "publish answered {response:?}");
-    response.body_text().trim_end().parse().expect("publish answers an id")
+/// The id and data of a dispatched event that must carry an id (every event but `ssed-gap`).
+pub fn id_data(event: &SseEvent) -> (u64, String) {
+    let id = event.id.as_deref().unwrap_or_else(|| panic!("event without an id: {event:?}"));
+    (id.parse().unwrap_or_else(|_| panic!("id {id:?} is a decimal u64")), event.data.clone())
+}
+
+/// The next `n` events of `subscriber` as `(id, data)`.
+pub fn next_events(subscriber: &mut Subscriber, n: usize) -> Vec<(u64, String)> {
+    (0..n).map(|_| id_data(&subscriber.next_event())).collect()
+}
+
+/// Publishes `marker` with `query` and asserts it is the next event `sub` sees: nothing else reached
+/// the stream before it. `what` says what must not have been published.
+pub fn assert_marker_next(addr: SocketAddr, sub: &mut Subscriber, query: &str, what: &str) {
+    let marker = publish(addr, query, "marker");
+    assert_eq!(id_data(&sub.next_event()), (marker, "marker".to_string()), "{what}");
 }
 
 /// Polls `condition` until it holds or [`DEADLINE`] passes; returns whether it held. Callers assert
@@ -437,23 +588,23 @@ pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
 /// Fetches `/metrics` from the server at `addr` (in-process or a child) and returns the value of the
 /// sample whose name (with labels) is `series`.
 pub fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
-    let mut stream = connect(addr);
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
-    let text = read_response(&mut stream).body_text();
+    let text = get(addr, "/metrics", "").body_text();
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap())
     })
 }
 
-/// A fresh directory under the system temp dir, removed on drop.
+/// A fresh directory of its own under the system temp dir, removed on drop.
 pub struct TempDir(pub std::path::PathBuf);
 
 impl TempDir {
+    /// Creates `ssed-it-{name}-{pid}-{n}-{nanos}`: unique across the tests of this run and others.
     pub fn new(name: &str) -> TempDir {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let dir = std::env::temp_dir().join(format!("ssed-it-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("ssed-it-{name}-{}-{n}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a temporary directory");
         TempDir(dir)
     }
 

@@ -4,7 +4,6 @@
 use std::net::TcpStream;
 
 use super::*;
-use crate::support::read_head;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -104,7 +103,7 @@ fn a_subscription_naming_many_topics_costs_little_per_connection() {
 fn topic_memory_comes_back_once_their_events_are_gone() {
     let _alone = exclusive();
     let server = Proc::start(&["--history", "1000", "--history-age", "2", "--heartbeat", "0"]);
-    let mut publisher = PublishConn::open(server.listening_addr());
+    let mut publisher = Conn::open(server.listening_addr());
     let history_empty = || metric(server.listening_addr(), "ssed_history_events") == Some(0.0);
     // Warm up the paths a publish takes, then let it expire.
     for _ in 0..100 {

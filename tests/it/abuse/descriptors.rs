@@ -7,7 +7,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::support::{read_head, Subscriber};
 
 /// The open-file limit that leaves the child exactly `spare` free descriptor numbers: a new
 /// descriptor takes the lowest free number, and fails with EMFILE when that is at or over the limit
@@ -61,7 +60,7 @@ fn accept_emfile_pauses_without_spinning_and_recovers() {
     let _alone = exclusive();
     let server = Proc::start(&["--heartbeat", "0"]);
     let addr = server.listening_addr();
-    let mut publisher = PublishConn::open(addr);
+    let mut publisher = Conn::open(addr);
     let mut held = Subscriber::open_on(connect(addr), "/events?topic=e", "", "HTTP/1.1");
 
     const SPARE: u32 = 16;
@@ -122,7 +121,7 @@ fn accept_emfile_pauses_without_spinning_and_recovers() {
     let id = publisher.publish("topic=e", b"recovered");
     assert_eq!(fresh.next_event().id, Some(id.to_string()));
     assert_eq!(held.next_event().id, Some(id.to_string()));
-    assert_eq!(get_at(addr, "/health").status, 200);
+    assert_eq!(get(addr, "/health", "").status, 200);
 }
 
 /// The open-file limit caps `--max-connections` with room to spare: under `ulimit -n 160` the server
@@ -142,7 +141,7 @@ fn descriptor_limit_caps_connections_below_exhaustion() {
         line.split(" to ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap().parse().unwrap();
     assert!(line.contains("by the open-file limit 160") && (16..=96).contains(&cap), "{line}");
 
-    let mut publisher = PublishConn::open(addr);
+    let mut publisher = Conn::open(addr);
     let mut held: Vec<Subscriber> =
         (1..cap).map(|_| Subscriber::open_on(connect(addr), "/events?topic=c", "", "HTTP/1.1")).collect();
 
@@ -152,8 +151,8 @@ fn descriptor_limit_caps_connections_below_exhaustion() {
     assert_eq!(turned_away.read_to_end(), vec![]);
     assert!(turned_away.clean_end() && turned_away.retries.len() == 1, "{:?}", turned_away.retries);
     assert!((1000..=10_000).contains(&turned_away.retries[0]), "retry {:?}", turned_away.retries);
-    assert_eq!(get_at(addr, "/health").status, 200);
-    let metrics = get_at(addr, "/metrics");
+    assert_eq!(get(addr, "/health", "").status, 200);
+    let metrics = get(addr, "/metrics", "");
     assert_eq!(metrics.status, 503);
     assert!(metrics.header("retry-after").is_some(), "{metrics:?}");
 

@@ -5,7 +5,6 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::support::Subscriber;
 
 /// Connections held at once by the test; each stage runs in batches of this many.
 const BATCH: usize = 250;
@@ -73,7 +72,7 @@ fn resets_at_every_stage_leave_nothing_behind() {
     // Reset in the middle of a stream, after a 48 KiB event that their 8 KiB windows cannot take
     // whole, so the server has bytes queued for them when they go.
     let big = vec![b'q'; 48 * 1024];
-    let mut publisher = PublishConn::open(addr);
+    let mut publisher = Conn::open(addr);
     let mut published = Vec::new();
     reset_in_batches(
         addr,
@@ -120,7 +119,7 @@ fn resets_at_every_stage_leave_nothing_behind() {
 
     // Still serving: a new stream gets events.
     let mut fresh = Subscriber::open_on(connect(addr), "/events?topic=cut", "", "HTTP/1.1");
-    let id = publish_at(addr, "topic=cut", b"after");
+    let id = publish(addr, "topic=cut", b"after");
     assert_eq!(fresh.next_event().id, Some(id.to_string()));
     assert_eq!(watcher.next_event().id, Some(id.to_string()));
 }

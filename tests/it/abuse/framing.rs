@@ -8,7 +8,6 @@ use std::time::Duration;
 use ssed::Config;
 
 use super::*;
-use crate::support::{Subscriber, TestServer};
 
 fn config() -> Config {
     Config { heartbeat: Duration::ZERO, max_body: 1024, max_lag: 64 * 1024, ..Config::default() }
@@ -18,7 +17,7 @@ fn config() -> Config {
 /// back before the server closed the connection (all of them carry `Content-Length`), then a `0` if
 /// the connection was still open two seconds later.
 fn statuses(server: &TestServer, request: &[u8]) -> Vec<u16> {
-    let mut stream = server.connect();
+    let mut stream = connect(server.addr);
     stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     // The server may answer and close before taking every byte; what it answered is what counts.
     let _ = stream.write_all(request);
@@ -35,17 +34,7 @@ fn statuses(server: &TestServer, request: &[u8]) -> Vec<u16> {
             Err(e) => panic!("reading answers: {e}"),
         }
     };
-    let mut found = Vec::new();
-    let mut rest = &bytes[..];
-    while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
-        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
-        found.push(head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line"));
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("content-length")))
-            .map_or(0, |(_, v)| v.trim().parse().unwrap());
-        rest = &rest[(end + 4 + length).min(rest.len())..];
-    }
+    let mut found = crate::support::statuses(&bytes);
     if open {
         found.push(0);
     }
@@ -59,15 +48,14 @@ macro_rules! refused {
         #[test]
         fn smuggling_shapes_are_refused_and_publish_nothing() {
             let server = TestServer::start(config());
-            let mut watcher = Subscriber::open(&server, "/events?topic=smuggled", "");
+            let mut watcher = Subscriber::open(server.addr, "/events?topic=smuggled", "");
             $(
                 let request = $request;
                 let request: &[u8] = request.as_ref();
                 assert_eq!(statuses(&server, request), vec![$status], "{}: {:?}", stringify!($name),
                     String::from_utf8_lossy(request));
             )*
-            let marker = crate::support::publish(&server, "topic=smuggled", "marker");
-            assert_eq!(watcher.next_event().id, Some(marker.to_string()), "a refused request published");
+            assert_marker_next(server.addr, &mut watcher, "topic=smuggled", "a refused request published");
         }
     };
 }
@@ -152,11 +140,10 @@ fn a_one_byte_trailer_line_does_not_end_the_body() {
 #[test]
 fn a_signed_chunk_size_is_refused() {
     let server = TestServer::start(config());
-    let mut watcher = Subscriber::open(&server, "/events?topic=smuggled", "");
+    let mut watcher = Subscriber::open(server.addr, "/events?topic=smuggled", "");
     let request = post("Transfer-Encoding: chunked\r\n", "+5\r\nhello\r\n0\r\n\r\n");
     assert_eq!(statuses(&server, &request), vec![400]);
-    let marker = crate::support::publish(&server, "topic=smuggled", "marker");
-    assert_eq!(watcher.next_event().id, Some(marker.to_string()), "the signed chunk was published");
+    assert_marker_next(server.addr, &mut watcher, "topic=smuggled", "the signed chunk was published");
 }
 
 /// The cap applies to the decoded body, not to the bytes on the wire: 1024 bytes sent as 1024 chunks
@@ -164,7 +151,7 @@ fn a_signed_chunk_size_is_refused() {
 #[test]
 fn chunked_cap_counts_decoded_bytes_exactly() {
     let server = TestServer::start(config());
-    let mut sub = Subscriber::open(&server, "/events?topic=capped", "");
+    let mut sub = Subscriber::open(server.addr, "/events?topic=capped", "");
     let body = |n: usize| -> String {
         let chunks: String =
             (0..n).map(|i| format!("1;ext-{i:05}=pad\r\n{}\r\n", (b'a' + (i % 26) as u8) as char)).collect();
@@ -189,7 +176,7 @@ fn chunked_cap_counts_decoded_bytes_exactly() {
 #[test]
 fn unambiguous_lenient_framing_is_accepted_once() {
     let server = TestServer::start(config());
-    let mut sub = Subscriber::open(&server, "/events?topic=lenient", "");
+    let mut sub = Subscriber::open(server.addr, "/events?topic=lenient", "");
     let cases: [&[u8]; 5] = [
         // Bare LF line endings in the head (RFC 9112 §2.2).
         b"POST /events?topic=lenient HTTP/1.1\nContent-Length: 5\nConnection: close\n\nhello",

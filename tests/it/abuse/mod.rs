@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, SockRef, Socket, Type};
 
 use crate::child::{Proc, BIN};
-use crate::support::{connect, eventually, metric, Response, DEADLINE};
+use crate::support::*;
 
 /// A connection whose receive buffer is shrunk to `bytes` before the handshake, so a client that
 /// never reads stops the server's writes early and the kernel holds little on its behalf.
@@ -42,83 +42,6 @@ pub fn connect_small_window(addr: SocketAddr, bytes: usize) -> TcpStream {
 pub fn reset(stream: TcpStream) {
     SockRef::from(&stream).set_linger(Some(Duration::ZERO)).expect("SO_LINGER 0");
     drop(stream);
-}
-
-/// Sends `request` on a new connection to `addr` and reads one response.
-pub fn roundtrip_at(addr: SocketAddr, request: &[u8]) -> Response {
-    let mut stream = connect(addr);
-    stream.write_all(request).unwrap();
-    crate::support::read_response(&mut stream)
-}
-
-/// `GET path` on a connection of its own.
-pub fn get_at(addr: SocketAddr, path: &str) -> Response {
-    roundtrip_at(addr, format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
-}
-
-/// Publishes `body` raw to `query` on a new connection; returns the id.
-pub fn publish_at(addr: SocketAddr, query: &str, body: &[u8]) -> u64 {
-    let mut request = format!(
-        "POST /events?{query} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(body);
-    let response = roundtrip_at(addr, &request);
-    assert_eq!(response.status, 200, "publish answered {response:?}");
-    response.body_text().trim_end().parse().expect("publish answers an id")
-}
-
-/// A keep-alive connection for publishing many events without a handshake each.
-pub struct PublishConn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl PublishConn {
-    pub fn open(addr: SocketAddr) -> PublishConn {
-        PublishConn { stream: connect(addr), buf: Vec::new() }
-    }
-
-    /// Publishes `body` raw to `query` and returns the id.
-    pub fn publish(&mut self, query: &str, body: &[u8]) -> u64 {
-        let mut request =
-            format!("POST /events?{query} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len())
-                .into_bytes();
-        request.extend_from_slice(body);
-        self.stream.write_all(&request).expect("send a publish");
-        let (status, body) = self.response();
-        assert_eq!(status, 200, "publish answered {status}: {}", String::from_utf8_lossy(&body));
-        String::from_utf8(body).unwrap().trim_end().parse().expect("publish answers an id")
-    }
-
-    /// Reads one `Content-Length` response, keeping whatever follows it.
-    fn response(&mut self) -> (u16, Vec<u8>) {
-        loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-                let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        let (name, value) = l.split_once(':')?;
-                        name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                if self.buf.len() >= end + 4 + len {
-                    let body = self.buf[end + 4..end + 4 + len].to_vec();
-                    self.buf.drain(..end + 4 + len);
-                    return (status, body);
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!("publish connection closed; had {:?}", String::from_utf8_lossy(&self.buf)),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) => panic!("reading a publish answer: {e}"),
-            }
-        }
-    }
 }
 
 /// Sends a subscribe request on `stream` and reads its response head; returns the status.

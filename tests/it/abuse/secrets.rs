@@ -7,7 +7,6 @@ use std::time::Duration;
 use ssed::Config;
 
 use super::*;
-use crate::support::{roundtrip, Response, Subscriber, TestServer};
 
 const PUBLISH_TOKEN: &str = "pub-4c1d-s3cr3t-9a7e";
 const SUBSCRIBE_TOKEN: &str = "sub-77b2-s3cr3t-e01f";
@@ -29,7 +28,7 @@ fn tokens_never_reach_the_log() {
             "POST /events?topic=t HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Length: 1\r\n\
              Connection: close\r\n\r\nx"
         );
-        let response = roundtrip_at(addr, request.as_bytes());
+        let response = roundtrip(addr, request.as_bytes());
         assert_eq!(response.status, 401, "publishing with {token:?}");
         assert!(!response.body_text().contains(token), "the answer echoes the token: {response:?}");
         refusals += 1;
@@ -39,7 +38,7 @@ fn tokens_never_reach_the_log() {
     {
         let request =
             format!("GET /events?topic=t HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n");
-        assert_eq!(roundtrip_at(addr, request.as_bytes()).status, 401, "subscribing with {headers:?}");
+        assert_eq!(roundtrip(addr, request.as_bytes()).status, 401, "subscribing with {headers:?}");
         refusals += 1;
     }
     // The right tokens work, and are not logged either.
@@ -53,7 +52,7 @@ fn tokens_never_reach_the_log() {
         "POST /events?topic=t HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {PUBLISH_TOKEN}\r\nContent-Length: 2\r\n\
          Connection: close\r\n\r\nok"
     );
-    assert_eq!(roundtrip_at(addr, request.as_bytes()).status, 200);
+    assert_eq!(roundtrip(addr, request.as_bytes()).status, 200);
     assert_eq!(sub.next_event().data, "ok");
 
     assert!(
@@ -86,7 +85,7 @@ fn tokens_never_reach_the_log() {
 fn request(server: &TestServer, method: &str, path: &str, headers: &str) -> Response {
     let body = if method == "POST" { "Content-Length: 1\r\n\r\nx" } else { "\r\n" };
     let raw = format!("{method} {path} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n{body}");
-    roundtrip(server, raw.as_bytes())
+    roundtrip(server.addr, raw.as_bytes())
 }
 
 fn cors_headers(response: &Response) -> Vec<(String, String)> {
@@ -119,7 +118,7 @@ fn only_the_exact_listed_origin_gets_cors() {
             let response = request(&server, method, path, &origin_header);
             assert_eq!(cors_headers(&response), vec![], "{method} {path} from {origin:?}: {response:?}");
         }
-        let sub = Subscriber::open(&server, "/events?topic=t", &origin_header);
+        let sub = Subscriber::open(server.addr, "/events?topic=t", &origin_header);
         assert_eq!(cors_headers(&sub.response), vec![], "a stream for {origin:?}");
     }
 }
@@ -171,7 +170,7 @@ fn wildcard_never_comes_with_credentials() {
     };
     let server = TestServer::start(config);
     let sub = Subscriber::open(
-        &server,
+        server.addr,
         "/events?topic=t",
         "Origin: https://other.example\r\nCookie: ssed_token=sub\r\n",
     );

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::support::Subscriber;
 
 const TRICKLERS: usize = 1000;
 /// Of which this many send a complete head at once and then trickle the body.
@@ -87,7 +86,7 @@ fn a_thousand_trickling_clients_get_408_and_do_not_delay_events() {
         (0..TRICKLERS).map(|n| Trickler::open(addr, n < BODY_TRICKLERS)).collect();
     let opening = opening.elapsed();
     // Opened after the tricklers, so its first request is not due before theirs.
-    let mut publisher = PublishConn::open(addr);
+    let mut publisher = Conn::open(addr);
     let trickling = Arc::new(AtomicBool::new(true));
     let still = trickling.clone();
     let driver = std::thread::spawn(move || {

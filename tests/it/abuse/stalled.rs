@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::*;
-use crate::support::Subscriber;
 
 const MIB: u64 = 1024 * 1024;
 const MAX_LAG: u64 = 256 * 1024;
@@ -90,7 +89,7 @@ fn readers_that_never_read_are_cut_and_memory_stays_bounded() {
     );
     let rss_connected = server.rss_kib();
 
-    let mut publisher = PublishConn::open(addr);
+    let mut publisher = Conn::open(addr);
     let mut ids = Vec::with_capacity(EVENTS);
     let mut rss_peak = rss_connected;
     let mut rss_half = 0;

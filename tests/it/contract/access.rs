@@ -22,7 +22,7 @@ fn tokens_config() -> Config {
 #[test]
 fn publish_token_is_required_for_publishing() {
     let server = TestServer::start(tokens_config());
-    let mut sub = Subscriber::open(&server, "/events?topic=t", "Authorization: Bearer sub-secret\r\n");
+    let mut sub = Subscriber::open(server.addr, "/events?topic=t", "Authorization: Bearer sub-secret\r\n");
     for (what, headers) in [
         ("no token", ""),
         ("a wrong token", "Authorization: Bearer nope\r\n"),
@@ -30,11 +30,12 @@ fn publish_token_is_required_for_publishing() {
         ("the token as a cookie", "Cookie: ssed_token=pub-secret\r\n"),
         ("the token without the Bearer scheme", "Authorization: pub-secret\r\n"),
     ] {
-        assert_unauthorized(&post(&server, "/events?topic=t", headers, b"refused"), what);
+        assert_unauthorized(&post(server.addr, "/events?topic=t", headers, b"refused"), what);
     }
-    assert_unauthorized(&post_form(&server, "topic=t&data=refused"), "a form without a token");
+    assert_unauthorized(&post_form(server.addr, "topic=t&data=refused"), "a form without a token");
 
-    let id = published_id(&post(&server, "/events?topic=t", "Authorization: Bearer pub-secret\r\n", b"ok"));
+    let id =
+        published_id(&post(server.addr, "/events?topic=t", "Authorization: Bearer pub-secret\r\n", b"ok"));
     assert_eq!(id_data(&sub.next_event()), (id, "ok".to_string()), "no refused publish reached the stream");
 }
 
@@ -47,17 +48,18 @@ fn subscribe_token_by_bearer_or_cookie() {
         ("a wrong cookie", "Cookie: ssed_token=nope\r\n"),
         ("the token under another cookie name", "Cookie: token=sub-secret\r\n"),
     ] {
-        assert_unauthorized(&get(&server, "/events?topic=t", headers), what);
+        assert_unauthorized(&get(server.addr, "/events?topic=t", headers), what);
     }
-    let mut bearer = Subscriber::open(&server, "/events?topic=t", "Authorization: Bearer sub-secret\r\n");
-    let mut cookie = Subscriber::open(&server, "/events?topic=t", "Cookie: ssed_token=sub-secret\r\n");
+    let mut bearer = Subscriber::open(server.addr, "/events?topic=t", "Authorization: Bearer sub-secret\r\n");
+    let mut cookie = Subscriber::open(server.addr, "/events?topic=t", "Cookie: ssed_token=sub-secret\r\n");
     let mut among = Subscriber::open(
-        &server,
+        server.addr,
         "/events?topic=t",
         "Cookie: theme=dark; ssed_token=sub-secret; lang=en\r\n",
     );
 
-    let id = published_id(&post(&server, "/events?topic=t", "Authorization: Bearer pub-secret\r\n", b"hi"));
+    let id =
+        published_id(&post(server.addr, "/events?topic=t", "Authorization: Bearer pub-secret\r\n", b"hi"));
     for sub in [&mut bearer, &mut cookie, &mut among] {
         assert_eq!(id_data(&sub.next_event()), (id, "hi".to_string()));
     }
@@ -66,9 +68,9 @@ fn subscribe_token_by_bearer_or_cookie() {
 #[test]
 fn subscribe_token_alone_leaves_publishing_open() {
     let server = TestServer::start(Config { subscribe_token: Some("sub-secret".into()), ..quiet_config() });
-    assert_unauthorized(&get(&server, "/events?topic=t", ""), "subscribing without a token");
-    let mut sub = Subscriber::open(&server, "/events?topic=t", "Cookie: ssed_token=sub-secret\r\n");
-    let id = publish(&server, "topic=t", "open");
+    assert_unauthorized(&get(server.addr, "/events?topic=t", ""), "subscribing without a token");
+    let mut sub = Subscriber::open(server.addr, "/events?topic=t", "Cookie: ssed_token=sub-secret\r\n");
+    let id = publish(server.addr, "topic=t", "open");
     assert_eq!(id_data(&sub.next_event()), (id, "open".to_string()));
 }
 
@@ -77,7 +79,7 @@ fn preflight(server: &TestServer, origin: &str) -> Response {
         "OPTIONS /events HTTP/1.1\r\nHost: test\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: GET\r\n\
          Access-Control-Request-Headers: last-event-id\r\nConnection: close\r\n\r\n"
     );
-    roundtrip(server, request.as_bytes())
+    roundtrip(server.addr, request.as_bytes())
 }
 
 /// The comma-separated items of a header, trimmed.
@@ -114,11 +116,11 @@ fn cors_for_a_listed_origin() {
     }
 
     // The stream itself, for `new EventSource(url, {withCredentials: true})`.
-    let sub = Subscriber::open(&server, "/events?topic=t", &format!("Origin: {origin}\r\n"));
+    let sub = Subscriber::open(server.addr, "/events?topic=t", &format!("Origin: {origin}\r\n"));
     assert_eq!(sub.response.header("access-control-allow-origin"), Some(origin), "{:?}", sub.response);
     assert_eq!(sub.response.header("access-control-allow-credentials"), Some("true"), "{:?}", sub.response);
 
-    let response = post(&server, "/events?topic=t", &format!("Origin: {origin}\r\n"), b"x");
+    let response = post(server.addr, "/events?topic=t", &format!("Origin: {origin}\r\n"), b"x");
     assert_eq!(response.status, 200);
     assert_eq!(response.header("access-control-allow-origin"), Some(origin), "{response:?}");
 }
@@ -133,7 +135,7 @@ fn cors_preflight_needs_no_token() {
     assert_eq!(response.status, 204, "{response:?}");
     assert_eq!(response.header("access-control-allow-origin"), Some(origin), "{response:?}");
     // The refusal of a tokenless subscribe still carries CORS, so the page can read the 401.
-    let refused = get(&server, "/events?topic=t", &format!("Origin: {origin}\r\n"));
+    let refused = get(server.addr, "/events?topic=t", &format!("Origin: {origin}\r\n"));
     assert_unauthorized(&refused, "subscribe without a token");
     assert_eq!(refused.header("access-control-allow-origin"), Some(origin), "{refused:?}");
 }
@@ -148,7 +150,7 @@ fn cors_wildcard_allows_any_origin_without_credentials() {
     let methods = list(&response, "access-control-allow-methods");
     assert!(methods.iter().any(|m| m == "GET") && methods.iter().any(|m| m == "POST"), "{response:?}");
 
-    let sub = Subscriber::open(&server, "/events?topic=t", "Origin: https://anyone.example\r\n");
+    let sub = Subscriber::open(server.addr, "/events?topic=t", "Origin: https://anyone.example\r\n");
     assert_eq!(sub.response.header("access-control-allow-origin"), Some("*"), "{:?}", sub.response);
     assert_ne!(sub.response.header("access-control-allow-credentials"), Some("true"), "{:?}", sub.response);
 }
@@ -161,14 +163,14 @@ fn cors_headers_absent_for_unlisted_origin() {
     assert_no_cors(&preflight(&server, evil), "preflight");
     // A look-alike of the listed origin is another origin.
     assert_no_cors(&preflight(&server, "https://app.example.evil.example"), "look-alike preflight");
-    let sub = Subscriber::open(&server, "/events?topic=t", &format!("Origin: {evil}\r\n"));
+    let sub = Subscriber::open(server.addr, "/events?topic=t", &format!("Origin: {evil}\r\n"));
     assert_no_cors(&sub.response, "stream");
-    let response = post(&server, "/events?topic=t", &format!("Origin: {evil}\r\n"), b"x");
+    let response = post(server.addr, "/events?topic=t", &format!("Origin: {evil}\r\n"), b"x");
     assert_eq!(response.status, 200);
     assert_no_cors(&response, "publish");
 
     // With no origin configured, CORS is off for everyone.
     let plain = TestServer::start(quiet_config());
-    let sub = Subscriber::open(&plain, "/events?topic=t", "Origin: https://app.example\r\n");
+    let sub = Subscriber::open(plain.addr, "/events?topic=t", "Origin: https://app.example\r\n");
     assert_no_cors(&sub.response, "stream without --cors-origin");
 }

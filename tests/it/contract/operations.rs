@@ -10,13 +10,13 @@ use super::*;
 #[test]
 fn health_is_ok() {
     let server = TestServer::start(quiet_config());
-    let response = get(&server, "/health", "");
+    let response = get(server.addr, "/health", "");
     assert_eq!(response.status, 200, "{response:?}");
     assert_eq!(response.body_text().trim_end(), "ok");
     assert!(response.header("content-type").is_some_and(|v| v.starts_with("text/plain")), "{response:?}");
 
     // HEAD: the same status, no body.
-    let mut stream = server.connect();
+    let mut stream = connect(server.addr);
     stream.write_all(b"HEAD /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
     let (head, rest) = read_head(&mut stream);
     assert_eq!(head.status, 200, "{head:?}");
@@ -35,7 +35,7 @@ fn sample_names(text: &str) -> Vec<&str> {
 #[test]
 fn metrics_expose_the_contract_series_and_count() {
     let server = TestServer::start(Config { history: 2, ..quiet_config() });
-    let response = get(&server, "/metrics", "");
+    let response = get(server.addr, "/metrics", "");
     assert_eq!(response.status, 200, "{response:?}");
     assert!(response.header("content-type").is_some_and(|v| v.starts_with("text/plain")), "{response:?}");
     let text = response.body_text();
@@ -56,10 +56,10 @@ fn metrics_expose_the_contract_series_and_count() {
 
     let published = metric(server.addr, "ssed_events_published_total").unwrap();
     let sent = metric(server.addr, "ssed_bytes_sent_total").unwrap();
-    let mut sub = Subscriber::open(&server, "/events?topic=m", "");
-    publish(&server, "topic=m", "one");
+    let mut sub = Subscriber::open(server.addr, "/events?topic=m", "");
+    publish(server.addr, "topic=m", "one");
     server.publisher.publish(Event::new("two").topic("m")).unwrap();
-    publish(&server, "topic=m", "three");
+    publish(server.addr, "topic=m", "three");
     next_events(&mut sub, 3);
 
     assert_eq!(metric(server.addr, "ssed_events_published_total"), Some(published + 3.0));
@@ -75,12 +75,12 @@ fn metrics_expose_the_contract_series_and_count() {
 fn subscriber_gauge_follows_streams() {
     let server = TestServer::start(quiet_config());
     assert_eq!(metric(server.addr, "ssed_subscribers"), Some(0.0));
-    let first = Subscriber::open(&server, "/events?topic=a", "");
+    let first = Subscriber::open(server.addr, "/events?topic=a", "");
     assert!(
         eventually(|| metric(server.addr, "ssed_subscribers") == Some(1.0)),
         "timed out waiting for ssed_subscribers to be 1"
     );
-    let second = Subscriber::open_on(server.connect(), "/events", "", "HTTP/1.0");
+    let second = Subscriber::open_on(connect(server.addr), "/events", "", "HTTP/1.0");
     assert!(
         eventually(|| metric(server.addr, "ssed_subscribers") == Some(2.0)),
         "timed out waiting for ssed_subscribers to be 2"
@@ -107,12 +107,12 @@ fn subscriber_that_never_reads_is_dropped_at_max_lag() {
     let started = Instant::now();
 
     // The stalled client reads its response head and then nothing more.
-    let mut stalled = server.connect();
+    let mut stalled = connect(server.addr);
     stalled.write_all(b"GET /events?topic=lag HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
     assert_eq!(read_head(&mut stalled).0.status, 200);
 
     // A healthy reader of the same topic, on its own thread.
-    let mut healthy = Subscriber::open(&server, "/events?topic=lag", "");
+    let mut healthy = Subscriber::open(server.addr, "/events?topic=lag", "");
     let reader = std::thread::spawn(move || {
         let mut seen = Vec::new();
         loop {
@@ -165,9 +165,11 @@ fn subscriber_that_never_reads_is_dropped_at_max_lag() {
 fn shutdown_ends_streams_cleanly() {
     let server = TestServer::start(quiet_config());
     let publisher = server.publisher.clone();
-    let mut subs =
-        vec![Subscriber::open(&server, "/events?topic=s", ""), Subscriber::open(&server, "/events", "")];
-    let id = publish(&server, "topic=s", "last");
+    let mut subs = vec![
+        Subscriber::open(server.addr, "/events?topic=s", ""),
+        Subscriber::open(server.addr, "/events", ""),
+    ];
+    let id = publish(server.addr, "topic=s", "last");
     for sub in &mut subs {
         assert_eq!(id_data(&sub.next_event()), (id, "last".to_string()));
     }

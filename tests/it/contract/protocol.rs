@@ -20,13 +20,13 @@ fn get_twin(request: &[u8]) -> Vec<u8> {
 /// else that nothing does.
 fn check_head_answer(server: &TestServer, what: &str, request: &[u8], status: u16, kept: bool) {
     let twin = {
-        let mut stream = server.connect();
+        let mut stream = connect(server.addr);
         let _ = stream.write_all(&get_twin(request));
         read_response(&mut stream)
     };
     assert_eq!(twin.status, status, "{what}: GET twin answered {twin:?}");
 
-    let mut conn = Conn::open(server);
+    let mut conn = Conn::open(server.addr);
     let mut bytes = request.to_vec();
     bytes.extend_from_slice(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n");
     // An answer that closes may come before every byte is taken.
@@ -103,7 +103,7 @@ fn head_answers_never_carry_a_body() {
         check_head_answer(&server, what, request, status, kept);
     }
     // `/metrics` changes between the two requests; only its head matters.
-    let mut conn = Conn::open(&server);
+    let mut conn = Conn::open(server.addr);
     conn.send(b"HEAD /metrics HTTP/1.1\r\nHost: test\r\n\r\nGET /health HTTP/1.1\r\nHost: test\r\n\r\n");
     assert_eq!(conn.head().status, 200);
     assert_eq!(conn.response().body_text(), "ok\n");
@@ -113,14 +113,14 @@ fn head_answers_never_carry_a_body() {
 fn head_at_max_connections_has_no_body() {
     let config = Config { max_connections: 1, ..quiet_config() };
     let server = TestServer::start(config);
-    let _held = Subscriber::open(&server, "/events?topic=t", "");
+    let _held = Subscriber::open(server.addr, "/events?topic=t", "");
     for (what, request, status) in [
         ("metrics", &b"HEAD /metrics HTTP/1.1\r\nHost: test\r\n\r\n"[..], 503),
         // Refused by its route before the capacity check, and closed all the same.
         ("unknown path", b"HEAD /nope HTTP/1.1\r\nHost: test\r\n\r\n", 404),
         ("health", b"HEAD /health HTTP/1.1\r\nHost: test\r\n\r\n", 200),
     ] {
-        let mut conn = Conn::open(&server);
+        let mut conn = Conn::open(server.addr);
         conn.send(request);
         let head = conn.head();
         assert_eq!(head.status, status, "{what}: {head:?}");
@@ -145,28 +145,27 @@ fn request_lines_that_are_not_http_are_400_and_other_versions_505() {
         (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
     ];
     for &(request, status) in cases {
-        let (response, mut stream) = exchange(&server, request);
+        let (response, mut stream) = exchange(server.addr, request);
         assert_eq!(response.status, status, "{:?}: {response:?}", String::from_utf8_lossy(request));
         assert_error(&response, status);
         assert_closed(&mut stream);
     }
     // Nothing was published by the request with a space in its target.
-    let mut sub = Subscriber::open(&server, "/events", "");
-    let marker = publish(&server, "topic=my", "marker");
-    assert_eq!(id_data(&sub.next_event()), (marker, "marker".to_string()));
+    let mut sub = Subscriber::open(server.addr, "/events", "");
+    assert_marker_next(server.addr, &mut sub, "topic=my", "the request with a space in its target published");
 }
 
 #[test]
 fn single_valued_parameters_given_twice_are_400() {
     let server = TestServer::start(quiet_config());
-    let mut sub = Subscriber::open(&server, "/events", "");
+    let mut sub = Subscriber::open(server.addr, "/events", "");
     let raw = [
         ("/events?topic=t&event=a&event=b", "`event`"),
         ("/events?topic=t&type=a&event=b", "`type`"),
         ("/events?topic=t&event=a&event=a", "`event`"),
     ];
     for (path, field) in raw {
-        let response = post(&server, path, "", b"x");
+        let response = post(server.addr, path, "", b"x");
         assert_error(&response, 400);
         assert!(response.body_text().contains(field), "{path}: {response:?}");
         assert!(response.body_text().contains("given twice"), "{path}: {response:?}");
@@ -178,14 +177,14 @@ fn single_valued_parameters_given_twice_are_400() {
         ("data=a&topic=t&data=", "`data`"),
     ];
     for (form, field) in forms {
-        let response = post_form(&server, form);
+        let response = post_form(server.addr, form);
         assert_error(&response, 400);
         assert!(response.body_text().contains(field), "{form}: {response:?}");
         assert!(response.body_text().contains("given twice"), "{form}: {response:?}");
     }
     // An event type in the query and another in the form.
     let response = post(
-        &server,
+        server.addr,
         "/events?event=a",
         "Content-Type: application/x-www-form-urlencoded\r\n",
         b"topic=t&data=x&type=b",
@@ -195,15 +194,15 @@ fn single_valued_parameters_given_twice_are_400() {
     for query in
         ["lastEventId=1&lastEventId=2", "lastEventId=1&lastEventID=1", "topic=t&lastEventID=1&lastEventID=2"]
     {
-        let response = get(&server, &format!("/events?{query}"), "");
+        let response = get(server.addr, &format!("/events?{query}"), "");
         assert_error(&response, 400);
         assert!(response.body_text().contains("given twice"), "{query}: {response:?}");
     }
 
     // `topic` stays repeatable, everywhere.
-    let form_id = published_id(&post_form(&server, "topic=a&topic=b&data=form"));
-    let raw_id = published_id(&post(&server, "/events?topic=a&topic=b", "", b"raw"));
-    let two = Subscriber::open(&server, "/events?topic=a&topic=b", "");
+    let form_id = published_id(&post_form(server.addr, "topic=a&topic=b&data=form"));
+    let raw_id = published_id(&post(server.addr, "/events?topic=a&topic=b", "", b"raw"));
+    let two = Subscriber::open(server.addr, "/events?topic=a&topic=b", "");
     assert_eq!(two.response.status, 200);
     assert_eq!(
         next_events(&mut sub, 2),
@@ -221,21 +220,21 @@ fn an_origin_of_star_never_gets_credentials() {
     for origins in [vec!["*".to_string()], vec!["https://app.example".into(), "*".into()]] {
         let server = TestServer::start(Config { cors_origins: origins.clone(), ..quiet_config() });
         let preflight = roundtrip(
-            &server,
+            server.addr,
             b"OPTIONS /events HTTP/1.1\r\nHost: test\r\nOrigin: *\r\nConnection: close\r\n\r\n",
         );
         assert_eq!(preflight.status, 204);
         check(&preflight, "preflight");
-        let sub = Subscriber::open(&server, "/events?topic=t", "Origin: *\r\n");
+        let sub = Subscriber::open(server.addr, "/events?topic=t", "Origin: *\r\n");
         check(&sub.response, "stream");
-        check(&get(&server, "/nope", "Origin: *\r\n"), "error");
-        check(&post(&server, "/events?topic=t", "Origin: *\r\n", b"x"), "publish");
+        check(&get(server.addr, "/nope", "Origin: *\r\n"), "error");
+        check(&post(server.addr, "/events?topic=t", "Origin: *\r\n", b"x"), "publish");
         // Any other origin, too.
-        check(&get(&server, "/health", "Origin: https://other.example\r\n"), "health");
+        check(&get(server.addr, "/health", "Origin: https://other.example\r\n"), "health");
     }
     // With only listed origins, `*` is not one of them.
     let server =
         TestServer::start(Config { cors_origins: vec!["https://app.example".into()], ..quiet_config() });
-    let response = get(&server, "/health", "Origin: *\r\n");
+    let response = get(server.addr, "/health", "Origin: *\r\n");
     assert_eq!(response.header("access-control-allow-origin"), None, "{response:?}");
 }

@@ -12,8 +12,8 @@ fn raw_post(path: &str, body: &str) -> String {
 #[test]
 fn pipelined_publishes_in_one_write_are_answered_in_order() {
     let server = TestServer::start(quiet_config());
-    let mut sub = Subscriber::open(&server, "/events?topic=p", "");
-    let mut conn = Conn::open(&server);
+    let mut sub = Subscriber::open(server.addr, "/events?topic=p", "");
+    let mut conn = Conn::open(server.addr);
     let mut batch = String::new();
     for body in ["one", "two", "three"] {
         batch.push_str(&raw_post("/events?topic=p", body));
@@ -38,12 +38,12 @@ fn pipelined_publishes_in_one_write_are_answered_in_order() {
 #[test]
 fn http_10_closes_unless_asked_to_keep_alive() {
     let server = TestServer::start(quiet_config());
-    let (response, mut stream) = exchange(&server, b"GET /health HTTP/1.0\r\n\r\n");
+    let (response, mut stream) = exchange(server.addr, b"GET /health HTTP/1.0\r\n\r\n");
     assert_eq!(response.status, 200);
     assert!(response.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")), "{response:?}");
     assert_closed(&mut stream);
 
-    let mut conn = Conn::open(&server);
+    let mut conn = Conn::open(server.addr);
     for _ in 0..2 {
         conn.send(b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
         let response = conn.response();
@@ -56,11 +56,11 @@ fn http_10_closes_unless_asked_to_keep_alive() {
 #[test]
 fn form_publish_is_mercure_compatible() {
     let server = TestServer::start(quiet_config());
-    let mut both = Subscriber::open(&server, "/events?topic=f1&topic=f2", "");
-    let mut f2 = Subscriber::open(&server, "/events?topic=f2", "");
+    let mut both = Subscriber::open(server.addr, "/events?topic=f1&topic=f2", "");
+    let mut f2 = Subscriber::open(server.addr, "/events?topic=f2", "");
 
     let response =
-        post_form(&server, "topic=f1&topic=f2&data=hello%0Aworld+again%21&type=greeting&retry=5000");
+        post_form(server.addr, "topic=f1&topic=f2&data=hello%0Aworld+again%21&type=greeting&retry=5000");
     let id = published_id(&response);
     for sub in [&mut both, &mut f2] {
         let event = sub.next_event();
@@ -73,7 +73,7 @@ fn form_publish_is_mercure_compatible() {
     // A trailing line ending in the data field is dropped, as for a raw body; a browser's form
     // (URLSearchParams) labels the type with a charset.
     let response = post(
-        &server,
+        server.addr,
         "/events",
         "Content-Type: application/x-www-form-urlencoded; charset=UTF-8\r\n",
         b"data=x%0D%0A&topic=f2",
@@ -84,7 +84,7 @@ fn form_publish_is_mercure_compatible() {
     assert_eq!(event.event, None);
 
     // The event for both topics reached `both` once: its next event is the one after.
-    let marker = publish(&server, "topic=f1", "marker");
+    let marker = publish(server.addr, "topic=f1", "marker");
     assert_eq!(id_data(&both.next_event()), (trailing, "x".to_string()));
     assert_eq!(id_data(&both.next_event()), (marker, "marker".to_string()));
 }
@@ -92,23 +92,18 @@ fn form_publish_is_mercure_compatible() {
 #[test]
 fn form_id_field_is_refused() {
     let server = TestServer::start(quiet_config());
-    let mut sub = Subscriber::open(&server, "/events?topic=f", "");
-    assert_error(&post_form(&server, "topic=f&data=x&id=7"), 400);
-    let marker = publish(&server, "topic=f", "marker");
-    assert_eq!(
-        id_data(&sub.next_event()),
-        (marker, "marker".to_string()),
-        "the refused form was not published"
-    );
+    let mut sub = Subscriber::open(server.addr, "/events?topic=f", "");
+    assert_error(&post_form(server.addr, "topic=f&data=x&id=7"), 400);
+    assert_marker_next(server.addr, &mut sub, "topic=f", "the refused form was not published");
 }
 
 #[test]
 fn raw_body_with_topic_in_query_is_data_whatever_its_type() {
     let server = TestServer::start(quiet_config());
-    let mut sub = Subscriber::open(&server, "/events?topic=q", "");
+    let mut sub = Subscriber::open(server.addr, "/events?topic=q", "");
     // What `curl -d 'a=b&topic=zzz' '…/events?topic=q'` sends.
     let response = post(
-        &server,
+        server.addr,
         "/events?topic=q",
         "Content-Type: application/x-www-form-urlencoded\r\n",
         b"a=b&topic=zzz",
@@ -120,7 +115,7 @@ fn raw_body_with_topic_in_query_is_data_whatever_its_type() {
 #[test]
 fn data_line_endings_and_trailing_newline() {
     let server = TestServer::start(quiet_config());
-    let mut sub = Subscriber::open(&server, "/events?topic=d", "");
+    let mut sub = Subscriber::open(server.addr, "/events?topic=d", "");
     let cases: [(&str, &str); 9] = [
         ("a\r\nb\rc\nd\n", "a\nb\nc\nd"),
         ("x\n", "x"),
@@ -133,7 +128,7 @@ fn data_line_endings_and_trailing_newline() {
         ("id: 1\n\nevent: evil\ndata: x", "id: 1\n\nevent: evil\ndata: x"),
     ];
     for (body, expected) in cases {
-        let id = publish(&server, "topic=d", body);
+        let id = publish(server.addr, "topic=d", body);
         let event = sub.next_event();
         assert_eq!(id_data(&event), (id, expected.to_string()), "body {body:?}");
         assert_eq!(event.event, None, "body {body:?}");
@@ -143,8 +138,8 @@ fn data_line_endings_and_trailing_newline() {
 #[test]
 fn empty_body_is_one_empty_data_line() {
     let server = TestServer::start(quiet_config());
-    let mut sub = Subscriber::open(&server, "/events?topic=e", "");
-    let http = published_id(&post(&server, "/events?topic=e", "", b""));
+    let mut sub = Subscriber::open(server.addr, "/events?topic=e", "");
+    let http = published_id(&post(server.addr, "/events?topic=e", "", b""));
     let handle = server.publisher.publish(Event::new("").topic("e")).unwrap().get();
     // Each dispatches (so each carried a `data:` line) with "" as its data.
     assert_eq!(next_events(&mut sub, 2), pairs(&[http, handle], &["", ""]));
@@ -153,8 +148,8 @@ fn empty_body_is_one_empty_data_line() {
 #[test]
 fn chunked_publish_body_is_decoded() {
     let server = TestServer::start(quiet_config());
-    let mut sub = Subscriber::open(&server, "/events?topic=c", "");
-    let mut conn = Conn::open(&server);
+    let mut sub = Subscriber::open(server.addr, "/events?topic=c", "");
+    let mut conn = Conn::open(server.addr);
     conn.send(
         b"POST /events?topic=c HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n\
           5\r\nhello\r\nA;ext=1\r\n, world!!!\r\n0\r\n\r\n",
@@ -169,7 +164,7 @@ fn chunked_publish_body_is_decoded() {
 #[test]
 fn publisher_handle_from_many_threads() {
     let server = TestServer::start(Config { history: 256, ..quiet_config() });
-    let mut sub = Subscriber::open(&server, "/events?topic=mt", "");
+    let mut sub = Subscriber::open(server.addr, "/events?topic=mt", "");
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let publisher = server.publisher.clone();
@@ -201,7 +196,7 @@ fn publisher_handle_from_many_threads() {
 fn publisher_handle_refuses_invalid_events() {
     let config = Config { max_body: 1024, max_lag: 4096, history_bytes: 4096, ..quiet_config() };
     let server = TestServer::start(config);
-    let mut sub = Subscriber::open(&server, "/events", "");
+    let mut sub = Subscriber::open(server.addr, "/events", "");
     let publisher = &server.publisher;
     let invalid = [
         ("a bad topic", Event::new("x").topic("bad topic")),

@@ -11,9 +11,9 @@ use super::*;
 #[test]
 fn http_publish_reaches_subscriber_with_id_type_and_data() {
     let server = TestServer::start(quiet_config());
-    let mut sub = Subscriber::open(&server, "/events?topic=chat", "");
+    let mut sub = Subscriber::open(server.addr, "/events?topic=chat", "");
 
-    let response = post(&server, "/events?topic=chat&event=greeting", "", b"hello");
+    let response = post(server.addr, "/events?topic=chat&event=greeting", "", b"hello");
     let content_type = response.header("content-type").unwrap_or_default();
     assert!(content_type.starts_with("text/plain"), "publish answer is plain text: {response:?}");
     let id = published_id(&response);
@@ -24,8 +24,8 @@ fn http_publish_reaches_subscriber_with_id_type_and_data() {
     assert_eq!(event.data, "hello");
 
     // An event of another topic does not reach this stream; the next one of its own does.
-    publish(&server, "topic=other", "not for chat");
-    let second = publish(&server, "topic=chat", "again");
+    publish(server.addr, "topic=other", "not for chat");
+    let second = publish(server.addr, "topic=chat", "again");
     assert!(second > id, "ids increase: {id} then {second}");
     let event = sub.next_event();
     assert_eq!(id_data(&event), (second, "again".to_string()));
@@ -35,7 +35,7 @@ fn http_publish_reaches_subscriber_with_id_type_and_data() {
 #[test]
 fn publisher_handle_event_reaches_subscriber() {
     let server = TestServer::start(quiet_config());
-    let mut sub = Subscriber::open(&server, "/events?topic=chat", "");
+    let mut sub = Subscriber::open(server.addr, "/events?topic=chat", "");
 
     let id = server
         .publisher
@@ -58,7 +58,7 @@ fn publisher_handle_event_reaches_subscriber() {
     assert_eq!(sub.retries, vec![3000, 1500], "the prelude's retry, then the event's");
 
     // Handle and HTTP publishes share one id sequence.
-    let http = publish(&server, "topic=chat", "over http");
+    let http = publish(server.addr, "topic=chat", "over http");
     assert!(http > id);
     assert_eq!(id_data(&sub.next_event()), (http, "over http".to_string()));
 }
@@ -108,7 +108,7 @@ impl StreamBody {
 #[test]
 fn stream_headers_and_prelude() {
     let server = TestServer::start(Config { retry: Duration::from_millis(2500), ..quiet_config() });
-    let mut stream = server.connect();
+    let mut stream = connect(server.addr);
     stream.write_all(b"GET /events?topic=p HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
     let (head, rest) = read_head(&mut stream);
     assert_eq!(head.status, 200, "{head:?}");
@@ -126,7 +126,7 @@ fn stream_headers_and_prelude() {
     assert!(lines[0].starts_with(':'), "the body starts with a comment line: {prelude:?}");
     assert_eq!(lines[1], "retry: 2500", "then retry, with no blank line between: {prelude:?}");
 
-    let id = publish(&server, "topic=p", "first");
+    let id = publish(server.addr, "topic=p", "first");
     let text = body.read_until("the first event", |t| t.contains("\n\n"));
     let lines: Vec<&str> = text.split('\n').collect();
     assert_eq!(
@@ -142,8 +142,8 @@ fn retry_field_follows_config() {
         [(Config { retry: Duration::from_millis(1234), ..quiet_config() }, 1234), (quiet_config(), 3000)]
     {
         let server = TestServer::start(config);
-        let mut sub = Subscriber::open(&server, "/events?topic=r", "");
-        publish(&server, "topic=r", "x");
+        let mut sub = Subscriber::open(server.addr, "/events?topic=r", "");
+        publish(server.addr, "topic=r", "x");
         let event = sub.next_event();
         assert_eq!(sub.retries, vec![expected], "the stream announces the configured retry");
         assert_eq!(event.retry, Some(expected));
@@ -153,25 +153,25 @@ fn retry_field_follows_config() {
 #[test]
 fn multi_topic_stream_merges_in_id_order_once_each() {
     let server = TestServer::start(quiet_config());
-    let mut sub = Subscriber::open(&server, "/events?topic=a&topic=b", "");
+    let mut sub = Subscriber::open(server.addr, "/events?topic=a&topic=b", "");
 
-    let a1 = publish(&server, "topic=a", "a1");
-    publish(&server, "topic=c", "c1");
-    let b1 = publish(&server, "topic=b", "b1");
-    let ab = publish(&server, "topic=a&topic=b", "ab");
+    let a1 = publish(server.addr, "topic=a", "a1");
+    publish(server.addr, "topic=c", "c1");
+    let b1 = publish(server.addr, "topic=b", "b1");
+    let ab = publish(server.addr, "topic=a&topic=b", "ab");
     let a2 = server.publisher.publish(Event::new("a2").topic("a")).unwrap().get();
     let ba = server.publisher.publish(Event::new("ba").topic("b").topic("a")).unwrap().get();
-    let b2 = publish(&server, "topic=b", "b2");
-    let end = publish(&server, "topic=a", "end");
+    let b2 = publish(server.addr, "topic=b", "b2");
+    let end = publish(server.addr, "topic=a", "end");
 
     let expected = pairs(&[a1, b1, ab, a2, ba, b2, end], &["a1", "b1", "ab", "a2", "ba", "b2", "end"]);
     assert_eq!(next_events(&mut sub, expected.len()), expected);
 
     // Resuming the merged stream replays the retained events of both topics in id order, once each.
     let mut resumed =
-        Subscriber::open(&server, "/events?topic=b&topic=a", &format!("Last-Event-ID: {a1}\r\n"));
+        Subscriber::open(server.addr, "/events?topic=b&topic=a", &format!("Last-Event-ID: {a1}\r\n"));
     assert_eq!(next_events(&mut resumed, expected.len() - 1), expected[1..]);
-    let live = publish(&server, "topic=b&topic=a", "live");
+    let live = publish(server.addr, "topic=b&topic=a", "live");
     assert_eq!(id_data(&resumed.next_event()), (live, "live".to_string()));
     assert_eq!(id_data(&sub.next_event()), (live, "live".to_string()));
 }
@@ -179,23 +179,23 @@ fn multi_topic_stream_merges_in_id_order_once_each() {
 #[test]
 fn repeated_topic_counts_once() {
     let server = TestServer::start(quiet_config());
-    let mut sub = Subscriber::open(&server, "/events?topic=a&topic=a", "");
-    let first = publish(&server, "topic=a&topic=a", "first");
+    let mut sub = Subscriber::open(server.addr, "/events?topic=a&topic=a", "");
+    let first = publish(server.addr, "topic=a&topic=a", "first");
     let second = server.publisher.publish(Event::new("second").topic("a").topic("a")).unwrap().get();
-    let end = publish(&server, "topic=a", "end");
+    let end = publish(server.addr, "topic=a", "end");
     let expected = pairs(&[first, second, end], &["first", "second", "end"]);
     assert_eq!(next_events(&mut sub, 3), expected);
     let mut resumed =
-        Subscriber::open(&server, "/events?topic=a&topic=a", &format!("Last-Event-ID: {first}\r\n"));
+        Subscriber::open(server.addr, "/events?topic=a&topic=a", &format!("Last-Event-ID: {first}\r\n"));
     assert_eq!(next_events(&mut resumed, 2), expected[1..]);
 }
 
 #[test]
 fn stream_without_topic_gets_every_topic() {
     let server = TestServer::start(quiet_config());
-    let mut sub = Subscriber::open(&server, "/events", "");
-    let x = publish(&server, "topic=x", "x");
-    let y = publish(&server, "topic=y&topic=z", "y");
+    let mut sub = Subscriber::open(server.addr, "/events", "");
+    let x = publish(server.addr, "topic=x", "x");
+    let y = publish(server.addr, "topic=y&topic=z", "y");
     let z = server.publisher.publish(Event::new("z").topic("deep/path:1")).unwrap().get();
     assert_eq!(next_events(&mut sub, 3), pairs(&[x, y, z], &["x", "y", "z"]));
 }
@@ -204,32 +204,32 @@ fn stream_without_topic_gets_every_topic() {
 fn topics_are_percent_decoded_and_allow_the_whole_alphabet() {
     let server = TestServer::start(quiet_config());
     let topic = "Az09._~:/-";
-    let mut encoded = Subscriber::open(&server, "/events?topic=Az09._~%3A%2F-", "");
-    let mut plain = Subscriber::open(&server, &format!("/events?topic={topic}"), "");
+    let mut encoded = Subscriber::open(server.addr, "/events?topic=Az09._~%3A%2F-", "");
+    let mut plain = Subscriber::open(server.addr, &format!("/events?topic={topic}"), "");
     let long = "t".repeat(128);
-    let mut longest = Subscriber::open(&server, &format!("/events?topic={long}"), "");
+    let mut longest = Subscriber::open(server.addr, &format!("/events?topic={long}"), "");
 
-    let id = publish(&server, "topic=%41z09%2e_~:/-", "decoded");
+    let id = publish(server.addr, "topic=%41z09%2e_~:/-", "decoded");
     let via_handle = server.publisher.publish(Event::new("handle").topic(topic)).unwrap().get();
     let expected = pairs(&[id, via_handle], &["decoded", "handle"]);
     assert_eq!(next_events(&mut encoded, 2), expected);
     assert_eq!(next_events(&mut plain, 2), expected);
 
-    let id = publish(&server, &format!("topic={long}"), "128 bytes");
+    let id = publish(server.addr, &format!("topic={long}"), "128 bytes");
     assert_eq!(id_data(&longest.next_event()), (id, "128 bytes".to_string()));
 }
 
 #[test]
 fn http_10_subscriber_gets_close_delimited_stream() {
     let server = TestServer::start(quiet_config());
-    let mut sub = Subscriber::open_on(server.connect(), "/events?topic=old", "", "HTTP/1.0");
+    let mut sub = Subscriber::open_on(connect(server.addr), "/events?topic=old", "", "HTTP/1.0");
     let response = &sub.response;
     assert!(response.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")), "{response:?}");
     assert_eq!(response.header("transfer-encoding"), None, "HTTP/1.0 has no chunked coding: {response:?}");
     assert_eq!(response.header("content-length"), None, "{response:?}");
     assert!(response.header("content-type").is_some_and(|v| v.starts_with("text/event-stream")));
 
-    let first = publish(&server, "topic=old", "one");
+    let first = publish(server.addr, "topic=old", "one");
     let second = server.publisher.publish(Event::new("two\nlines").topic("old")).unwrap().get();
     assert_eq!(next_events(&mut sub, 2), pairs(&[first, second], &["one", "two\nlines"]));
     assert_eq!(sub.retries, vec![3000]);
@@ -243,7 +243,7 @@ fn http_10_subscriber_gets_close_delimited_stream() {
 #[test]
 fn head_events_gives_stream_headers_and_no_body() {
     let server = TestServer::start(quiet_config());
-    let mut conn = Conn::open(&server);
+    let mut conn = Conn::open(server.addr);
     conn.send(
         b"HEAD /events?topic=h HTTP/1.1\r\nHost: test\r\n\r\n\
           GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use ssed::{Config, Event};
 
-use super::{program, repo_path, Proc, Record, SteadyPublisher, TempDir, CLIENT_DEADLINE};
-use crate::support::TestServer;
+use super::{program, repo_path, Proc, Record, SteadyPublisher, CLIENT_DEADLINE};
+use crate::support::{TempDir, TestServer};
 
 /// Serves `GET /page.html` and takes `POST /report` bodies into a channel, one thread per connection.
 struct PageServer {
@@ -152,7 +152,7 @@ fn chromium_eventsource_receives_in_order_and_resumes() {
             "--disable-dev-shm-usage",
             "--disable-breakpad",
         ])
-        .arg(format!("--user-data-dir={}", profile.path.display()))
+        .arg(format!("--user-data-dir={}", profile.0.display()))
         .arg(&url);
     let mut browser = Proc::spawn("chromium", command, None);
     let deadline = Instant::now() + CLIENT_DEADLINE;

@@ -1,7 +1,6 @@
 //! nginx as a reverse proxy in front of ssed, with the configuration in
 //! `tests/clients/nginx/nginx.conf.template` (the README's location block, and nginx's defaults).
 
-use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
@@ -9,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use ssed::Config;
 
-use super::{free_port, program, repo_path, Proc, TempDir};
-use crate::support::{read_response, Subscriber, TestServer, DEADLINE};
+use super::{free_port, program, repo_path, Proc};
+use crate::support::{eventually, post, published_id, Subscriber, TempDir, TestServer};
 
 /// How long an event may take to come through the proxy: far less than any buffering would hold it.
 const PROMPTLY: Duration = Duration::from_secs(2);
@@ -34,64 +33,49 @@ impl Nginx {
         for _ in 0..3 {
             let dir = TempDir::new("nginx");
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let prefix = dir.path.display().to_string();
+            let prefix = dir.0.display().to_string();
             let conf = template
                 .replace("@USER@", if root { "user root;" } else { "" })
                 .replace("@PREFIX@", &prefix)
                 .replace("@LISTEN@", &addr.to_string())
                 .replace("@UPSTREAM@", &upstream.to_string());
-            let conf_path = dir.path.join("nginx.conf");
+            let conf_path = dir.0.join("nginx.conf");
             std::fs::write(&conf_path, conf).expect("write nginx.conf");
             let mut command = Command::new(&nginx);
             command
                 .arg("-p")
-                .arg(&dir.path)
+                .arg(&dir.0)
                 .arg("-c")
                 .arg(&conf_path)
                 .arg("-e")
-                .arg(dir.path.join("error.log"))
+                .arg(dir.0.join("error.log"))
                 .arg("-g")
                 .arg("daemon off;");
             let mut proc = Proc::spawn("nginx", command, None);
-            let deadline = Instant::now() + DEADLINE;
-            loop {
-                if TcpStream::connect(addr).is_ok() {
-                    return Nginx { addr, dir, proc };
-                }
-                if proc.try_exit().is_some() || Instant::now() >= deadline {
-                    last_failure = format!("{}\n--- error.log ---\n{}", proc.report(), error_log(&dir));
-                    break;
-                }
-                // Bounded polling for nginx's listener.
-                std::thread::sleep(Duration::from_millis(10));
+            // Bounded polling for nginx's listener, or its exit.
+            let mut listening = false;
+            eventually(|| {
+                listening = TcpStream::connect(addr).is_ok();
+                listening || proc.try_exit().is_some()
+            });
+            if listening {
+                return Nginx { addr, dir, proc };
             }
+            last_failure = format!("{}\n--- error.log ---\n{}", proc.report(), error_log(&dir));
         }
         panic!("nginx did not start: {last_failure}");
     }
 
-    fn connect(&self) -> TcpStream {
-        let stream = TcpStream::connect(self.addr).expect("connect to nginx");
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        stream.set_write_timeout(Some(DEADLINE)).unwrap();
-        stream
-    }
-
     /// Publishes `body` with `POST {path_and_query}` through nginx; returns the id ssed answered.
     fn publish(&self, path_and_query: &str, body: &str) -> u64 {
-        let mut stream = self.connect();
-        let request = format!(
-            "POST {path_and_query} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).unwrap();
-        let response = read_response(&mut stream);
+        let response = post(self.addr, path_and_query, "", body.as_bytes());
         assert_eq!(response.status, 200, "publish through nginx answered {response:?}\n{}", self.logs());
-        response.body_text().trim_end().parse().expect("publish answers an id")
+        published_id(&response)
     }
 
     /// Subscribes through nginx with `GET {path_and_query}` and the extra header lines given.
     fn subscribe(&self, path_and_query: &str, extra_headers: &str) -> Subscriber {
-        Subscriber::open_on(self.connect(), path_and_query, extra_headers, "HTTP/1.1")
+        Subscriber::open(self.addr, path_and_query, extra_headers)
     }
 
     fn logs(&self) -> String {
@@ -100,7 +84,7 @@ impl Nginx {
 }
 
 fn error_log(dir: &TempDir) -> String {
-    std::fs::read_to_string(dir.path.join("error.log")).unwrap_or_default()
+    std::fs::read_to_string(dir.0.join("error.log")).unwrap_or_default()
 }
 
 /// Waits up to [`PROMPTLY`] for the next event and checks its id and data, and that the stream is open.

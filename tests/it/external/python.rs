@@ -59,11 +59,11 @@ fn python_library_receives_events(library: &str) {
         let id = server.publisher.publish(event).expect("publish").get();
         expected.push((id, event_type.unwrap_or("message").to_string(), data.to_string()));
     }
-    publish(&server, "topic=elsewhere", "not for chat");
+    publish(server.addr, "topic=elsewhere", "not for chat");
     // Published over HTTP: CRLF line breaks arrive as LF, and an empty body as an empty string.
-    let id = publish(&server, "topic=chat", "crlf one\r\ncrlf two");
+    let id = publish(server.addr, "topic=chat", "crlf one\r\ncrlf two");
     expected.push((id, "message".into(), "crlf one\ncrlf two".into()));
-    let id = publish(&server, "topic=chat", "");
+    let id = publish(server.addr, "topic=chat", "");
     expected.push((id, "message".into(), String::new()));
 
     let check = |client: &mut Proc, (id, event, data): &Expected| {
@@ -78,7 +78,7 @@ fn python_library_receives_events(library: &str) {
 
     // Let heartbeat comments pass on the now idle stream (a second subscriber, opened later, has seen
     // two of them by the time this loop ends): the library must not turn them into events.
-    let mut watcher = Subscriber::open(&server, "/events?topic=chat", "");
+    let mut watcher = Subscriber::open(server.addr, "/events?topic=chat", "");
     while watcher.comments < 3 {
         assert!(Instant::now() < deadline, "no heartbeats seen: {} comments", watcher.comments);
         assert!(!watcher.ended, "the watching stream ended");
