@@ -37,6 +37,7 @@
 #![deny(unsafe_code)]
 
 pub mod broadcast;
+#[cfg(feature = "cluster")]
 #[allow(dead_code)] // wired to the loop by the Redis bridge, next
 mod cluster;
 mod config;
