@@ -39,6 +39,12 @@ impl EventId {
     pub fn get(self) -> u64 {
         self.0
     }
+
+    /// An id given elsewhere (Redis, in cluster mode) and already stored by the log.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn from_raw(id: u64) -> EventId {
+        EventId(id)
+    }
 }
 
 impl fmt::Display for EventId {
@@ -700,6 +706,23 @@ impl Broadcast {
         self.ring.front().map(|e| e.stored_at)
     }
 
+    /// Forgets everything up to `id`: the retained events leave, and every topic (the ones that come
+    /// later too) counts the ids up to `id` as lost, so a resume from anywhere before it is told of
+    /// the gap. For a history that learns it missed events it cannot name: a cluster node whose
+    /// Redis trimmed entries before the node read them. (The log has no way to mark a gap in its
+    /// middle, so what it held before the gap goes as well.)
+    pub fn forget_up_to(&mut self, id: u64) {
+        while !self.ring.is_empty() {
+            self.evict_oldest();
+        }
+        self.evicted_max_id = self.evicted_max_id.max(id);
+        self.forgotten_max_id = self.forgotten_max_id.max(id);
+        for log in self.topics.iter_mut().flatten() {
+            log.evicted_max_id = log.evicted_max_id.max(id);
+        }
+        self.raise_next_id(id.saturating_add(1));
+    }
+
     /// Lets later ids start no lower than `id` (a restart whose clock is behind the history on disk).
     pub fn raise_next_id(&mut self, id: u64) {
         self.next_id = self.next_id.max(id);
@@ -1022,6 +1045,34 @@ mod tests {
 
     fn log(limits: Limits) -> Broadcast {
         Broadcast::new(limits, 100)
+    }
+
+    #[test]
+    fn forgetting_up_to_an_id_reports_the_gap_to_every_resume_before_it() {
+        let mut log = log(BIG);
+        let held = log.acquire(&["t"]);
+        let first = publish(&mut log, &["t"], "a");
+        let last = publish(&mut log, &["t"], "b");
+        let lost_up_to = last + 50;
+        log.forget_up_to(lost_up_to);
+        assert_eq!(log.len(), 0, "what it held before the gap goes too");
+        assert!(log.newest_id() >= lost_up_to, "ids continue above the forgotten ones");
+        for (selection, what) in [(held.clone(), "a held topic"), (Selection::All, "every topic")] {
+            for from in [first, last, lost_up_to - 1] {
+                let resume = log.resume(&selection, Some(from));
+                assert_eq!(resume.gap.map(|(l, _)| l), Some(from), "{what} from {from}");
+            }
+            assert_eq!(
+                log.resume(&selection, Some(lost_up_to)).gap,
+                None,
+                "{what}: nothing after it was lost"
+            );
+        }
+        let later = log.acquire(&["new"]);
+        assert!(log.resume(&later, Some(last)).gap.is_some(), "a topic first named after the gap");
+        let next = log.newest_id() + 1;
+        let encoded = log.encode(&event("c"), next).unwrap();
+        log.insert(&["t"], encoded, 0).expect("ids above the gap are taken");
     }
 
     fn publish(log: &mut Broadcast, topics: &[&str], data: &str) -> u64 {

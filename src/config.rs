@@ -33,6 +33,8 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time a graceful shutdown waits for buffered bytes to drain.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default key of the Redis stream the nodes of a cluster share.
+pub const DEFAULT_REDIS_KEY: &str = "ssed:events";
 
 // The ceilings below keep every setting far from where arithmetic on it could overflow (a deadline
 // `now + timeout`, a jittered lifetime in milliseconds, `max_connections` plus its overflow allowance),
@@ -97,6 +99,16 @@ pub struct Config {
     pub fsync: Fsync,
     /// When non-zero, events older than this leave the history (and the disk).
     pub history_age: Duration,
+    /// Cluster mode: `redis://host:port/db` of the Redis (or Valkey) whose stream this node shares
+    /// with the others. Publishes go through it and every node delivers what it reads back.
+    pub redis: Option<String>,
+    /// The key of that stream.
+    pub redis_key: String,
+    /// About how many entries Redis keeps in the stream (`XADD MAXLEN ~`); 0 means `history`.
+    pub redis_maxlen: usize,
+    /// Bind with `SO_REUSEPORT`, so several processes (one per core) share the port; cluster mode
+    /// only, since each process has a log of its own.
+    pub reuse_port: bool,
 }
 
 /// Tokens are shown as `<redacted>`, so a program that logs its configuration does not leak them.
@@ -123,6 +135,10 @@ impl std::fmt::Debug for Config {
             data_dir,
             fsync,
             history_age,
+            redis,
+            redis_key,
+            redis_maxlen,
+            reuse_port,
         } = self;
         let redact = |token: &Option<String>| token.as_ref().map(|_| "<redacted>");
         f.debug_struct("Config")
@@ -144,6 +160,11 @@ impl std::fmt::Debug for Config {
             .field("data_dir", data_dir)
             .field("fsync", fsync)
             .field("history_age", history_age)
+            // A URL may carry a password.
+            .field("redis", &redis.as_ref().map(|url| redact_url(url)))
+            .field("redis_key", redis_key)
+            .field("redis_maxlen", redis_maxlen)
+            .field("reuse_port", reuse_port)
             .finish()
     }
 }
@@ -169,7 +190,23 @@ impl Default for Config {
             data_dir: None,
             fsync: Fsync::default(),
             history_age: Duration::ZERO,
+            redis: None,
+            redis_key: DEFAULT_REDIS_KEY.to_string(),
+            redis_maxlen: 0,
+            reuse_port: false,
         }
+    }
+}
+
+/// `redis://user:secret@host/0` as `redis://user:<redacted>@host/0`, for logs.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:<redacted>@{host}")
+        }
+        None => url.to_string(),
     }
 }
 
@@ -224,6 +261,7 @@ impl Config {
                 return Err(Error::config("tokens must be non-empty printable ASCII without spaces"));
             }
         }
+        self.validate_cluster()?;
         for origin in &self.cors_origins {
             if let Err(problem) = check_origin(origin) {
                 return Err(Error::config(format!(
@@ -232,6 +270,53 @@ impl Config {
                      no trailing slash (or use * for any origin)"
                 )));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The entries Redis keeps: `redis_maxlen`, or `history` when it is 0.
+    pub fn redis_entries(&self) -> usize {
+        if self.redis_maxlen == 0 {
+            self.history
+        } else {
+            self.redis_maxlen
+        }
+    }
+
+    /// The cluster settings: a URL this build can use, not beside `--data-dir`, and `--reuse-port`
+    /// only with it.
+    fn validate_cluster(&self) -> Result<(), Error> {
+        check_count("--redis-maxlen", self.redis_maxlen, 0, HISTORY_CEILING, "entries")?;
+        if self.redis_key.is_empty() {
+            return Err(Error::config("--redis-key must not be empty"));
+        }
+        let Some(url) = &self.redis else {
+            if self.reuse_port {
+                return Err(Error::config(
+                    "--reuse-port needs --redis: processes sharing a port must share one log, or a client \
+                     that reconnects to another process would miss events or get them twice",
+                ));
+            }
+            return Ok(());
+        };
+        if !cfg!(feature = "cluster") {
+            return Err(Error::config(
+                "--redis: this ssed was built without cluster mode (the cargo feature `cluster`)",
+            ));
+        }
+        if !(url.starts_with("redis://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
+            return Err(Error::config(format!(
+                "--redis {:?} is not a Redis URL such as redis://127.0.0.1:6379/0",
+                redact_url(url)
+            )));
+        }
+        if self.data_dir.is_some() {
+            return Err(Error::config(
+                "--data-dir and --redis cannot be used together: in cluster mode Redis is the durable \
+                 history (what survives a crash is what its persistence keeps: appendonly yes, appendfsync)",
+            ));
         }
         Ok(())
     }

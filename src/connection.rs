@@ -306,6 +306,17 @@ impl Connection {
         self.awaiting_commit == 0 && self.is_reading_requests()
     }
 
+    /// The answer held at `at` ([`Connection::hold_answer`], with nothing queued for it) is known
+    /// now: `bytes` go in at that place, ahead of the answers queued after it. True when reading
+    /// requests should resume, as for [`Connection::release_answer`].
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))] // cluster mode's answers; tested here
+    pub(crate) fn fill_answer(&mut self, at: usize, bytes: &[u8]) -> bool {
+        // Nothing is written while an answer is held, so `out_at` is at or before `at`.
+        let at = at.clamp(self.out_at, self.out.len());
+        self.out.splice(at..at, bytes.iter().copied());
+        self.release_answer()
+    }
+
     /// The commit failed: everything queued from the first held answer (at `out_start`) is replaced
     /// by `refusal`, and the connection closes so pipelined requests are not left in doubt. False
     /// when an earlier held answer of this connection already did so.
@@ -1114,6 +1125,28 @@ mod tests {
             let positions: Vec<u32> = (0..lists).map(|index| stream.position(index)).collect();
             assert_eq!(positions, (0..lists as u32).map(|i| 10 + i).collect::<Vec<_>>(), "{names:?}");
         }
+    }
+
+    #[test]
+    fn an_answer_known_later_goes_out_in_its_place_before_the_ones_queued_after_it() {
+        let mut pair = Pair::new(config());
+        let first = pair.conn.hold_answer();
+        pair.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+        let second = pair.conn.hold_answer();
+        pair.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(pair.take_received(), "", "nothing goes out while an answer is unknown");
+        assert!(!pair.conn.fill_answer(first, b"<one>"), "one answer is still held");
+        pair.transmit();
+        assert_eq!(pair.take_received(), "");
+        // The second place moved with what went in before it.
+        assert!(pair.conn.fill_answer(second + 5, b"<two>"));
+        pair.transmit();
+        let text = pair.take_received();
+        let health = text.find("HTTP/1.1 200").expect("the health answers");
+        assert!(text.starts_with("<one>"), "{text}");
+        assert_eq!(text.matches("<two>").count(), 1, "{text}");
+        let two = text.find("<two>").unwrap();
+        assert!(health < two && two < text.rfind("HTTP/1.1 200").unwrap(), "{text}");
     }
 
     #[test]

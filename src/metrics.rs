@@ -30,6 +30,24 @@ pub mod names {
     pub const REQUESTS_REFUSED: &str = "ssed_requests_refused_total";
     /// Connections turned away at `--max-connections`.
     pub const CONNECTIONS_REJECTED: &str = "ssed_connections_rejected_total";
+    /// Cluster mode: 1 while connected to Redis.
+    #[cfg(feature = "cluster")]
+    pub const REDIS_UP: &str = "ssed_redis_up";
+    /// Cluster mode: reconnections to Redis.
+    #[cfg(feature = "cluster")]
+    pub const REDIS_RECONNECTS: &str = "ssed_redis_reconnects_total";
+    /// Cluster mode: stream entries read back.
+    #[cfg(feature = "cluster")]
+    pub const REDIS_ENTRIES_READ: &str = "ssed_redis_entries_read_total";
+    /// Cluster mode: publishes waiting for Redis' answer.
+    #[cfg(feature = "cluster")]
+    pub const REDIS_APPENDS_WAITING: &str = "ssed_redis_appends_waiting";
+    /// Cluster mode: round trip of the last batch of appends.
+    #[cfg(feature = "cluster")]
+    pub const REDIS_APPEND_SECONDS: &str = "ssed_redis_append_seconds";
+    /// Cluster mode: age of the last entry read back (catch-up lag).
+    #[cfg(feature = "cluster")]
+    pub const REDIS_READ_LAG_SECONDS: &str = "ssed_redis_read_lag_seconds";
 }
 
 /// Why a stream was ended by the server rather than by its client.

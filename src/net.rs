@@ -13,11 +13,17 @@ pub const LISTEN_BACKLOG: i32 = 65_535;
 
 /// Binds a non-blocking listener with `SO_REUSEADDR` (so a restart does not wait out `TIME_WAIT`) and a
 /// large backlog.
-pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
+///
+/// With `reuse_port`, `SO_REUSEPORT` lets other processes bind the same address, and the kernel
+/// spreads new connections over all of them (cluster mode, one process per core).
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener, Error> {
     let context = || format!("binding {addr}");
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(|e| Error::io(context(), e))?;
     socket.set_reuse_address(true).map_err(|e| Error::io(context(), e))?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(|e| Error::io(format!("setting SO_REUSEPORT on {addr}"), e))?;
+    }
     if addr.is_ipv6() {
         // Keep [::] dual-stack whatever the host's default, so one flag serves both families.
         let _ = socket.set_only_v6(false);
@@ -144,7 +150,7 @@ mod tests {
 
     #[test]
     fn binds_loopback_with_port_zero() {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
         assert_ne!(listener.local_addr().unwrap().port(), 0);
     }
 }

@@ -43,6 +43,10 @@ enum Setting {
     List(fn(&mut Config) -> &mut Vec<String>),
     /// The durable history's sync policy: `always`, `batch` or `never`.
     Fsync(fn(&mut Config) -> &mut Fsync),
+    /// Text that always has a value (a name).
+    Name(fn(&mut Config) -> &mut String),
+    /// A switch: the flag takes no value; its variable is `1`/`true`/`yes` or `0`/`false`/`no`.
+    Switch(fn(&mut Config) -> &mut bool),
 }
 
 const DAY_SECS: u64 = ssed::TIMEOUT_CEILING.as_secs();
@@ -167,6 +171,31 @@ const FLAGS: &[Flag] = &[
         help: "events older than this leave the history (memory and disk); 0 keeps them",
         setting: Setting::Secs { field: |c| &mut c.history_age, min: 0, max: YEAR_SECS },
     },
+    Flag {
+        name: "redis",
+        value: "URL",
+        help: "cluster mode: share one log with every node on this Redis, e.g. redis://127.0.0.1:6379/0 \
+               (not with --data-dir)",
+        setting: Setting::Text(|c| &mut c.redis),
+    },
+    Flag {
+        name: "redis-key",
+        value: "KEY",
+        help: "the Redis stream the nodes share",
+        setting: Setting::Name(|c| &mut c.redis_key),
+    },
+    Flag {
+        name: "redis-maxlen",
+        value: "N",
+        help: "about how many events Redis keeps (XADD MAXLEN ~); 0 means --history",
+        setting: Setting::Count { field: |c| &mut c.redis_maxlen, min: 0, max: ssed::HISTORY_CEILING as u64 },
+    },
+    Flag {
+        name: "reuse-port",
+        value: "",
+        help: "let several processes share the port (SO_REUSEPORT), one per core; needs --redis",
+        setting: Setting::Switch(|c| &mut c.reuse_port),
+    },
 ];
 
 impl Flag {
@@ -183,9 +212,13 @@ impl Flag {
             | Setting::Secs { min, max, .. }
             | Setting::Millis { min, max, .. } => Some((min, max, false)),
             Setting::Bytes { min, max, .. } => Some((min, max, true)),
-            Setting::Addr(_) | Setting::Text(_) | Setting::Path(_) | Setting::List(_) | Setting::Fsync(_) => {
-                None
-            }
+            Setting::Addr(_)
+            | Setting::Text(_)
+            | Setting::Path(_)
+            | Setting::List(_)
+            | Setting::Fsync(_)
+            | Setting::Name(_)
+            | Setting::Switch(_) => None,
         }
     }
 
@@ -206,6 +239,8 @@ impl Flag {
             Setting::List(field) if field(config).is_empty() => unset(),
             Setting::List(field) => field(config).join(","),
             Setting::Fsync(field) => field(config).to_string(),
+            Setting::Name(field) => field(config).clone(),
+            Setting::Switch(field) => if *field(config) { "on" } else { "off" }.to_string(),
         }
     }
 }
@@ -354,6 +389,14 @@ fn apply(config: &mut Config, flag: &Flag, value: &str) -> Result<(), String> {
         Setting::Fsync(field) => {
             *field(config) = value.trim().parse().map_err(|e: ssed::Error| e.to_string())?
         }
+        Setting::Name(field) => *field(config) = value.to_string(),
+        Setting::Switch(field) => {
+            *field(config) = match value.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(format!("--{}: {value:?} is not 1/true/yes or 0/false/no", flag.name)),
+            }
+        }
     }
     Ok(())
 }
@@ -388,6 +431,10 @@ fn parse_args(
                     problem.get_or_insert(format!("unknown option --{name} (see --help)"));
                     continue;
                 };
+                if let Setting::Switch(_) = flag.setting {
+                    given.push((flag, "1".into()));
+                    continue;
+                }
                 match parser.value() {
                     Ok(value) => match value.into_string() {
                         Ok(value) => given.push((flag, value)),
@@ -740,9 +787,13 @@ mod tests {
             if shown == "unset" {
                 continue;
             }
-            for config in
-                [parse(&[&format!("--{}", flag.name), &shown], &[]), parse(&[], &[(&flag.env(), &shown)])]
-            {
+            let from_env = parse(&[], &[(&flag.env(), &shown)]);
+            // A switch is off by its absence: only its variable takes the value shown.
+            let configs = match flag.setting {
+                Setting::Switch(_) => vec![from_env],
+                _ => vec![parse(&[&format!("--{}", flag.name), &shown], &[]), from_env],
+            };
+            for config in configs {
                 let config = match (flag.setting, config) {
                     (Setting::Fsync(_), Err(_)) => parse(&["--fsync", &shown, "--data-dir", "d"], &[])
                         .map(|c| Config { data_dir: None, ..c }),
@@ -782,6 +833,10 @@ mod tests {
             data_dir,
             fsync,
             history_age,
+            redis,
+            redis_key,
+            redis_maxlen,
+            reuse_port,
         )
     }
 
@@ -800,6 +855,8 @@ mod tests {
             (Setting::Fsync(_), _) => {
                 ["always", "batch", "never"].into_iter().find(|m| *m != flag.default_shown()).unwrap().into()
             }
+            (Setting::Name(_), _) => "other:key".into(),
+            (Setting::Switch(_), _) => "1".into(),
             (
                 Setting::Count { .. } | Setting::Bytes { .. } | Setting::Secs { .. } | Setting::Millis { .. },
                 None,

@@ -45,6 +45,7 @@ use crate::systemd::Notifier;
 use crate::timer::deadline_after;
 use crate::transport::{Plain, Transport};
 
+mod cluster;
 mod expiry;
 mod publish;
 mod requests;
@@ -108,6 +109,8 @@ pub struct Server {
     notifier: Option<Notifier>,
     log: Broadcast,
     store: Option<Store>,
+    /// Cluster mode (`--redis`): the bridge to the shared stream.
+    cluster: Option<cluster::Cluster>,
     /// Connections allowed beyond `max_connections` to receive their "full" answer.
     overflow: usize,
 }
@@ -119,7 +122,7 @@ impl Server {
     /// Validates `config` and binds `config.listen`.
     pub fn bind(config: Config) -> Result<Server, Error> {
         config.validate()?;
-        let listener = net::bind(config.listen)?;
+        let listener = net::bind(config.listen, config.reuse_port)?;
         Server::from_listener(config, listener)
     }
 
@@ -142,17 +145,25 @@ impl Server {
             }
         }
         let poll = Poll::new().map_err(|e| Error::io("creating the epoll instance", e))?;
-        let waker =
-            Waker::new(poll.registry(), WAKER).map_err(|e| Error::io("creating the loop waker", e))?;
+        let waker = Arc::new(
+            Waker::new(poll.registry(), WAKER).map_err(|e| Error::io("creating the loop waker", e))?,
+        );
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(|e| Error::io("registering the listener", e))?;
-        let (log, store) = open_history(&config)?;
+        // In cluster mode the history is the shared stream's tail, loaded before the first answer.
+        let (log, store, cluster) = if config.redis.is_some() {
+            let (cluster, log) = cluster::Cluster::start(&config, &waker)?;
+            (log, None, Some(cluster))
+        } else {
+            let (log, store) = open_history(&config)?;
+            (log, store, None)
+        };
         let (sender, commands) = mpsc::channel();
         let mailbox = Mailbox {
             commands: sender,
-            waker: Arc::new(waker),
+            waker,
             shutdown: Arc::new(AtomicBool::new(false)),
             max_body: config.max_body,
         };
@@ -166,6 +177,7 @@ impl Server {
             notifier: None,
             log,
             store,
+            cluster,
             overflow,
         })
     }
@@ -204,12 +216,24 @@ impl Server {
     /// connections are answered on them and logged.
     pub fn run(self) -> Result<(), Error> {
         let now = Instant::now();
-        let Server { config, poll, listener, local_addr, commands, mailbox, notifier, log, store, overflow } =
-            self;
+        let Server {
+            config,
+            poll,
+            listener,
+            local_addr,
+            commands,
+            mailbox,
+            notifier,
+            log,
+            store,
+            cluster,
+            overflow,
+        } = self;
         info!("ssed listening on {local_addr}");
         let mut event_loop = Loop {
             log,
             store,
+            cluster,
             pending_acks: Vec::new(),
             held_lists: HashSet::new(),
             held: publish::HeldTurn::default(),
@@ -362,6 +386,8 @@ struct Loop {
     config: Config,
     /// The durable history, with `--data-dir`.
     store: Option<Store>,
+    /// Cluster mode: the bridge to the shared Redis stream, which is then the log's only source.
+    cluster: Option<cluster::Cluster>,
     /// Publishes of this turn waiting for the commit.
     pending_acks: Vec<Ack>,
     /// Subscriber lists of the events held for the commit, marked once it lands (a set: a turn may
@@ -458,7 +484,10 @@ impl Loop {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
-                    WAKER => self.handle_commands(),
+                    WAKER => {
+                        self.handle_commands();
+                        self.handle_redis();
+                    }
                     token => {
                         let key = Key::from_token(token.0);
                         if event.is_writable() {

@@ -93,7 +93,7 @@ impl Loop {
     }
 
     /// Marks every stream on `list` to be written at the end of the turn.
-    fn mark_list(&mut self, list: List) {
+    pub(super) fn mark_list(&mut self, list: List) {
         for &sub in self.registry.subscribers(list) {
             if let Some(conn) = self.conns.get_mut(sub) {
                 if !conn.dirty {
@@ -107,6 +107,9 @@ impl Loop {
     pub(super) fn handle_commands(&mut self) {
         while let Ok(command) = self.commands.try_recv() {
             match command {
+                Command::Publish(event, reply) if self.cluster.is_some() => {
+                    self.cluster_publish(cluster::Waiter::Handle(reply), event)
+                }
                 Command::Publish(event, reply) => match self.publish(&event) {
                     Ok(id) if self.defers_acks() => self.pending_acks.push(Ack::Handle { reply, id }),
                     result => {

@@ -204,8 +204,14 @@ impl Loop {
         let keep_alive = meta.keep_alive && !over_capacity;
         match action {
             Action::Health => {
+                // A node cut off from Redis still serves its streams, but a load balancer should
+                // send new clients elsewhere: they would get no new events here.
+                let (status, body) = match self.cluster.as_ref().and_then(|c| c.down_reason()) {
+                    Some(reason) => (503, format!("degraded: Redis unavailable: {reason}\n")),
+                    None => (200, "ok\n".to_string()),
+                };
                 let out = answer_buffer(&mut self.conns, key, keep_alive);
-                response::text(200, "ok\n", keep_alive, meta.head_only, &cors, out);
+                response::text(status, &body, keep_alive, meta.head_only, &cors, out);
             }
             Action::Metrics => {
                 let gauges = Gauges {
@@ -215,13 +221,19 @@ impl Loop {
                     history_bytes: self.log.bytes(),
                     history_index_bytes: self.log.index_bytes(),
                 };
-                let body = self.metrics.render(&gauges);
+                let mut body = self.metrics.render(&gauges);
+                if let Some(cluster) = &self.cluster {
+                    cluster.render_metrics(&mut body);
+                }
                 let out = answer_buffer(&mut self.conns, key, keep_alive);
                 response::text(200, &body, keep_alive, meta.head_only, &cors, out);
             }
             Action::Preflight => {
                 let out = answer_buffer(&mut self.conns, key, keep_alive);
                 response::preflight(&self.config, meta.origin.as_deref(), keep_alive, out);
+            }
+            Action::Publish(event) if self.cluster.is_some() => {
+                self.cluster_publish(cluster::Waiter::Http { key, keep_alive, cors }, event)
             }
             Action::Publish(publish) => match self.publish(&publish) {
                 Ok(id) => {
