@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the external-client tests (tests/it/external/, all #[ignore]d) need, so that
-# `cargo test -- --include-ignored` can run them: curl, nginx and Chromium from Debian, Python's SSE
+# Installs what the #[ignore]d tests need (tests/it/external/, the cluster tests), so that
+# `cargo test -- --include-ignored` can run them: curl, nginx, Chromium and redis-server from Debian, Python's SSE
 # client libraries into a virtual environment under target/pyenv, and Node's eventsource package into
 # tests/clients/node/node_modules. Meant for a fresh Debian 12 machine, as root; safe to run again.
 set -euo pipefail
@@ -22,7 +22,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-apt_packages=(ca-certificates curl nginx chromium)
+# redis-server: cluster mode's tests start their own (tests/it/cluster/, src/cluster/bridge.rs).
+apt_packages=(ca-certificates curl nginx chromium redis-server)
 # The Python and Node clients need an interpreter; use the machine's own when it has one.
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt_packages+=(python3 python3-venv)

@@ -301,11 +301,6 @@ impl Config {
             }
             return Ok(());
         };
-        if !cfg!(feature = "cluster") {
-            return Err(Error::config(
-                "--redis: this ssed was built without cluster mode (the cargo feature `cluster`)",
-            ));
-        }
         if !(url.starts_with("redis://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
             return Err(Error::config(format!(
                 "--redis {:?} is not a Redis URL such as redis://127.0.0.1:6379/0",
@@ -316,6 +311,11 @@ impl Config {
             return Err(Error::config(
                 "--data-dir and --redis cannot be used together: in cluster mode Redis is the durable \
                  history (what survives a crash is what its persistence keeps: appendonly yes, appendfsync)",
+            ));
+        }
+        if !cfg!(feature = "cluster") {
+            return Err(Error::config(
+                "--redis: this ssed was built without cluster mode (the cargo feature `cluster`)",
             ));
         }
         Ok(())
@@ -421,6 +421,29 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn cluster_settings_that_cannot_work_are_refused_with_the_reason() {
+        let refused = |config: Config, needle: &str| {
+            let err = config.validate().expect_err(needle).to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        };
+        refused(Config { reuse_port: true, ..Config::default() }, "--reuse-port needs --redis");
+        let cluster = Config { redis: Some("redis://127.0.0.1:6379/0".into()), ..Config::default() };
+        refused(Config { data_dir: Some("d".into()), ..cluster.clone() }, "--data-dir and --redis cannot");
+        refused(Config { redis: Some("http://:secret@x".into()), ..cluster.clone() }, "is not a Redis URL");
+        refused(Config { redis_key: String::new(), ..cluster.clone() }, "--redis-key");
+        let shown =
+            format!("{:?}", Config { redis: Some("redis://u:secret@h/0".into()), ..Config::default() });
+        assert!(!shown.contains("secret"), "{shown}");
+        if cfg!(feature = "cluster") {
+            Config { reuse_port: true, ..cluster.clone() }.validate().unwrap();
+            assert_eq!(cluster.redis_entries(), cluster.history, "0 means --history");
+            assert_eq!(Config { redis_maxlen: 7, ..cluster }.redis_entries(), 7);
+        } else {
+            refused(cluster, "built without cluster mode");
+        }
     }
 
     #[test]
