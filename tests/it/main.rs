@@ -5,6 +5,8 @@ mod child;
 mod support;
 
 mod abuse;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod contract;
 mod durable;
 mod external;

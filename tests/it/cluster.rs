@@ -1,0 +1,383 @@
+//! Cluster mode: several `ssed` processes on one real `redis-server`, started here on a free loopback
+//! port in a temporary directory with its append-only file on. The tests that need the server are
+//! `#[ignore]`d (plain `cargo test` needs nothing but the Rust toolchain); `.ci/run` installs it and
+//! runs them. No mock: the nodes speak to Redis as they would in production.
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::child::{base_command, Proc};
+use crate::support::*;
+
+/// A `redis-server` of the test's own, killed by its PID when dropped.
+struct Redis {
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut redis = Redis { port, dir: TempDir::new("redis"), child: None };
+        redis.restart();
+        redis
+    }
+
+    /// Starts the server (again) on the same port and directory, so it reloads its append-only file.
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--dir", self.dir.arg()])
+            .args(["--appendonly", "yes", "--save", "", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (apt-get install redis-server)");
+        self.child = Some(child);
+        assert!(
+            eventually(|| self.try_cli(&["PING"]).is_some_and(|r| r == "PONG")),
+            "redis-server did not start"
+        );
+    }
+
+    /// SIGKILL: no chance to save anything beyond what the append-only file already holds.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args).unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A node of the cluster on `redis`: `ssed --redis URL` on a fresh loopback port.
+fn node(redis: &Redis, extra: &[&str]) -> (Proc, SocketAddr) {
+    let mut command = base_command();
+    command.args(["--listen", "127.0.0.1:0", "--redis", &redis.url()]).args(extra);
+    let proc = Proc::spawn(command);
+    let addr = proc.listening_addr();
+    (proc, addr)
+}
+
+/// The ids and data of `n` events from `sub`, each within the deadline.
+fn take(sub: &mut Subscriber, n: usize) -> Vec<(u64, String)> {
+    (0..n).map(|_| id_data(&sub.next_event())).collect()
+}
+
+fn strictly_increasing(ids: &[u64]) -> bool {
+    ids.windows(2).all(|w| w[0] < w[1])
+}
+
+#[test]
+#[ignore = "needs redis-server: run by .ci/run"]
+fn every_node_sees_every_event_with_the_same_id_in_the_same_order() {
+    const PUBLISHERS: usize = 4;
+    const EACH: usize = 5_000;
+    let redis = Redis::start();
+    let nodes: Vec<(Proc, SocketAddr)> = (0..3).map(|_| node(&redis, &["--heartbeat", "0"])).collect();
+    // On every node: every topic, one topic, and two topics merged.
+    let paths = ["/events", "/events?topic=a", "/events?topic=a&topic=b"];
+    let readers: Vec<_> = nodes
+        .iter()
+        .flat_map(|(_, addr)| paths.iter().map(move |path| (*addr, *path)))
+        .map(|(addr, path)| {
+            let mut sub = Subscriber::open(addr, path, "");
+            let expected = if path == "/events?topic=a" { PUBLISHERS * EACH / 2 } else { PUBLISHERS * EACH };
+            std::thread::spawn(move || {
+                (path, (0..expected).map(|_| id_data(&sub.next_event())).collect::<Vec<_>>())
+            })
+        })
+        .collect();
+    let answered = Arc::new(Mutex::new(Vec::new()));
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let addr = nodes[p % nodes.len()].1;
+            let answered = Arc::clone(&answered);
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(addr);
+                for i in 0..EACH {
+                    let topic = if i % 2 == 0 { "a" } else { "b" };
+                    let id = conn.publish(&format!("topic={topic}"), format!("{p}-{i}").as_bytes());
+                    answered.lock().unwrap().push((id, topic));
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.join().expect("publisher");
+    }
+    let answered = answered.lock().unwrap().clone();
+    let all: BTreeSet<u64> = answered.iter().map(|(id, _)| *id).collect();
+    assert_eq!(all.len(), PUBLISHERS * EACH, "every publish got an id of its own");
+    let of_a: Vec<u64> = {
+        let mut ids: Vec<u64> = answered.iter().filter(|(_, t)| *t == "a").map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids
+    };
+    let mut seen: Vec<(&str, Vec<(u64, String)>)> = Vec::new();
+    for reader in readers {
+        let (path, events) = reader.join().expect("subscriber");
+        let ids: Vec<u64> = events.iter().map(|(id, _)| *id).collect();
+        assert!(strictly_increasing(&ids), "{path}: ids go up, none twice");
+        if path == "/events?topic=a" {
+            assert_eq!(ids, of_a, "{path}: exactly the events of topic a");
+        } else {
+            assert_eq!(ids, all.iter().copied().collect::<Vec<_>>(), "{path}: exactly every event");
+        }
+        seen.push((path, events));
+    }
+    for path in paths {
+        let sequences: Vec<&Vec<(u64, String)>> =
+            seen.iter().filter(|(p, _)| *p == path).map(|(_, e)| e).collect();
+        assert_eq!(sequences.len(), nodes.len());
+        assert!(sequences.windows(2).all(|w| w[0] == w[1]), "{path}: the same sequence on every node");
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server: run by .ci/run"]
+fn a_client_resumes_on_another_node_exactly_after_its_last_id() {
+    let redis = Redis::start();
+    let (_a, a) = node(&redis, &[]);
+    let (_c, c) = node(&redis, &[]);
+    let mut watcher = Subscriber::open(c, "/events", "");
+    let ids: Vec<u64> = (0..10)
+        .map(|i| publish(a, if i % 2 == 0 { "topic=x" } else { "topic=y" }, format!("e{i}")))
+        .collect();
+    // C has read them back (the watcher saw the last), so a resume there can be served.
+    assert_eq!(take(&mut watcher, 10).last().map(|(id, _)| *id), ids.last().copied());
+    for (path, expected) in [
+        ("/events", ids[5..].to_vec()),
+        ("/events?topic=x", ids[5..].iter().copied().step_by(2).skip(1).collect::<Vec<_>>()),
+        ("/events?topic=x&topic=y", ids[5..].to_vec()),
+    ] {
+        let mut sub = Subscriber::open(c, path, &format!("Last-Event-ID: {}\r\n", ids[4]));
+        let got: Vec<u64> = take(&mut sub, expected.len()).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(got, expected, "{path} resumed on another node after {}", ids[4]);
+        let next = publish(a, "topic=x", "after the resume");
+        assert_eq!(sub.next_event().id, Some(next.to_string()), "{path}: nothing twice, then live");
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server: run by .ci/run"]
+fn clients_of_a_killed_node_resume_on_another_with_exactly_what_they_missed() {
+    let redis = Redis::start();
+    let (mut a, a_addr) = node(&redis, &[]);
+    let (_b, b) = node(&redis, &[]);
+    let mut sub = Subscriber::open(a_addr, "/events?topic=k", "");
+    let before: Vec<u64> = (0..3).map(|i| publish(b, "topic=k", format!("before {i}"))).collect();
+    let last = take(&mut sub, 3).last().unwrap().0;
+    assert_eq!(last, before[2]);
+    a.signal("KILL");
+    a.wait_exit();
+    let missed: Vec<u64> = (0..4).map(|i| publish(b, "topic=k", format!("missed {i}"))).collect();
+    let mut resumed = Subscriber::open(b, "/events?topic=k", &format!("Last-Event-ID: {last}\r\n"));
+    let got: Vec<u64> = take(&mut resumed, 4).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(got, missed);
+    assert_eq!(resumed.next_event_within(Duration::from_millis(300)), None, "nothing more, nothing twice");
+}
+
+#[test]
+#[ignore = "needs redis-server: run by .ci/run"]
+fn a_restarted_redis_is_reconnected_and_ids_keep_increasing() {
+    let mut redis = Redis::start();
+    let (_a, a) = node(&redis, &[]);
+    let mut sub = Subscriber::open(a, "/events?topic=r", "");
+    let before: Vec<u64> = (0..3).map(|i| publish(a, "topic=r", format!("before {i}"))).collect();
+    assert_eq!(take(&mut sub, 3).into_iter().map(|(id, _)| id).collect::<Vec<_>>(), before);
+
+    redis.kill();
+    // Publishes are refused at once with the reason, and may be retried; the node says it is degraded.
+    let mut refused = None;
+    assert!(eventually(|| {
+        let response = post(a, "/events?topic=r", "", b"during");
+        let failed = response.status == 503;
+        refused = Some(response);
+        failed
+    }));
+    let refused = refused.unwrap();
+    assert!(refused.header("retry-after").is_some(), "{refused:?}");
+    assert!(refused.body_text().contains("Redis"), "{refused:?}");
+    assert!(eventually(|| get(a, "/health", "").status == 503), "/health reports the outage");
+    assert_eq!(metric(a, "ssed_redis_up"), Some(0.0));
+
+    redis.restart();
+    assert!(eventually(|| get(a, "/health", "").status == 200), "/health recovers");
+    let after: Vec<u64> = (0..3).map(|i| publish(a, "topic=r", format!("after {i}"))).collect();
+    assert!(after[0] > before[2], "ids keep increasing across the restart: {before:?} then {after:?}");
+    let got: Vec<(u64, String)> = take(&mut sub, 3);
+    assert_eq!(got.iter().map(|(id, _)| *id).collect::<Vec<_>>(), after, "the stream went on, nothing twice");
+    assert!(metric(a, "ssed_redis_reconnects_total").unwrap_or(0.0) >= 1.0);
+}
+
+#[test]
+#[ignore = "needs redis-server: run by .ci/run"]
+fn a_node_cut_off_from_redis_catches_up_in_order() {
+    let redis = Redis::start();
+    let (_a, a) = node(&redis, &[]);
+    let (_b, b) = node(&redis, &[]);
+    let mut sub = Subscriber::open(a, "/events", "");
+    let first = publish(b, "topic=c", "first");
+    assert_eq!(sub.next_event().id, Some(first.to_string()));
+    // Every node loses its connections at once; B's publishes succeed as soon as it is back.
+    redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let mut id = None;
+        assert!(eventually(|| {
+            let response = post(b, "/events?topic=c", "", format!("meanwhile {i}").as_bytes());
+            id = (response.status == 200).then(|| published_id(&response));
+            id.is_some()
+        }));
+        ids.push(id.unwrap());
+    }
+    let got: Vec<u64> = take(&mut sub, 20).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(got, ids, "every event published meanwhile, in order, none twice");
+}
+
+#[test]
+#[ignore = "needs redis-server: run by .ci/run"]
+fn a_stalled_redis_does_not_stall_the_loop() {
+    let redis = Redis::start();
+    let (_a, a) = node(&redis, &["--heartbeat", "1"]);
+    let mut sub = Subscriber::open(a, "/events?topic=s", "");
+    let url_port = redis.port.to_string();
+    let stall = std::thread::spawn(move || {
+        let _ = Command::new("redis-cli").args(["-p", &url_port, "DEBUG", "SLEEP", "2"]).output();
+    });
+    // Let the stall begin: Redis answers nothing while it sleeps.
+    assert!(
+        eventually(|| {
+            let started = Instant::now();
+            let _ = Command::new("redis-cli").args(["-p", &redis.port.to_string(), "PING"]).output();
+            started.elapsed() > Duration::from_millis(300)
+        }) || stall.is_finished()
+    );
+    let publisher = std::thread::spawn(move || {
+        let started = Instant::now();
+        let id = publish(a, "topic=s", "during the stall");
+        (id, started.elapsed())
+    });
+    let mut slowest = Duration::ZERO;
+    let probing = Instant::now();
+    while !publisher.is_finished() && probing.elapsed() < DEADLINE {
+        let started = Instant::now();
+        assert_eq!(get(a, "/health", "").status, 200);
+        slowest = slowest.max(started.elapsed());
+    }
+    let (id, waited) = publisher.join().unwrap();
+    stall.join().unwrap();
+    assert!(waited > Duration::from_millis(500), "the publish waited for Redis ({waited:?})");
+    assert!(
+        slowest < Duration::from_millis(250),
+        "the loop answered /health within {slowest:?} during the stall"
+    );
+    assert_eq!(sub.next_event().id, Some(id.to_string()));
+    assert!(sub.comments >= 2, "heartbeats went on during the stall: {} comments", sub.comments);
+}
+
+#[test]
+#[ignore = "needs redis-server: run by .ci/run"]
+fn entries_trimmed_before_a_node_read_them_are_a_gap_not_silence() {
+    let redis = Redis::start();
+    let (a_proc, a) = node(&redis, &["--redis-maxlen", "10"]);
+    let (_b, b) = node(&redis, &["--redis-maxlen", "10"]);
+    let mut sub = Subscriber::open(a, "/events?topic=g", "");
+    let first = publish(b, "topic=g", "seen");
+    assert_eq!(sub.next_event().id, Some(first.to_string()));
+    // A is away (stopped) while far more than the stream keeps is published and trimmed.
+    a_proc.signal("STOP");
+    let mut conn = Conn::open(b);
+    let ids: Vec<u64> = (0..1500).map(|i| conn.publish("topic=g", format!("away {i}").as_bytes())).collect();
+    let length: usize = redis.cli(&["XLEN", "ssed:events"]).parse().unwrap();
+    assert!(length < 1000, "Redis trimmed the stream ({length} entries)");
+    a_proc.signal("CONT");
+    // A's streams end, so their clients come back and are told what they missed.
+    let events = sub.read_to_end();
+    assert!(sub.clean_end(), "the stream ended cleanly");
+    assert!(
+        events.len() < ids.len(),
+        "not every trimmed event reached it ({} of {})",
+        events.len(),
+        ids.len()
+    );
+    let mut resumed = Subscriber::open(a, "/events?topic=g", &format!("Last-Event-ID: {first}\r\n"));
+    let gap = resumed.next_event();
+    assert_eq!(gap.event.as_deref(), Some("ssed-gap"), "{gap:?}");
+}
+
+#[test]
+#[ignore = "needs redis-server: run by .ci/run"]
+fn two_processes_share_one_port_with_reuse_port() {
+    let redis = Redis::start();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let procs: Vec<Proc> = (0..2)
+        .map(|_| {
+            let mut command = base_command();
+            command.args(["--listen", &listen, "--reuse-port", "--redis", &redis.url(), "--heartbeat", "0"]);
+            let proc = Proc::spawn(command);
+            proc.listening_addr();
+            proc
+        })
+        .collect();
+    let addr: SocketAddr = listen.parse().unwrap();
+    let before: Vec<usize> = procs.iter().map(Proc::fds).collect();
+    let mut subs: Vec<Subscriber> = (0..40).map(|_| Subscriber::open(addr, "/events?topic=p", "")).collect();
+    let after: Vec<usize> = procs.iter().map(Proc::fds).collect();
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert!(a >= &(b + 3), "process {i} took connections too: {b} -> {a} descriptors");
+    }
+    let id = publish(addr, "topic=p", "to everyone");
+    for sub in &mut subs {
+        assert_eq!(sub.next_event().id, Some(id.to_string()), "every subscriber, on either process");
+    }
+}
+
+#[test]
+fn a_node_that_cannot_reach_redis_exits_naming_the_url() {
+    // Nothing listens on port 1 of loopback.
+    let mut command = base_command();
+    command.args(["--listen", "127.0.0.1:0", "--redis", "redis://127.0.0.1:1/0"]);
+    let mut proc = Proc::spawn(command);
+    proc.wait_for_line("redis://127.0.0.1:1/0");
+    let status = proc.wait_exit();
+    assert!(!status.success(), "{status:?}");
+}
+
+#[test]
+fn settings_that_cannot_work_in_a_cluster_are_refused_at_start() {
+    for (args, needle) in [
+        (&["--reuse-port"][..], "--reuse-port needs --redis"),
+        (&["--redis", "redis://127.0.0.1:6379/0", "--data-dir", "/tmp/x"][..], "--data-dir and --redis"),
+    ] {
+        let mut command = base_command();
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        let mut proc = Proc::spawn(command);
+        proc.wait_for_line(needle);
+        assert_eq!(proc.wait_exit().code(), Some(2), "{args:?}");
+    }
+}
