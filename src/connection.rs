@@ -1150,6 +1150,134 @@ mod tests {
     }
 
     #[test]
+    fn a_timer_that_fires_early_changes_nothing() {
+        let mut pair = subscribed(config());
+        let due = pair.conn.poll_timeout(&pair.config).expect("a heartbeat is scheduled");
+        let early = due - MS;
+        assert_eq!(pair.conn.handle_timeout(early, &pair.config, &pair.log), Expired::Nothing);
+        assert_eq!(pair.conn.pending_out(), 0, "nothing queued by a stale timer");
+        assert_eq!(pair.conn.handle_timeout(due, &pair.config, &pair.log), Expired::Write);
+    }
+
+    #[test]
+    fn refusals_keep_the_connection_only_when_the_client_asked_and_the_framing_is_known() {
+        let keep = Meta { keep_alive: true, http10: false, head_only: false, origin: None };
+        let route = Refusal::Route(crate::http::route::RouteError::NotFound);
+        for (meta, refusal, over_capacity, kept) in [
+            (keep.clone(), route.clone(), false, true),
+            (Meta { keep_alive: false, ..keep.clone() }, route.clone(), false, false),
+            (keep.clone(), Refusal::Chunked, false, false),
+            (keep.clone(), route.clone(), true, false),
+        ] {
+            let mut conn = Connection::new(Instant::now(), over_capacity);
+            conn.refuse(&meta, &refusal, b"");
+            assert_eq!(
+                conn.is_reading_requests(),
+                kept,
+                "{meta:?} {refusal:?} over capacity: {over_capacity}"
+            );
+            assert_eq!(conn.is_closing(), !kept);
+            assert!(conn.pending_out() > 0, "the refusal is queued");
+        }
+    }
+
+    #[test]
+    fn a_subscriber_turned_away_gets_a_stream_that_ends_at_once() {
+        for (request, ends_with) in [("HTTP/1.1", "0\r\n\r\n"), ("HTTP/1.0", "retry: 5000\n")] {
+            let mut pair = Pair::new(config());
+            let meta =
+                Meta { keep_alive: false, http10: request == "HTTP/1.0", head_only: false, origin: None };
+            let mut body = Vec::new();
+            sse::encode_prelude(5000, &mut body);
+            pair.conn.turn_away(&meta, b"", &body);
+            pair.transmit();
+            let text = pair.take_received();
+            assert!(text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200"), "{text}");
+            assert!(text.contains("retry: 5000\n"), "{text}");
+            assert!(text.ends_with(ends_with), "{request}: {text:?}");
+            assert!(pair.write_shut, "the connection ends after it");
+        }
+    }
+
+    #[test]
+    fn nothing_is_written_while_the_transport_is_full() {
+        let mut pair = subscribed(config());
+        pair.window = 0;
+        pair.publish("t", "waits");
+        assert!(pair.conn.is_blocked());
+        assert!(pair.conn.poll_transmit(&pair.log, &mut [IoSlice::new(&[]); 4]).unwrap().is_none());
+        // Writable again: a stream resumes writing, not reading requests.
+        assert!(!pair.conn.handle_writable());
+        assert!(pair.conn.poll_transmit(&pair.log, &mut [IoSlice::new(&[]); 4]).unwrap().is_some());
+    }
+
+    /// What the transport would accept of the next write: its slices' total length, and the
+    /// transmission to hand back.
+    fn next_write(pair: &Pair, slots: usize) -> (usize, Transmit) {
+        let mut slices = vec![IoSlice::new(&[]); slots];
+        let tx = pair.conn.poll_transmit(&pair.log, &mut slices).unwrap().unwrap();
+        (slices[..tx.slices].iter().map(|s| s.len()).sum(), tx)
+    }
+
+    #[test]
+    fn the_loop_is_told_when_one_write_took_everything() {
+        let mut pair = subscribed(config());
+        pair.window = 0;
+        pair.publish("t", "one");
+        pair.conn.handle_writable();
+        let (total, tx) = next_write(&pair, 4);
+        assert!(!pair.conn.handle_written(&pair.log, &tx, total - 1, pair.now), "a short write");
+        let (rest, tx) = next_write(&pair, 4);
+        assert_eq!((rest, tx.slices), (1, 1), "the last byte");
+        assert!(pair.conn.handle_written(&pair.log, &tx, 1, pair.now), "everything written");
+        // A gather cut short by the slice array is not the end either.
+        for n in 0..5 {
+            pair.publish("t", &format!("e{n}"));
+        }
+        pair.conn.handle_writable();
+        let (total, tx) = next_write(&pair, 2);
+        assert!(!pair.conn.handle_written(&pair.log, &tx, total, pair.now), "more is pending");
+    }
+
+    #[test]
+    fn lag_counts_the_stream_s_own_unwritten_bytes_and_drops_only_past_the_limit() {
+        let mut pair = subscribed(Config { max_lag: 4096, ..config() });
+        pair.window = 0;
+        pair.publish("t", "the event being written");
+        let being_written = pair.log.lag(&pair.conn.stream().unwrap().sub);
+        assert_eq!(being_written, 0, "the event at the cursor does not count");
+        // Own bytes (a heartbeat here) count; exactly at the limit is still allowed.
+        pair.conn.handle_writable();
+        pair.conn.out.extend_from_slice(&vec![b':'; 4096]);
+        assert_eq!(pair.conn.check_lag(&pair.log, 4096), None, "at the limit");
+        assert_eq!(pair.conn.check_lag(&pair.log, 4095), Some(DropReason::Lag), "one byte past it");
+    }
+
+    #[test]
+    fn a_half_close_while_an_answer_is_held_still_gets_it() {
+        let mut pair = Pair::new(config());
+        let at = pair.conn.hold_answer();
+        assert_eq!(pair.conn.pending_out(), 0);
+        assert_eq!(pair.conn.handle_peer_closed(), PeerClosed::Finish);
+        pair.conn.fill_answer(at, b"answer");
+        pair.transmit();
+        assert_eq!(pair.take_received(), "answer");
+        assert!(pair.write_shut);
+    }
+
+    #[test]
+    fn reading_resumes_only_once_no_answer_is_held() {
+        let mut conn = Connection::new(Instant::now(), false);
+        conn.hold_answer();
+        conn.hold_answer();
+        assert!(!conn.release_answer(), "one is still held");
+        assert!(conn.release_answer());
+        let mut stream = subscribed(config());
+        stream.conn.hold_answer();
+        assert!(!stream.conn.release_answer(), "a stream reads no requests");
+    }
+
+    #[test]
     fn requests_wait_while_the_client_is_behind_on_reading_answers() {
         let mut pair = Pair::new(config());
         pair.window = 0;
