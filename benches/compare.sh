@@ -20,6 +20,7 @@
 #   benches/compare.sh                                 # the full run: N=10000, 3 runs, sweep; ~40 min
 #   N=2000 RUNS=1 EVENTS=50 SWEEP= benches/compare.sh   # a quick pass
 #   PEERS="ssed axum" SCENARIOS=burst benches/compare.sh
+#   SSED_BIN=/elsewhere/target/release/ssed PEERS=ssed benches/compare.sh   # another build of ssed
 #
 # CPU figures (per delivery, per write) are robust on a busy machine; wall-clock ones (latency,
 # deliveries per second, walk time) are upper bounds: the "wait" columns (schedstat) say how long
@@ -54,17 +55,20 @@ done
 
 # Separate builds: the peer's dependencies never unify features into the ssed that is measured.
 cargo build --release -p ssed-server -p ssed-bench
-cargo build --release -p ssed-axum-peer
+if [[ " $PEERS " == *" axum "* ]]; then cargo build --release -p ssed-axum-peer; fi
 # Run copies, so a rebuild by someone else during a long run cannot swap the binaries under it.
+# SSED_BIN measures another build of ssed (an older commit's, for a before/after comparison).
 mkdir -p "$OUT/bin"
-cp target/release/ssed target/release/ssed-bench target/release/axum_sse "$OUT/bin/"
+cp "${SSED_BIN:-target/release/ssed}" "$OUT/bin/ssed"
+cp target/release/ssed-bench "$OUT/bin/"
+if [[ " $PEERS " == *" axum "* ]]; then cp target/release/axum_sse "$OUT/bin/"; fi
 BIN=$OUT/bin
 : >"$OUT/runs.jsonl"
 : >"$OUT/floor.jsonl"
 : >"$OUT/sweep.jsonl"
 : >"$OUT/servers.log"
 {
-    echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' (with local changes)')"
+    echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' (with local changes)')${SSED_BIN:+; ssed measured: $SSED_BIN}"
     echo "cpu $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; kernel $(uname -r)"
     echo "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///'), nchan $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null || echo '?')"
     echo "RLIMIT_NOFILE hard $(ulimit -Hn); N=$N RUNS=$RUNS EVENTS=$EVENTS EVENTS50=$EVENTS50 RATE=$RATE FAST_RATE=$FAST_RATE BODY=$BODY"
