@@ -1,20 +1,52 @@
 //! The bridge between the loop and Redis: the only code in cluster mode that blocks on the network.
 //!
-//! Two threads, each with its own blocking Redis connection, talk to the loop through channels and
-//! its [`mio::Waker`], the way `Publisher` handles do:
+//! Two threads, each with its own blocking Redis connection, talk to the loop through one channel
+//! and its [`mio::Waker`], the way `Publisher` handles do:
 //! - the **writer** takes the loop's appends ([`Bridge::append`]), sends them with the append
-//!   script ([`super::stream::APPEND_SCRIPT`], by `EVALSHA`, pipelined: everything queued goes in one
-//!   round trip), and answers each with its event id or why it failed ([`FromRedis::Appended`]);
-//! - the **reader** reads the stream from the last entry it handed over (`XREAD BLOCK`), and hands
-//!   every entry over in stream order ([`FromRedis::Entries`]): every node inserts exactly these
-//!   events, with these ids, so all nodes hold one log.
+//!   script ([`super::stream::APPEND_SCRIPT`], by `EVALSHA`, pipelined: everything queued, up to
+//!   1000, goes in one round trip), and answers each with its event id or why it failed
+//!   ([`FromRedis::Appended`]). A `NOSCRIPT` answer (Redis lost its script cache) loads the script
+//!   again and resends, once, only the appends that got it: Redis did not run them;
+//! - the **reader** hands over every entry after the last one it handed over, in stream order
+//!   ([`FromRedis::Entries`]): every node inserts exactly these events, with these ids, so all
+//!   nodes hold one log. Each read is `MULTI`, `XRANGE key - + COUNT 1`, `XREAD COUNT 1000
+//!   STREAMS key <last id>`, `EXEC`; when it finds nothing, an `XREAD BLOCK 250` waits for
+//!   something (its answer is not used: the next read takes it), so the reader notices a stop
+//!   within about 300 ms (an idle Redis ends a BLOCK on its 100 ms tick, `hz 10`).
 //!
-//! The loop never waits on either: it takes what is there with [`Bridge::try_recv`] when the waker
-//! fires. A thread that loses its connection says so once ([`FromRedis::State`]), fails what it
-//! holds, and reconnects with capped exponential back-off; the reader then carries on from its last
-//! entry, so nothing published meanwhile (through other nodes) is skipped or handed over twice, and
-//! if Redis trimmed entries it had not read it says so ([`FromRedis::Lost`]) instead of skipping
-//! them silently.
+//! [`Bridge::start`] connects (failing at once, naming the URL without its password, if Redis
+//! cannot be reached), loads the script, and takes the retained tail with one `XREVRANGE key + -
+//! COUNT max(tail, 1)`: the newest entry of that reply is where the reader starts (`0-0` if the
+//! stream is empty or missing), so nothing appended between loading the tail and the first read
+//! is missed. Entries that are not valid events are skipped with a warning naming their id.
+//!
+//! The loop never waits on either thread: it takes what is there with [`Bridge::try_recv`] when
+//! the waker fires.
+//!
+//! **Losing Redis.** An append whose answer had not come when the connection failed may or may not
+//! have landed: it fails ("Redis unavailable: …") and is not retried, nor is anything queued behind
+//! it; while the writer has no connection, every append fails at once with the same reason. Both
+//! threads reconnect with back-off (at once, then 50 ms doubling to 2 s); a connection counts as
+//! back only once it worked (the writer: the script loaded; the reader: a read), so an error every
+//! read meets (a key of another type) backs off instead of spinning. The loop hears one
+//! [`RedisState::Down`] when the first thread loses its connection and one [`RedisState::Up`] when
+//! the last gets it back. An idle writer `PING`s every second, and before sending checks its
+//! connection if the reader lost its own meanwhile; a dead connection is then replaced at once
+//! when Redis answers (it restarted), with no `Down`, so a restart does not fail the next append.
+//! The reader carries on from its last entry: what other nodes published meanwhile comes in order,
+//! none twice. If Redis came back with a shorter or older stream (an AOF behind), it carries on
+//! from the same place all the same.
+//!
+//! **Trimmed entries.** If the stream's first entry is past the last entry handed over (and one
+//! was: not `0-0`), entries may have been trimmed before the reader saw them, and the loop hears
+//! [`FromRedis::Lost`] before the entries after the gap. The check is exact against trimming that
+//! happens around the read (both replies come from one `MULTI`) but conservative about one case:
+//! when the last entry handed over was itself trimmed, whether anything was between it and the
+//! next cannot be known, and `Lost` is sent even if nothing was (likewise after Redis came back
+//! without the stream). Entries removed by `XDEL` are not reported.
+//!
+//! Dropping the [`Bridge`] stops both threads: it waits for them up to a second (they end within
+//! one bounded call), then leaves any still in a call to end alone.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -190,7 +222,6 @@ impl Bridge {
                 })
                 .map_err(spawn_failed)?,
         );
-        let bridge_shared = shared.clone();
         let started = thread::Builder::new().name("ssed-redis-reader".into()).spawn(move || {
             let _done = done_tx;
             reader.run();
@@ -203,8 +234,7 @@ impl Bridge {
                 return Err(spawn_failed(e));
             }
         }
-        let bridge =
-            Bridge { appends: Some(appends), from_redis, to_loop, shared: bridge_shared, threads, done };
+        let bridge = Bridge { appends: Some(appends), from_redis, to_loop, shared, threads, done };
         Ok((bridge, tail_events))
     }
 
@@ -714,7 +744,8 @@ impl Reader {
             // between it and `next` cannot be known; say so.
             let (after, first) = (nearest_event_id(*cursor), nearest_event_id(next.id));
             warn!(
-                "redis: entries of {key:?} after {cursor} were trimmed before they were read; going on from {}",
+                "redis: entries of {key:?} after {cursor} were trimmed before they were read; going on \
+                 from {}",
                 next.id
             );
             let _ = out.send(FromRedis::Lost { after, first });
@@ -1155,7 +1186,10 @@ mod tests {
             assert!(node.seen.lost.is_empty() && node.seen.states.is_empty());
         }
         let (_, latency) = a.seen.stats.expect("stats after appends");
-        eprintln!("2 bridges x {EACH} appends: all read back by both in {elapsed:?}; last batch round trip {latency:?}");
+        eprintln!(
+            "2 bridges x {EACH} appends: all read back by both in {elapsed:?}; last batch round trip \
+             {latency:?}"
+        );
     }
 
     #[test]
