@@ -1206,8 +1206,10 @@ mod tests {
         pair.publish("t", "waits");
         assert!(pair.conn.is_blocked());
         assert!(pair.conn.poll_transmit(&pair.log, &mut [IoSlice::new(&[]); 4]).unwrap().is_none());
-        // Writable again: a stream resumes writing, not reading requests.
+        // Writable again: a stream resumes writing, not reading requests; nor does a connection
+        // reading requests that was not paused for its answers.
         assert!(!pair.conn.handle_writable());
+        assert!(!Connection::new(pair.now, false).handle_writable());
         assert!(pair.conn.poll_transmit(&pair.log, &mut [IoSlice::new(&[]); 4]).unwrap().is_some());
     }
 
