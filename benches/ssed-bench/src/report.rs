@@ -113,6 +113,8 @@ struct Figures {
     schedule_us: [Option<f64>; 3],
     /// Seconds from the first request written to the last.
     publish_s: Option<f64>,
+    /// Seconds from the first request written to the last answer read.
+    answered_s: Option<f64>,
     deliveries_per_s: Option<f64>,
     cpu_s: Option<f64>,
     user_s: Option<f64>,
@@ -161,6 +163,11 @@ impl Figures {
                 .as_ref()
                 .filter(|p| p.first_sent_ns > 0)
                 .map(|p| p.last_sent_ns.saturating_sub(p.first_sent_ns) as f64 / 1e9),
+            answered_s: o
+                .publish
+                .as_ref()
+                .filter(|p| p.first_sent_ns > 0 && p.last_answer_ns > 0)
+                .map(|p| p.last_answer_ns.saturating_sub(p.first_sent_ns) as f64 / 1e9),
             deliveries_per_s: (o.fanout_secs > 0.0).then(|| o.deliveries as f64 / o.fanout_secs),
             cpu_s: fanout.map(|(a, b)| b.cpu_secs() - a.cpu_secs()),
             user_s: fanout.map(|(a, b)| b.user_secs - a.user_secs),
@@ -217,6 +224,7 @@ pub fn json(url: &str, o: &Outcome) -> String {
         .float("schedule_p99_us", f.schedule_us[1], 1)
         .float("schedule_max_us", f.schedule_us[2], 1)
         .float("publish_s", f.publish_s, 3)
+        .float("publish_answered_s", f.answered_s, 4)
         .float("reach_all_p50_us", f.reach_all_us[0], 1)
         .float("reach_all_max_us", f.reach_all_us[1], 1)
         .raw("events_reaching_some", o.reached_some)
@@ -296,11 +304,12 @@ pub fn table(url: &str, o: &Outcome) -> String {
     if o.publish.is_some() {
         let _ = writeln!(
             t,
-            "  publish       {} sent, {} accepted, {} errors{}",
+            "  publish       {} sent, {} accepted, {} errors{}; last answer {} after the first request",
             f.sent,
             f.accepted,
             f.publish_errors,
-            reasons(&o.publish.as_ref().map(|p| p.errors.clone()).unwrap_or_default())
+            reasons(&o.publish.as_ref().map(|p| p.errors.clone()).unwrap_or_default()),
+            secs(f.answered_s, 3)
         );
         let _ = writeln!(
             t,
