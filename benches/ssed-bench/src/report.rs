@@ -186,14 +186,21 @@ impl Figures {
     }
 }
 
-/// The JSON line.
-pub fn json(url: &str, o: &Outcome) -> String {
+/// The URLs as one string: the URL itself when there is one, all of them space-separated otherwise.
+fn url_text(urls: &[String]) -> String {
+    urls.join(" ")
+}
+
+/// The JSON line. With several URLs it also has `held_per_url`, in `--url` order.
+pub fn json(urls: &[String], o: &Outcome) -> String {
     let f = Figures::of(o);
     let mut j = Json::default();
-    j.string("url", Some(url))
-        .raw("connections", o.connections)
-        .raw("held", o.held)
-        .raw("held_at_sample", o.held_at_sample)
+    j.string("url", Some(&url_text(urls))).raw("connections", o.connections).raw("held", o.held);
+    if urls.len() > 1 {
+        let list: Vec<String> = o.held_per_target.iter().map(ToString::to_string).collect();
+        j.raw("held_per_url", format!("[{}]", list.join(",")));
+    }
+    j.raw("held_at_sample", o.held_at_sample)
         .float("ramp_s", Some(o.ramp_secs), 3)
         .raw("connect_errors", f.connect_errors)
         .counts("connect_error_reasons", &o.connect_errors)
@@ -269,11 +276,11 @@ fn reasons(counts: &BTreeMap<String, u64>) -> String {
     format!(" ({})", list.join(", "))
 }
 
-/// The table.
-pub fn table(url: &str, o: &Outcome) -> String {
+/// The table. With several URLs, a line says how many streams each held.
+pub fn table(urls: &[String], o: &Outcome) -> String {
     let f = Figures::of(o);
     let mut t = String::new();
-    let _ = writeln!(t, "ssed-bench {url}");
+    let _ = writeln!(t, "ssed-bench {}", url_text(urls));
     let _ = writeln!(
         t,
         "  connections   {} asked, {} held, ramp {:.2} s; {} failed{}; {} ended{}",
@@ -285,6 +292,11 @@ pub fn table(url: &str, o: &Outcome) -> String {
         f.ended,
         reasons(&o.ended)
     );
+    if urls.len() > 1 {
+        let each: Vec<String> =
+            urls.iter().zip(&o.held_per_target).map(|(url, held)| format!("{held} on {url}")).collect();
+        let _ = writeln!(t, "  per URL       {}", each.join(", "));
+    }
     if let Some(why) = &o.ramp_stopped {
         let _ = writeln!(t, "  ramp stopped  {why}");
     }
