@@ -45,8 +45,8 @@ const PUBLISHER_GRACE: Duration = Duration::from_secs(6);
 /// Settings of a load run, validated.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
-    /// The stream to subscribe to.
-    pub target: Target,
+    /// The streams to subscribe to (one or more): connection `n` goes to `targets[n % len]`.
+    pub targets: Vec<Target>,
     /// Subscribers to hold.
     pub connections: usize,
     /// New connections per second; 0 for as fast as `max_pending` allows.
@@ -76,6 +76,8 @@ pub struct Outcome {
     pub connections: usize,
     /// Streams open at the end.
     pub held: usize,
+    /// Streams open at the end, per target (in `--url` order).
+    pub held_per_target: Vec<usize>,
     /// Streams open when memory was sampled.
     pub held_at_sample: usize,
     /// Seconds from the first connect to the last stream up.
@@ -275,7 +277,8 @@ struct Bench {
     subs: Vec<Sub>,
     stats: Stats,
     buf: Vec<u8>,
-    request: Vec<u8>,
+    /// The request line and headers for each target.
+    requests: Vec<Vec<u8>>,
     /// Set when the system refused a socket: no more connections are opened.
     ramp_stopped: Option<String>,
     file_limit: Option<FileLimit>,
@@ -324,31 +327,11 @@ pub fn run(config: LoadConfig) -> Result<Outcome, String> {
         ..Default::default()
     };
 
-    let target = &config.target;
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\
-         User-Agent: ssed-bench/{}\r\n\r\n",
-        target.path,
-        target.host,
-        env!("CARGO_PKG_VERSION")
-    )
-    .into_bytes();
-    let events = config.publish.as_ref().map_or(0, |p| p.events);
     let rate = match config.publish.as_ref().map(|p| p.pace) {
         Some(publish::Pace::Rate(rate)) => Some(rate),
         _ => None,
     };
-    let poll = Poll::new().map_err(|e| format!("creating the event loop: {e}"))?;
-    let mut bench = Bench {
-        subs: Vec::with_capacity(config.connections),
-        stats: Stats { events, per_event: vec![EventTiming::default(); events as usize], ..Stats::default() },
-        buf: vec![0; READ_BUFFER_BYTES],
-        request,
-        ramp_stopped: None,
-        file_limit,
-        poll,
-        config,
-    };
+    let mut bench = Bench::new(config, file_limit)?;
     let progress = bench.config.progress;
     let mut mio_events = Events::with_capacity(EVENTS_CAPACITY);
     let ramp_start = Instant::now();
@@ -471,7 +454,51 @@ enum Phase {
     Draining { until: Instant },
 }
 
+/// The target connection `n` goes to, of `targets`: round-robin, so N connections over K URLs
+/// put N / K on each (the first N mod K one more), and one URL takes them all.
+fn target_of(n: usize, targets: usize) -> usize {
+    n % targets.max(1)
+}
+
+/// The request that opens a stream on `target`.
+fn stream_request(target: &Target) -> Vec<u8> {
+    format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\
+         User-Agent: ssed-bench/{}\r\n\r\n",
+        target.path,
+        target.host,
+        env!("CARGO_PKG_VERSION")
+    )
+    .into_bytes()
+}
+
 impl Bench {
+    fn new(config: LoadConfig, file_limit: Option<FileLimit>) -> Result<Bench, String> {
+        if config.targets.is_empty() {
+            return Err("no URL to subscribe to".into());
+        }
+        let events = config.publish.as_ref().map_or(0, |p| p.events);
+        Ok(Bench {
+            subs: Vec::with_capacity(config.connections),
+            stats: Stats {
+                events,
+                per_event: vec![EventTiming::default(); events as usize],
+                ..Stats::default()
+            },
+            buf: vec![0; READ_BUFFER_BYTES],
+            requests: config.targets.iter().map(stream_request).collect(),
+            ramp_stopped: None,
+            file_limit,
+            poll: Poll::new().map_err(|e| format!("creating the event loop: {e}"))?,
+            config,
+        })
+    }
+
+    /// The target of connection `n`.
+    fn target(&self, n: usize) -> &Target {
+        &self.config.targets[target_of(n, self.config.targets.len())]
+    }
+
     /// Opens the connections the ramp schedule allows by `elapsed`, within the handshake cap.
     fn open_due(&mut self, elapsed: Duration) {
         let target = self.config.connections;
@@ -507,7 +534,7 @@ impl Bench {
 
     /// The source address of connection `n`, when spreading.
     fn source(&self, n: usize) -> Option<IpAddr> {
-        let IpAddr::V4(dest) = self.config.target.addr.ip() else { return None };
+        let IpAddr::V4(dest) = self.target(n).addr.ip() else { return None };
         if !self.config.spread || !dest.is_loopback() {
             return None;
         }
@@ -518,7 +545,7 @@ impl Bench {
     /// Starts one non-blocking connect and registers it.
     fn open(&mut self) -> io::Result<()> {
         let n = self.subs.len();
-        let addr = self.config.target.addr;
+        let addr = self.target(n).addr;
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_nonblocking(true)?;
         if let Some(source) = self.source(n) {
@@ -556,8 +583,9 @@ impl Bench {
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                 Err(e) => return self.close(n, format!("connect: {}", reason_of(&e))),
             }
-            while *sent < self.request.len() {
-                match stream.write(&self.request[*sent..]) {
+            let request = &self.requests[target_of(n, self.requests.len())];
+            while *sent < request.len() {
+                match stream.write(&request[*sent..]) {
                     Ok(written) => *sent += written,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -656,10 +684,12 @@ impl Bench {
             None => Vec::new(),
         };
         let mut unexpected = stats.unexpected;
-        for sub in &self.subs {
+        outcome.held_per_target = vec![0; self.config.targets.len()];
+        for (n, sub) in self.subs.iter().enumerate() {
             if !matches!(sub.state, SubState::Streaming(_)) {
                 continue;
             }
+            outcome.held_per_target[target_of(n, self.config.targets.len())] += 1;
             for (i, &want) in accepted.iter().enumerate() {
                 let got = sub.track.seen.get(i).copied().unwrap_or(0);
                 outcome.missing += u64::from((want & !got).count_ones());
@@ -794,6 +824,72 @@ mod tests {
         text.extend_from_slice(&body);
         text.extend_from_slice(b"\n\n");
         text
+    }
+
+    #[test]
+    fn target_of_is_round_robin() {
+        let spread: Vec<usize> = (0..7).map(|n| target_of(n, 3)).collect();
+        assert_eq!(spread, [0, 1, 2, 0, 1, 2, 0]);
+        assert!((0..1000).all(|n| target_of(n, 1) == 0), "one URL takes every connection");
+    }
+
+    /// Seven connections over three listening URLs: 3, 2 and 2 arrive, each sending the request
+    /// line and `Host` of its own URL.
+    #[test]
+    fn connections_spread_round_robin_over_the_urls() {
+        use std::net::TcpListener;
+        let listeners: Vec<TcpListener> = (0..3).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let targets: Vec<Target> = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let url = format!("http://127.0.0.1:{}/events?topic=t{i}", l.local_addr().unwrap().port());
+                crate::target::parse(&url, false).unwrap()
+            })
+            .collect();
+        let config = LoadConfig {
+            targets: targets.clone(),
+            connections: 7,
+            ramp: 0.0,
+            max_pending: 100,
+            spread: true,
+            publish: None,
+            server_pid: None,
+            settle: Duration::ZERO,
+            drain: Duration::ZERO,
+            duration: Duration::from_secs(5),
+            progress: false,
+        };
+        let mut bench = Bench::new(config, None).unwrap();
+        bench.open_due(Duration::ZERO);
+        assert_eq!(bench.subs.len(), 7);
+        // Each connection writes its request once its connect has completed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (0..7).any(|n| matches!(bench.subs[n].state, SubState::Connecting { .. })) {
+            assert!(Instant::now() < deadline, "requests not written");
+            for n in 0..7 {
+                bench.handle_event(n, false);
+            }
+        }
+        for (i, (listener, target)) in listeners.iter().zip(&targets).enumerate() {
+            listener.set_nonblocking(true).unwrap();
+            let mut requests = Vec::new();
+            while let Ok((mut conn, _)) = listener.accept() {
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut text = Vec::new();
+                let mut byte = [0u8; 1];
+                while !text.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap() == 1 {
+                    text.push(byte[0]);
+                }
+                requests.push(String::from_utf8(text).unwrap());
+            }
+            assert_eq!(requests.len(), if i == 0 { 3 } else { 2 }, "connections on URL {i}");
+            for request in requests {
+                assert!(request.starts_with(&format!("GET /events?topic=t{i} HTTP/1.1\r\n")), "{request}");
+                assert!(request.contains(&format!("\r\nHost: {}\r\n", target.host)), "{request}");
+            }
+        }
     }
 
     #[test]

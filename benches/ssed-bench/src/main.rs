@@ -46,7 +46,7 @@ const fn flag(name: &'static str, value: &'static str, default: &'static str, he
 }
 
 const LOAD_FLAGS: &[Flag] = &[
-    flag("url", "URL", "required", "event stream to subscribe to (http://HOST:PORT/PATH?QUERY)"),
+    flag("url", "URL", "required", "event stream to subscribe to (http://HOST:PORT/PATH?QUERY); repeat it to spread the connections round-robin over several"),
     flag("connections", "N", "1000", "streams to hold open"),
     flag("ramp", "RATE", "5000", "new connections per second; 0 = as fast as handshakes allow"),
     flag("max-pending", "N", "1000", "handshakes in flight at most"),
@@ -91,7 +91,7 @@ fn flag_lines(flags: &[Flag]) -> String {
 fn help() -> String {
     format!(
         "ssed-bench: load generator for Server-Sent Events servers\n\n\
-         Usage: ssed-bench --url URL [OPTIONS]\n       \
+         Usage: ssed-bench --url URL [--url URL...] [OPTIONS]\n       \
          ssed-bench floor [--connections N] [OPTIONS]\n\n\
          Holds N event streams, optionally publishes stamped events, and reports the server's memory per\n\
          subscriber, delivery latency, missing or duplicated events and the server's CPU per delivery.\n\
@@ -132,7 +132,8 @@ fn seconds(name: &str, text: &str) -> Result<Duration, String> {
 
 /// The raw flags of a load run, before validation.
 struct LoadFlags {
-    url: Option<String>,
+    /// Every `--url`, in order.
+    urls: Vec<String>,
     connections: usize,
     ramp: f64,
     max_pending: usize,
@@ -155,7 +156,7 @@ struct LoadFlags {
 impl Default for LoadFlags {
     fn default() -> Self {
         LoadFlags {
-            url: None,
+            urls: Vec::new(),
             connections: 1000,
             ramp: 5000.0,
             max_pending: 1000,
@@ -184,8 +185,14 @@ const MAX_TRACKING_BITS: u64 = 1 << 31;
 
 impl LoadFlags {
     fn validate(self) -> Result<Command, String> {
-        let url = self.url.ok_or("--url is required (see --help)")?;
-        let target = target::parse(&url, self.allow_remote)?;
+        if self.urls.is_empty() {
+            return Err("--url is required (see --help)".into());
+        }
+        let targets = self
+            .urls
+            .iter()
+            .map(|url| target::parse(url, self.allow_remote))
+            .collect::<Result<Vec<_>, _>>()?;
         if self.connections == 0 {
             return Err("--connections must be at least 1".into());
         }
@@ -235,7 +242,7 @@ impl LoadFlags {
             }
         };
         let config = LoadConfig {
-            target,
+            targets,
             connections: self.connections,
             ramp: self.ramp,
             max_pending: self.max_pending,
@@ -258,7 +265,7 @@ fn parse_load(mut parser: lexopt::Parser) -> Result<Command, String> {
         match arg {
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
-            Long("url") => flags.url = Some(value(&mut parser, "url")?),
+            Long("url") => flags.urls.push(value(&mut parser, "url")?),
             Long("connections") => {
                 flags.connections = number("connections", &value(&mut parser, "connections")?)?
             }
@@ -384,13 +391,13 @@ fn run() -> Result<ExitCode, String> {
             }
         }
         Command::Load { config, json } => {
-            let url = config.target.url.clone();
+            let urls: Vec<String> = config.targets.iter().map(|t| t.url.clone()).collect();
             let outcome = load::run(*config)?;
             if json {
-                eprint!("{}", report::table(&url, &outcome));
-                println!("{}", report::json(&url, &outcome));
+                eprint!("{}", report::table(&urls, &outcome));
+                println!("{}", report::json(&urls, &outcome));
             } else {
-                print!("{}", report::table(&url, &outcome));
+                print!("{}", report::table(&urls, &outcome));
             }
             if found_faults(&outcome) {
                 return Ok(ExitCode::from(1));
@@ -413,5 +420,40 @@ fn main() -> ExitCode {
             eprintln!("ssed-bench: {message}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_config(args: &[&str]) -> Result<LoadConfig, String> {
+        match parse_load(lexopt::Parser::from_args(args.iter().copied()))? {
+            Command::Load { config, .. } => Ok(*config),
+            _ => Err("not a load run".into()),
+        }
+    }
+
+    #[test]
+    fn url_may_repeat() {
+        let one = load_config(&["--url", "http://127.0.0.1:1/events?topic=a"]).unwrap();
+        assert_eq!(one.targets.len(), 1);
+        assert_eq!(one.targets[0].path, "/events?topic=a");
+        let three = load_config(&[
+            "--url",
+            "http://127.0.0.1:1/a",
+            "--connections",
+            "9",
+            "--url",
+            "http://127.0.0.1:2/b",
+            "--url",
+            "http://127.0.0.1:3/c",
+        ])
+        .unwrap();
+        let ports: Vec<u16> = three.targets.iter().map(|t| t.addr.port()).collect();
+        assert_eq!(ports, [1, 2, 3], "in the order given");
+        assert!(load_config(&[]).unwrap_err().contains("--url is required"));
+        let remote = load_config(&["--url", "http://127.0.0.1:1/", "--url", "http://192.0.2.1/"]);
+        assert!(remote.unwrap_err().contains("--allow-remote"), "every URL is checked");
     }
 }

@@ -82,6 +82,9 @@ pub struct PublishReport {
     pub first_sent_ns: u64,
     /// Wall-clock ns of the last request written.
     pub last_sent_ns: u64,
+    /// Wall-clock ns at which the last answer was read (0 if none): with `--pipeline` every
+    /// request is written (and stamped) at once, so only this says how long publishing took.
+    pub last_answer_ns: u64,
 }
 
 impl PublishReport {
@@ -232,6 +235,7 @@ impl Publisher {
     }
 
     fn note_answer(&mut self, seq: u32, answer: &Answer) {
+        self.report.last_answer_ns = wall_nanos();
         if (200..300).contains(&answer.status) {
             self.report.accepted[seq as usize] = true;
             self.report.ids[seq as usize] = parse_decimal(trim(&answer.body));

@@ -113,6 +113,8 @@ struct Figures {
     schedule_us: [Option<f64>; 3],
     /// Seconds from the first request written to the last.
     publish_s: Option<f64>,
+    /// Seconds from the first request written to the last answer read.
+    answered_s: Option<f64>,
     deliveries_per_s: Option<f64>,
     cpu_s: Option<f64>,
     user_s: Option<f64>,
@@ -161,6 +163,11 @@ impl Figures {
                 .as_ref()
                 .filter(|p| p.first_sent_ns > 0)
                 .map(|p| p.last_sent_ns.saturating_sub(p.first_sent_ns) as f64 / 1e9),
+            answered_s: o
+                .publish
+                .as_ref()
+                .filter(|p| p.first_sent_ns > 0 && p.last_answer_ns > 0)
+                .map(|p| p.last_answer_ns.saturating_sub(p.first_sent_ns) as f64 / 1e9),
             deliveries_per_s: (o.fanout_secs > 0.0).then(|| o.deliveries as f64 / o.fanout_secs),
             cpu_s: fanout.map(|(a, b)| b.cpu_secs() - a.cpu_secs()),
             user_s: fanout.map(|(a, b)| b.user_secs - a.user_secs),
@@ -179,14 +186,21 @@ impl Figures {
     }
 }
 
-/// The JSON line.
-pub fn json(url: &str, o: &Outcome) -> String {
+/// The URLs as one string: the URL itself when there is one, all of them space-separated otherwise.
+fn url_text(urls: &[String]) -> String {
+    urls.join(" ")
+}
+
+/// The JSON line. With several URLs it also has `held_per_url`, in `--url` order.
+pub fn json(urls: &[String], o: &Outcome) -> String {
     let f = Figures::of(o);
     let mut j = Json::default();
-    j.string("url", Some(url))
-        .raw("connections", o.connections)
-        .raw("held", o.held)
-        .raw("held_at_sample", o.held_at_sample)
+    j.string("url", Some(&url_text(urls))).raw("connections", o.connections).raw("held", o.held);
+    if urls.len() > 1 {
+        let list: Vec<String> = o.held_per_target.iter().map(ToString::to_string).collect();
+        j.raw("held_per_url", format!("[{}]", list.join(",")));
+    }
+    j.raw("held_at_sample", o.held_at_sample)
         .float("ramp_s", Some(o.ramp_secs), 3)
         .raw("connect_errors", f.connect_errors)
         .counts("connect_error_reasons", &o.connect_errors)
@@ -217,6 +231,7 @@ pub fn json(url: &str, o: &Outcome) -> String {
         .float("schedule_p99_us", f.schedule_us[1], 1)
         .float("schedule_max_us", f.schedule_us[2], 1)
         .float("publish_s", f.publish_s, 3)
+        .float("publish_answered_s", f.answered_s, 4)
         .float("reach_all_p50_us", f.reach_all_us[0], 1)
         .float("reach_all_max_us", f.reach_all_us[1], 1)
         .raw("events_reaching_some", o.reached_some)
@@ -261,11 +276,11 @@ fn reasons(counts: &BTreeMap<String, u64>) -> String {
     format!(" ({})", list.join(", "))
 }
 
-/// The table.
-pub fn table(url: &str, o: &Outcome) -> String {
+/// The table. With several URLs, a line says how many streams each held.
+pub fn table(urls: &[String], o: &Outcome) -> String {
     let f = Figures::of(o);
     let mut t = String::new();
-    let _ = writeln!(t, "ssed-bench {url}");
+    let _ = writeln!(t, "ssed-bench {}", url_text(urls));
     let _ = writeln!(
         t,
         "  connections   {} asked, {} held, ramp {:.2} s; {} failed{}; {} ended{}",
@@ -277,6 +292,11 @@ pub fn table(url: &str, o: &Outcome) -> String {
         f.ended,
         reasons(&o.ended)
     );
+    if urls.len() > 1 {
+        let each: Vec<String> =
+            urls.iter().zip(&o.held_per_target).map(|(url, held)| format!("{held} on {url}")).collect();
+        let _ = writeln!(t, "  per URL       {}", each.join(", "));
+    }
     if let Some(why) = &o.ramp_stopped {
         let _ = writeln!(t, "  ramp stopped  {why}");
     }
@@ -296,11 +316,12 @@ pub fn table(url: &str, o: &Outcome) -> String {
     if o.publish.is_some() {
         let _ = writeln!(
             t,
-            "  publish       {} sent, {} accepted, {} errors{}",
+            "  publish       {} sent, {} accepted, {} errors{}; last answer {} after the first request",
             f.sent,
             f.accepted,
             f.publish_errors,
-            reasons(&o.publish.as_ref().map(|p| p.errors.clone()).unwrap_or_default())
+            reasons(&o.publish.as_ref().map(|p| p.errors.clone()).unwrap_or_default()),
+            secs(f.answered_s, 3)
         );
         let _ = writeln!(
             t,
