@@ -395,3 +395,30 @@ fn settings_that_cannot_work_in_a_cluster_are_refused_at_start() {
         assert_eq!(proc.wait_exit().code(), Some(2), "{args:?}");
     }
 }
+
+#[test]
+#[ignore = "needs redis-server: run by .ci/run"]
+fn the_library_s_publisher_goes_through_redis_too() {
+    let redis = Redis::start();
+    let (_b, b) = node(&redis, &[]);
+    let embedded = TestServer::start(ssed::Config { redis: Some(redis.url()), ..ssed::Config::default() });
+    let mut on_b = Subscriber::open(b, "/events?topic=lib", "");
+    let mut on_embedded = Subscriber::open(embedded.addr, "/events?topic=lib", "");
+    let id = embedded
+        .publisher
+        .publish(ssed::Event::new("from the handle").topic("lib"))
+        .expect("published")
+        .get();
+    for sub in [&mut on_b, &mut on_embedded] {
+        assert_eq!(id_data(&sub.next_event()), (id, "from the handle".to_string()), "every node, same id");
+    }
+    // Refused at once while Redis is away, with an error a caller can act on.
+    drop(redis);
+    let mut last = None;
+    assert!(eventually(|| {
+        last = Some(embedded.publisher.publish(ssed::Event::new("x").topic("lib")));
+        last.as_ref().is_some_and(|r| r.is_err())
+    }));
+    let err = last.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ssed::ErrorKind::Unavailable, "{err}");
+}
