@@ -234,6 +234,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn refusals_say_what_is_wrong_for_the_log() {
+        let malformed = EntryId::parse("x-1").unwrap_err().to_string();
+        assert!(malformed.contains("\"x-1\"") && malformed.contains("<ms>-<seq>"), "{malformed}");
+        let seq = EntryId { ms: 5, seq: 1000 }.event_id().unwrap_err().to_string();
+        assert!(seq.contains("5-1000") && seq.contains("other than ssed"), "{seq}");
+        let field = event_of(&pairs(&[("data", b"x")]), 10).unwrap_err().to_string();
+        assert_eq!(field, "no topics field");
+        let event = event_of(&pairs(&[("topics", b"a"), ("data", b"0123456789A")]), 10).unwrap_err();
+        let EntryError::Event(inner) = &event else { panic!("{event:?}") };
+        assert_eq!(event.to_string(), inner.to_string());
+        assert!(!event.to_string().is_empty());
+    }
+
     fn pairs(fields: &[(&str, &[u8])]) -> Vec<(Vec<u8>, Vec<u8>)> {
         fields.iter().map(|(n, v)| (n.as_bytes().to_vec(), v.to_vec())).collect()
     }
