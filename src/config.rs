@@ -198,16 +198,18 @@ impl Default for Config {
     }
 }
 
-/// `redis://user:secret@host/0` as `redis://user:<redacted>@host/0`, for logs.
+/// The URL with its password, if any, hidden (`redis://user:secret@host/0` as
+/// `redis://user:***@host/0`), for logs, errors and `Debug`.
 pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:<redacted>@{host}")
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+        if let Some(at) = authority.rfind('@') {
+            if let Some((user, _)) = authority[..at].split_once(':') {
+                return format!("{scheme}://{user}:***{}", &rest[at..]);
+            }
         }
-        None => url.to_string(),
     }
+    url.to_string()
 }
 
 impl Config {
@@ -421,6 +423,15 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn passwords_are_kept_out_of_messages() {
+        assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact_url("redis://:secret@h:1"), "redis://:***@h:1");
+        assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(redact_url("redis://user@h"), "redis://user@h");
+        assert_eq!(redact_url("not a url"), "not a url");
     }
 
     #[test]

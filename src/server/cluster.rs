@@ -53,6 +53,7 @@ mod enabled {
     use super::*;
     use crate::cluster::bridge::{Bridge, BridgeConfig, FromRedis, RedisState};
     use crate::cluster::stream::EntryId;
+    use crate::config::redact_url;
     use crate::metrics::names;
 
     /// The loop's side of cluster mode.
@@ -98,7 +99,7 @@ mod enabled {
             info!(
                 "cluster mode: stream {:?} on {}, loaded {}{}",
                 config.redis_key,
-                crate::config::redact_url(&url),
+                redact_url(&url),
                 count(loaded, "event"),
                 tail.last().map(|(id, _)| format!(", newest id {id}")).unwrap_or_default()
             );
