@@ -230,8 +230,12 @@ impl Connection {
         self.blocked
     }
 
-    /// Moves to [`State::Closing`], keeping the stream (if any) until the connection is gone.
-    fn start_closing(&mut self) {
+    /// Moves to [`State::Closing`] at `now`, keeping the stream (if any) until the connection is
+    /// gone. The last bytes get a whole `--header-timeout` from here to be written: the clock of
+    /// the give-up deadline restarts, however long the connection was quiet or stalled before
+    /// (a stream ended at its lifetime, by a shutdown, or after a gap in the shared log).
+    fn start_closing(&mut self, now: Instant) {
+        self.last_write = now;
         let state = std::mem::replace(&mut self.state, State::Closing(None));
         self.state = match state {
             State::Streaming(stream) => State::Closing(Some(stream)),
@@ -278,17 +282,17 @@ impl Connection {
 
     /// The buffer a complete answer is queued in; the connection closes after it unless kept alive
     /// (and one accepted over capacity is never kept alive).
-    pub(crate) fn answer(&mut self, keep_alive: bool) -> &mut Vec<u8> {
+    pub(crate) fn answer(&mut self, keep_alive: bool, now: Instant) -> &mut Vec<u8> {
         if !keep_alive || self.over_capacity {
-            self.start_closing();
+            self.start_closing(now);
         }
         &mut self.out
     }
 
     /// Queues a refusal; the connection closes after it unless the request allows keeping it.
-    pub(crate) fn refuse(&mut self, meta: &Meta, refusal: &Refusal, cors: &[u8]) {
+    pub(crate) fn refuse(&mut self, meta: &Meta, refusal: &Refusal, cors: &[u8], now: Instant) {
         let keep_alive = meta.keep_alive && !refusal.closes() && !self.over_capacity;
-        let out = self.answer(keep_alive);
+        let out = self.answer(keep_alive, now);
         response::refusal(refusal, keep_alive, meta.head_only, cors, out);
     }
 
@@ -320,14 +324,14 @@ impl Connection {
     /// The commit failed: everything queued from the first held answer (at `out_start`) is replaced
     /// by `refusal`, and the connection closes so pipelined requests are not left in doubt. False
     /// when an earlier held answer of this connection already did so.
-    pub(crate) fn fail_held_answers(&mut self, out_start: usize, refusal: &Refusal) -> bool {
+    pub(crate) fn fail_held_answers(&mut self, out_start: usize, refusal: &Refusal, now: Instant) -> bool {
         if self.awaiting_commit == 0 {
             return false;
         }
         self.out.truncate(out_start.max(self.out_at));
         self.awaiting_commit = 0;
         response::refusal(refusal, false, false, b"", &mut self.out);
-        self.start_closing();
+        self.start_closing(now);
         true
     }
 
@@ -350,11 +354,11 @@ impl Connection {
     /// At capacity, a subscriber is told to come back later in a way `EventSource` honours: a normal
     /// stream that carries only `body` (a long `retry:`) and ends at once (any non-200 would be
     /// final).
-    pub(crate) fn turn_away(&mut self, meta: &Meta, cors: &[u8], body: &[u8]) {
+    pub(crate) fn turn_away(&mut self, meta: &Meta, cors: &[u8], body: &[u8], now: Instant) {
         if queue_stream_start(meta, cors, body, &mut self.out) == Framing::Chunked {
             self.out.extend_from_slice(LAST_CHUNK);
         }
-        self.start_closing();
+        self.start_closing(now);
     }
 
     // ----- writing -----
@@ -451,9 +455,9 @@ impl Connection {
     // ----- closing -----
 
     /// The client closed its side. A half-close after a complete request still gets its answer.
-    pub(crate) fn handle_peer_closed(&mut self) -> PeerClosed {
+    pub(crate) fn handle_peer_closed(&mut self, now: Instant) -> PeerClosed {
         if self.is_reading_requests() && (self.pending_out() > 0 || self.awaiting_commit > 0) {
-            self.start_closing();
+            self.start_closing(now);
             PeerClosed::Finish
         } else {
             PeerClosed::Close
@@ -465,7 +469,7 @@ impl Connection {
     /// A write cut inside a frame is completed first: the rest of that frame is copied ahead of the
     /// terminating chunk, since the client must never see half an event followed by the end. If that
     /// rest has left the history no clean end is possible: `Err`, drop the stream.
-    pub(crate) fn end_stream(&mut self, log: &Broadcast) -> Result<(), DropReason> {
+    pub(crate) fn end_stream(&mut self, log: &Broadcast, now: Instant) -> Result<(), DropReason> {
         let State::Streaming(stream) = &mut self.state else { return Ok(()) };
         if stream.sub.cursor().mid_frame() {
             if log.lost(&stream.sub) {
@@ -480,7 +484,7 @@ impl Connection {
         if stream.sub.framing() == Framing::Chunked {
             self.out.extend_from_slice(LAST_CHUNK);
         }
-        self.start_closing();
+        self.start_closing(now);
         Ok(())
     }
 
@@ -496,16 +500,16 @@ impl Connection {
     }
 
     /// A graceful shutdown begins: streams end cleanly, owed answers are written, the rest closes.
-    pub(crate) fn handle_shutdown(&mut self, log: &Broadcast) -> OnShutdown {
+    pub(crate) fn handle_shutdown(&mut self, log: &Broadcast, now: Instant) -> OnShutdown {
         match &self.state {
             State::Closing(_) => OnShutdown::Nothing,
-            State::Streaming(_) => match self.end_stream(log) {
+            State::Streaming(_) => match self.end_stream(log, now) {
                 Ok(()) => OnShutdown::Write,
                 Err(why) => OnShutdown::Close(CloseReason::Dropped(why)),
             },
             State::Lingering { .. } => OnShutdown::Close(CloseReason::Shutdown),
             State::Requests(_) if self.pending_out() > 0 => {
-                self.start_closing();
+                self.start_closing(now);
                 OnShutdown::Write
             }
             State::Requests(_) => OnShutdown::Close(CloseReason::Shutdown),
@@ -556,13 +560,8 @@ impl Connection {
                 State::Requests(reader) => Expired::RequestTimeout(reader.pending_meta()),
                 _ => Expired::Nothing,
             },
-            Due::Lifetime => match self.end_stream(log) {
-                Ok(()) => {
-                    // The end gets its own `--header-timeout` to be written: a stream that was
-                    // stalled and quiet for long must not be cut the moment it starts to end.
-                    self.last_write = now;
-                    Expired::Lifetime
-                }
+            Due::Lifetime => match self.end_stream(log, now) {
+                Ok(()) => Expired::Lifetime,
                 Err(why) => Expired::Close(CloseReason::Dropped(why)),
             },
             Due::Heartbeat => {
@@ -689,9 +688,9 @@ mod tests {
             while let Some(incoming) = self.conn.poll_request(&self.config, self.now) {
                 match incoming {
                     Incoming::Interim(_) => {}
-                    Incoming::Refused(meta, refusal) => self.conn.refuse(&meta, &refusal, b""),
+                    Incoming::Refused(meta, refusal) => self.conn.refuse(&meta, &refusal, b"", self.now),
                     Incoming::Request(meta, Action::Health) => {
-                        let out = self.conn.answer(meta.keep_alive);
+                        let out = self.conn.answer(meta.keep_alive, self.now);
                         response::text(200, "ok\n", meta.keep_alive, meta.head_only, b"", out);
                     }
                     Incoming::Request(meta, Action::Subscribe(subscribe)) => {
@@ -805,7 +804,7 @@ mod tests {
                 Expired::Nothing => {}
                 Expired::Write | Expired::Lifetime => self.transmit(),
                 Expired::RequestTimeout(meta) => {
-                    self.conn.refuse(&meta, &Refusal::Timeout, b"");
+                    self.conn.refuse(&meta, &Refusal::Timeout, b"", self.now);
                     self.transmit();
                 }
                 Expired::Close(reason) => self.closed = Some(reason),
@@ -1004,6 +1003,20 @@ mod tests {
     }
 
     #[test]
+    fn any_end_of_a_long_quiet_stalled_stream_gets_its_own_time_to_be_written() {
+        // Ended from outside the lifetime: a gap in the shared log (cluster mode) ends every stream.
+        let mut pair = subscribed(Config { heartbeat: Duration::ZERO, ..config() });
+        pair.window = 5;
+        pair.publish("t", "cut by a full socket");
+        pair.advance(Duration::from_secs(60));
+        pair.conn.end_stream(&pair.log, pair.now).expect("a clean end");
+        pair.advance(Duration::from_secs(10) - MS);
+        assert_eq!(pair.closed, None, "given up before --header-timeout from the end");
+        pair.advance(MS);
+        assert_eq!(pair.closed, Some(CloseReason::IdleTimeout));
+    }
+
+    #[test]
     fn a_stalled_stream_is_dropped_once_what_it_owes_passes_max_lag() {
         let mut pair = subscribed(Config { max_lag: 4096, ..config() });
         pair.window = 0;
@@ -1041,34 +1054,37 @@ mod tests {
         let mut pair = Pair::new(config());
         pair.window = 0;
         pair.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
-        assert_eq!(pair.conn.handle_peer_closed(), PeerClosed::Finish);
+        assert_eq!(pair.conn.handle_peer_closed(pair.now), PeerClosed::Finish);
         pair.make_room(usize::MAX / 2);
         assert_eq!(status_and_body(&pair.take_received()), (200, "ok\n"));
         assert!(pair.write_shut);
         // With nothing owed, the peer's end is the connection's.
         let mut idle = Pair::new(config());
-        assert_eq!(idle.conn.handle_peer_closed(), PeerClosed::Close);
+        assert_eq!(idle.conn.handle_peer_closed(idle.now), PeerClosed::Close);
     }
 
     #[test]
     fn a_shutdown_ends_streams_writes_owed_answers_and_closes_the_rest() {
         let mut pair = subscribed(config());
-        assert_eq!(pair.conn.handle_shutdown(&pair.log), OnShutdown::Write);
+        assert_eq!(pair.conn.handle_shutdown(&pair.log, pair.now), OnShutdown::Write);
         pair.transmit();
         assert_eq!(pair.take_received(), "0\r\n\r\n");
 
         let mut idle = Pair::new(config());
-        assert_eq!(idle.conn.handle_shutdown(&idle.log), OnShutdown::Close(CloseReason::Shutdown));
+        assert_eq!(idle.conn.handle_shutdown(&idle.log, idle.now), OnShutdown::Close(CloseReason::Shutdown));
 
         let mut owed = Pair::new(config());
         owed.window = 0;
         owed.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
-        assert_eq!(owed.conn.handle_shutdown(&owed.log), OnShutdown::Write);
+        assert_eq!(owed.conn.handle_shutdown(&owed.log, owed.now), OnShutdown::Write);
         assert!(owed.conn.is_closing(), "no request is read after a shutdown began");
 
         let mut lingering = Pair::new(config());
         lingering.send(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-        assert_eq!(lingering.conn.handle_shutdown(&lingering.log), OnShutdown::Close(CloseReason::Shutdown));
+        assert_eq!(
+            lingering.conn.handle_shutdown(&lingering.log, lingering.now),
+            OnShutdown::Close(CloseReason::Shutdown)
+        );
     }
 
     #[test]
@@ -1077,11 +1093,11 @@ mod tests {
         pair.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
         pair.take_received();
         let start = pair.conn.hold_answer();
-        response::text(200, "1\n", true, false, b"", pair.conn.answer(true));
+        response::text(200, "1\n", true, false, b"", pair.conn.answer(true, pair.now));
         pair.transmit();
         assert_eq!(pair.take_received(), "", "a held answer went out before the commit");
-        assert!(pair.conn.fail_held_answers(start, &Refusal::Timeout));
-        assert!(!pair.conn.fail_held_answers(start, &Refusal::Timeout), "answered twice");
+        assert!(pair.conn.fail_held_answers(start, &Refusal::Timeout, pair.now));
+        assert!(!pair.conn.fail_held_answers(start, &Refusal::Timeout, pair.now), "answered twice");
         pair.transmit();
         let text = pair.take_received();
         assert_eq!(status_and_body(&text).0, 408, "{text}");
@@ -1089,7 +1105,7 @@ mod tests {
 
         let mut pair = Pair::new(config());
         pair.conn.hold_answer();
-        response::text(200, "1\n", true, false, b"", pair.conn.answer(true));
+        response::text(200, "1\n", true, false, b"", pair.conn.answer(true, pair.now));
         assert!(pair.conn.release_answer(), "reading resumes once no answer is held");
         pair.transmit();
         assert_eq!(status_and_body(&pair.take_received()), (200, "1\n"));
@@ -1170,7 +1186,7 @@ mod tests {
             (keep.clone(), route.clone(), true, false),
         ] {
             let mut conn = Connection::new(Instant::now(), over_capacity);
-            conn.refuse(&meta, &refusal, b"");
+            conn.refuse(&meta, &refusal, b"", Instant::now());
             assert_eq!(
                 conn.is_reading_requests(),
                 kept,
@@ -1189,7 +1205,7 @@ mod tests {
                 Meta { keep_alive: false, http10: request == "HTTP/1.0", head_only: false, origin: None };
             let mut body = Vec::new();
             sse::encode_prelude(5000, &mut body);
-            pair.conn.turn_away(&meta, b"", &body);
+            pair.conn.turn_away(&meta, b"", &body, pair.now);
             pair.transmit();
             let text = pair.take_received();
             assert!(text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200"), "{text}");
@@ -1260,7 +1276,7 @@ mod tests {
         let mut pair = Pair::new(config());
         let at = pair.conn.hold_answer();
         assert_eq!(pair.conn.pending_out(), 0);
-        assert_eq!(pair.conn.handle_peer_closed(), PeerClosed::Finish);
+        assert_eq!(pair.conn.handle_peer_closed(pair.now), PeerClosed::Finish);
         pair.conn.fill_answer(at, b"answer");
         pair.transmit();
         assert_eq!(pair.take_received(), "answer");

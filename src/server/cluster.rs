@@ -193,7 +193,7 @@ mod enabled {
                 let Some(conn) = self.conns.get_mut(*key) else { return };
                 // Nothing is queued yet: this only closes the connection after the answer if it
                 // is not kept alive, and keeps it from reading further requests then.
-                conn.conn.answer(*keep_alive);
+                conn.conn.answer(*keep_alive, self.now);
                 let at = conn.conn.hold_answer();
                 cluster.places.entry(*key).or_default().push_back(at);
             }
@@ -238,7 +238,7 @@ mod enabled {
                         for key in self.conns.keys() {
                             let Some(conn) = self.conns.get_mut(key) else { continue };
                             if matches!(conn.conn.state(), State::Streaming(_)) {
-                                match conn.conn.end_stream(&self.log) {
+                                match conn.conn.end_stream(&self.log, self.now) {
                                     Ok(()) => self.flush(key),
                                     Err(why) => self.close(key, CloseReason::Dropped(why)),
                                 }

@@ -180,7 +180,7 @@ impl Loop {
                             let Some(conn) = self.conns.get_mut(key) else { continue };
                             // Everything queued from the first held answer on is replaced: one 503, and
                             // the connection closes so pipelined requests are not left in doubt.
-                            if !conn.conn.fail_held_answers(out_start, &refusal) {
+                            if !conn.conn.fail_held_answers(out_start, &refusal, self.now) {
                                 continue; // already answered by an earlier ack of the same connection
                             }
                             self.metrics.refused(refusal.status());

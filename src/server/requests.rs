@@ -132,7 +132,7 @@ impl Loop {
                     return;
                 }
                 Outcome::Closed => {
-                    match conn.conn.handle_peer_closed() {
+                    match conn.conn.handle_peer_closed(self.now) {
                         PeerClosed::Finish => self.flush(key),
                         PeerClosed::Close => self.close(key, CloseReason::PeerClosed),
                     }
@@ -187,7 +187,7 @@ impl Loop {
         info!("conn={} refused: {status} {}", key.slot, refusal.reason());
         let cors = self.cors(meta.origin.as_deref());
         let Some(conn) = self.conns.get_mut(key) else { return };
-        conn.conn.refuse(meta, refusal, &cors);
+        conn.conn.refuse(meta, refusal, &cors, self.now);
     }
 
     pub(super) fn carry_out(&mut self, key: Key, meta: Meta, action: Action) {
@@ -210,7 +210,7 @@ impl Loop {
                     Some(reason) => (503, format!("degraded: Redis unavailable: {reason}\n")),
                     None => (200, "ok\n".to_string()),
                 };
-                let out = answer_buffer(&mut self.conns, key, keep_alive);
+                let out = answer_buffer(&mut self.conns, key, keep_alive, self.now);
                 response::text(status, &body, keep_alive, meta.head_only, &cors, out);
             }
             Action::Metrics => {
@@ -225,11 +225,11 @@ impl Loop {
                 if let Some(cluster) = &self.cluster {
                     cluster.render_metrics(&mut body);
                 }
-                let out = answer_buffer(&mut self.conns, key, keep_alive);
+                let out = answer_buffer(&mut self.conns, key, keep_alive, self.now);
                 response::text(200, &body, keep_alive, meta.head_only, &cors, out);
             }
             Action::Preflight => {
-                let out = answer_buffer(&mut self.conns, key, keep_alive);
+                let out = answer_buffer(&mut self.conns, key, keep_alive, self.now);
                 response::preflight(&self.config, meta.origin.as_deref(), keep_alive, out);
             }
             Action::Publish(event) if self.cluster.is_some() => {
@@ -242,13 +242,13 @@ impl Loop {
                         let out_start = conn.conn.hold_answer();
                         self.pending_acks.push(Ack::Http { key, out_start });
                     }
-                    let out = answer_buffer(&mut self.conns, key, keep_alive);
+                    let out = answer_buffer(&mut self.conns, key, keep_alive, self.now);
                     response::text(200, &format!("{id}\n"), keep_alive, false, &cors, out);
                 }
                 Err(e) => self.refuse(key, &meta, &Refusal::from(e)),
             },
             Action::Subscribe(subscribe) if subscribe.head_only => {
-                let out = answer_buffer(&mut self.conns, key, keep_alive);
+                let out = answer_buffer(&mut self.conns, key, keep_alive, self.now);
                 response::stream_head(meta.http10, keep_alive, &cors, out);
             }
             Action::Subscribe(subscribe) => self.subscribe(key, &meta, &subscribe, &cors),
@@ -260,6 +260,6 @@ impl Loop {
 ///
 /// A free function over the slab (not a method) so that an answer can borrow other parts of the
 /// loop, such as its configuration, while it is written.
-fn answer_buffer(conns: &mut Slab<Conn>, key: Key, keep_alive: bool) -> &mut Vec<u8> {
-    conns.get_mut(key).expect("caller holds a live key").conn.answer(keep_alive)
+fn answer_buffer(conns: &mut Slab<Conn>, key: Key, keep_alive: bool, now: Instant) -> &mut Vec<u8> {
+    conns.get_mut(key).expect("caller holds a live key").conn.answer(keep_alive, now)
 }

@@ -56,7 +56,7 @@ impl Loop {
         sse::encode_prelude(retry_ms, &mut body);
         info!("conn={} subscriber turned away at --max-connections (retry {retry_ms} ms)", key.slot);
         let conn = self.conns.get_mut(key).expect("caller holds a live key");
-        conn.conn.turn_away(meta, &cors, &body);
+        conn.conn.turn_away(meta, &cors, &body, self.now);
     }
 
     // ----- writing -----
@@ -280,7 +280,7 @@ impl Loop {
         }
         for key in self.conns.keys() {
             let Some(conn) = self.conns.get_mut(key) else { continue };
-            match conn.conn.handle_shutdown(&self.log) {
+            match conn.conn.handle_shutdown(&self.log, self.now) {
                 OnShutdown::Nothing => {}
                 OnShutdown::Write => self.flush(key),
                 OnShutdown::Close(reason) => self.close(key, reason),
