@@ -264,9 +264,6 @@ mod enabled {
                     let _ = reply.send(result);
                 }
                 Waiter::Http { key, keep_alive, cors } => {
-                    let Some(cluster) = &mut self.cluster else { return };
-                    let Some(places) = cluster.places.get_mut(&key) else { return };
-                    let Some(at) = places.pop_front() else { return };
                     let mut answer = Vec::new();
                     match result {
                         Ok(id) => {
@@ -275,11 +272,13 @@ mod enabled {
                         Err(reason) => {
                             let refusal =
                                 Refusal::from(PublishError::Storage(format!("event not stored: {reason}")));
-                            self.metrics.refused(refusal.status());
-                            info!("conn={} refused: {} {}", key.slot, refusal.status(), refusal.reason());
+                            self.note_refusal(key, &refusal);
                             response::refusal(&refusal, keep_alive, false, &cors, &mut answer);
                         }
                     }
+                    let Some(cluster) = &mut self.cluster else { return };
+                    let Some(places) = cluster.places.get_mut(&key) else { return };
+                    let Some(at) = places.pop_front() else { return };
                     // The answers held after this one moved along by what went in before them.
                     for later in places.iter_mut() {
                         *later += answer.len();

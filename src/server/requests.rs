@@ -181,10 +181,15 @@ impl Loop {
         cors
     }
 
-    pub(super) fn refuse(&mut self, key: Key, meta: &Meta, refusal: &Refusal) {
+    /// Counts and logs a refusal, wherever its answer is queued.
+    pub(super) fn note_refusal(&mut self, key: Key, refusal: &Refusal) {
         let status = refusal.status();
         self.metrics.refused(status);
         info!("conn={} refused: {status} {}", key.slot, refusal.reason());
+    }
+
+    pub(super) fn refuse(&mut self, key: Key, meta: &Meta, refusal: &Refusal) {
+        self.note_refusal(key, refusal);
         let cors = self.cors(meta.origin.as_deref());
         let Some(conn) = self.conns.get_mut(key) else { return };
         conn.conn.refuse(meta, refusal, &cors, self.now);
