@@ -639,6 +639,14 @@ impl Broadcast {
         Ok(self.ring.back().expect("the new event fits the limits alone").topics.as_slice())
     }
 
+    /// Encodes and stores an event whose id was given elsewhere (read back from the durable
+    /// history or from the cluster's stream), under its own topics, stored at `stored_at`.
+    pub fn append(&mut self, event: &Event, id: u64, stored_at: u64) -> Result<&[TopicId], PublishError> {
+        let encoded = self.encode(event, id)?;
+        let topics: Vec<&str> = event.topics().iter().map(String::as_str).collect();
+        self.insert(&topics, encoded, stored_at)
+    }
+
     /// Encodes and stores an event under `topics` with the next clock id, stored at `now_micros`, as
     /// the server does for a history that lives only in memory; the tests' shorthand.
     #[cfg(test)]

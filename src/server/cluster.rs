@@ -170,9 +170,7 @@ mod enabled {
     /// Stores an event read back from the stream with the id Redis gave it; the log refuses one
     /// that is not above its newest (a repeat), which is logged and skipped.
     fn insert(log: &mut Broadcast, id: u64, event: &Event, now_micros: u64) -> Option<Vec<List>> {
-        let topics: Vec<&str> = event.topics().iter().map(String::as_str).collect();
-        let stored = log.encode(event, id).and_then(|encoded| log.insert(&topics, encoded, now_micros));
-        match stored {
+        match log.append(event, id, now_micros) {
             Ok(topic_ids) => {
                 Some(topic_ids.iter().map(|&t| List::Topic(t)).chain(std::iter::once(List::All)).collect())
             }

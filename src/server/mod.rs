@@ -295,15 +295,10 @@ fn open_history(config: &Config) -> Result<(Broadcast, Option<Store>), Error> {
             }
         };
         let log = log.get_or_insert_with(|| Broadcast::new(limits, record.id));
-        let topics: Vec<&str> = record.event.topics().iter().map(String::as_str).collect();
         // The store keeps no time of storage: ids from the clock are never below it, so the id
         // stands in for it (at worst an event expires a little later than it would have).
-        let stored = log.encode(&record.event, record.id).and_then(|encoded| {
-            log.insert(&topics, encoded, record.id)?;
-            Ok(())
-        });
-        match stored {
-            Ok(()) => loaded += 1,
+        match log.append(&record.event, record.id, record.id) {
+            Ok(_) => loaded += 1,
             Err(broadcast::PublishError::TooLarge) => {
                 warn!("event {} on disk is larger than --history-bytes allows; skipped", record.id)
             }
