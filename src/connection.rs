@@ -397,9 +397,14 @@ impl Connection {
     /// Everything owed was written: the buffer goes back (an idle connection holds no heap). True
     /// when the connection is closing, so its write side is to be shut.
     pub(crate) fn handle_drained(&mut self) -> bool {
+        self.release_out();
+        self.is_closing()
+    }
+
+    /// Everything queued was written: the buffer goes back, so an idle connection holds no heap.
+    fn release_out(&mut self) {
         self.out = Vec::new();
         self.out_at = 0;
-        self.is_closing()
     }
 
     /// The transport accepted `written` bytes of `tx` at `now`: the queued bytes and the stream's
@@ -421,8 +426,7 @@ impl Connection {
         let took_all = written == tx.own + tx.gathered.map_or(0, |g| g.bytes);
         let gathered_all = tx.gathered.map_or(true, |g| g.slices < tx.room && g.bytes < MAX_WRITE_BYTES);
         if took_all && gathered_all && !self.is_closing() {
-            self.out = Vec::new();
-            self.out_at = 0;
+            self.release_out();
             return true;
         }
         false

@@ -212,8 +212,8 @@ impl Loop {
                 // A node cut off from Redis still serves its streams, but a load balancer should
                 // send new clients elsewhere: they would get no new events here.
                 let (status, body) = match self.cluster.as_ref().and_then(|c| c.down_reason()) {
-                    Some(reason) => (503, format!("degraded: Redis unavailable: {reason}\n")),
-                    None => (200, "ok\n".to_string()),
+                    Some(reason) => (503, format!("degraded: Redis unavailable: {reason}\n").into()),
+                    None => (200, std::borrow::Cow::Borrowed("ok\n")),
                 };
                 let out = answer_buffer(&mut self.conns, key, keep_alive, self.now);
                 response::text(status, &body, keep_alive, meta.head_only, &cors, out);
