@@ -743,7 +743,7 @@ impl Reader {
         if *cursor != ZERO && first.is_some_and(|first| first > *cursor) {
             // Conservative: the cursor's own entry was trimmed too, so whether anything was
             // between it and `next` cannot be known; say so.
-            let (after, first) = (nearest_event_id(*cursor), nearest_event_id(next.id));
+            let (after, first) = (cursor.nearest_event_id(), next.id.nearest_event_id());
             warn!(
                 "redis: entries of {key:?} after {cursor} were trimmed before they were read; going on \
                  from {}",
@@ -760,12 +760,6 @@ impl Reader {
         shared.wake();
         Ok(())
     }
-}
-
-/// The event id of an entry, or the nearest one below for an entry id that has none.
-fn nearest_event_id(id: EntryId) -> u64 {
-    id.event_id()
-        .unwrap_or_else(|_| id.ms.saturating_mul(stream::SEQ_PER_MS).saturating_add(stream::SEQ_PER_MS - 1))
 }
 
 /// Connects, with timeouts on every call after.

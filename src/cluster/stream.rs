@@ -77,6 +77,13 @@ impl EntryId {
             .ok_or(EntryIdError::SeqTooLarge(self))
     }
 
+    /// The event id of this entry, or for an entry id that has none (a sequence number of 1000 or
+    /// more, added by something other than ssed) the highest of its millisecond: the bound a gap
+    /// report can name.
+    pub fn nearest_event_id(self) -> u64 {
+        self.event_id().unwrap_or_else(|_| self.ms.saturating_mul(SEQ_PER_MS).saturating_add(SEQ_PER_MS - 1))
+    }
+
     /// The entry an event id names; any u64 names one (a `Last-Event-ID` from a single node, in
     /// microseconds, names the millisecond it fell in).
     pub fn of_event(id: u64) -> EntryId {
@@ -220,6 +227,13 @@ mod tests {
         assert_eq!(first_of_next, last_of_ms + 1);
         // A single node's microsecond id names the millisecond it fell in.
         assert_eq!(EntryId::of_event(1_795_654_619_449_565), EntryId { ms: 1_795_654_619_449, seq: 565 });
+    }
+
+    #[test]
+    fn an_entry_without_an_event_id_is_bounded_by_its_millisecond() {
+        assert_eq!(EntryId { ms: 5, seq: 7 }.nearest_event_id(), 5_007);
+        assert_eq!(EntryId { ms: 5, seq: 1000 }.nearest_event_id(), 5_999);
+        assert_eq!(EntryId { ms: u64::MAX, seq: 0 }.nearest_event_id(), u64::MAX);
     }
 
     #[test]
