@@ -905,6 +905,7 @@ mod tests {
     use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
     use std::sync::atomic::AtomicUsize;
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     use mio::{Events, Poll, Token, Waker};
 
@@ -1267,6 +1268,34 @@ mod tests {
             "Redis restart: appends failed within {slowest:?} while down; State(Up) {up_after:?} after \
              redis-server answered again"
         );
+    }
+
+    #[test]
+    #[ignore = "needs redis-server: run by .ci/run"]
+    fn appended_ids_stay_mappable_past_a_full_millisecond_and_a_clock_behind() {
+        let redis = RedisServer::start();
+        let mut conn = redis.conn();
+        // The last id is ten minutes ahead of Redis' clock and one short of a full millisecond.
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as u64;
+        let ahead = now_ms + 600_000;
+        let _: String = redis::cmd("XADD")
+            .arg(KEY)
+            .arg(format!("{ahead}-998"))
+            .arg("f")
+            .arg("v")
+            .query(&mut conn)
+            .expect("XADD");
+        let append = |conn: &mut Connection, data: &str| direct_append(conn, &event("t", data));
+        assert_eq!(append(&mut conn, "a"), ahead * 1000 + 999, "the last of that millisecond");
+        assert_eq!(append(&mut conn, "b"), (ahead + 1) * 1000, "then the next millisecond's first");
+        assert_eq!(append(&mut conn, "c"), (ahead + 1) * 1000 + 1);
+        // Nothing was left behind with a sequence number of 1000: 1 + 3 entries.
+        let len: u64 = redis::cmd("XLEN").arg(KEY).query(&mut conn).expect("XLEN");
+        assert_eq!(len, 4);
+        // A deleted last entry's id is not given again.
+        let last = EntryId::of_event((ahead + 1) * 1000 + 1).to_string();
+        let _: u64 = redis::cmd("XDEL").arg(KEY).arg(last).query(&mut conn).expect("XDEL");
+        assert_eq!(append(&mut conn, "d"), (ahead + 1) * 1000 + 2);
     }
 
     #[test]
