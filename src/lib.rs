@@ -51,6 +51,9 @@ pub mod fuzzing;
 mod handle;
 mod http;
 pub mod ids;
+#[cfg(feature = "mercure")]
+#[allow(dead_code)] // wired to the loop in the steps that follow
+mod mercure;
 mod metrics;
 mod net;
 mod server;
