@@ -25,6 +25,7 @@ fn encode(c: &mut Criterion) {
                 out.clear();
                 let fields = Fields {
                     id: Some(1_795_654_479_027_289),
+                    wire_id: None,
                     event_type: Some("token"),
                     retry_ms: None,
                     data: &data,

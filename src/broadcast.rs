@@ -92,6 +92,28 @@ impl Selection {
     }
 }
 
+/// Decides which topic names a derived topic takes in: a subscriber's set of topic matchers (the
+/// Mercure hub's URL patterns) or the topics a token lets it read privately.
+///
+/// Evaluated once per (derived topic, topic name) pair, when the later of the two appears, and
+/// remembered: a publish to a known topic costs no evaluation at all.
+pub trait TopicFilter: Send {
+    /// Whether `topic` belongs to the derived topic.
+    fn matches(&self, topic: &str) -> bool;
+}
+
+/// What a subscriber may read of the events marked private.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rights {
+    /// None of them: anonymous subscribers, and every `/events` stream without a JWT.
+    Public,
+    /// Every one (a token granting `subscribe` on `*`).
+    All,
+    /// Those whose topics include one of the derived topic's (from [`Broadcast::acquire_derived`]
+    /// with `private_only`).
+    Matching(TopicId),
+}
+
 /// A subscriber's position: the next event it needs and the bytes of that event already written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
@@ -148,6 +170,7 @@ pub struct Resume {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
     selection: Selection,
+    rights: Rights,
     framing: Framing,
     cursor: Cursor,
     /// The first sequence number published after it started: what came before is its catch-up,
@@ -159,7 +182,25 @@ impl Subscription {
     /// A subscription to `selection` (from [`Broadcast::acquire`]) starting where `resume` (from
     /// [`Broadcast::resume`] for the same selection) says.
     pub fn new(selection: Selection, framing: Framing, resume: &Resume) -> Subscription {
-        Subscription { selection, framing, cursor: resume.cursor, live_from: resume.live_from }
+        Subscription {
+            selection,
+            rights: Rights::Public,
+            framing,
+            cursor: resume.cursor,
+            live_from: resume.live_from,
+        }
+    }
+
+    /// The same subscription, allowed to read the private events `rights` cover; hand a
+    /// [`Rights::Matching`] topic back with [`Broadcast::release`] when it ends.
+    pub fn with_rights(mut self, rights: Rights) -> Subscription {
+        self.rights = rights;
+        self
+    }
+
+    /// Which private events it may read.
+    pub fn rights(&self) -> Rights {
+        self.rights
     }
 
     /// Its topics; hand them back with [`Broadcast::release`] when it ends.
@@ -184,7 +225,13 @@ pub struct Encoded {
     id: u64,
     wire: Box<[u8]>,
     frame_start: u8,
+    flags: u8,
 }
+
+/// [`Entry::flags`]: the event is private (Mercure).
+const PRIVATE: u8 = 1;
+/// [`Entry::flags`]: the event's id on the wire is its publisher's own (in the custom id map).
+const CUSTOM_ID: u8 = 2;
 
 impl Encoded {
     /// The id the event was encoded with.
@@ -242,6 +289,8 @@ struct Entry {
     wire: Box<[u8]>,
     /// Where the bare frame starts inside `wire`.
     frame_start: u8,
+    /// [`PRIVATE`], [`CUSTOM_ID`].
+    flags: u8,
 }
 
 /// An event's topics: one inline (nearly every event, and one allocation fewer each: a retained
@@ -267,9 +316,35 @@ impl EventTopics {
             EventTopics::Many(ts) => ts,
         }
     }
+
+    /// Adds a derived topic made after the event was stored.
+    fn add(&mut self, id: TopicId) {
+        let mut ids = self.as_slice().to_vec();
+        ids.push(id);
+        *self = EventTopics::new(ids);
+    }
+
+    /// Removes a derived topic taken apart.
+    fn remove(&mut self, id: TopicId) {
+        let ids: Vec<TopicId> = self.as_slice().iter().copied().filter(|&t| t != id).collect();
+        *self = EventTopics::new(ids);
+    }
+
+    fn contains(&self, id: TopicId) -> bool {
+        self.as_slice().binary_search(&id).is_ok()
+    }
 }
 
 impl Entry {
+    /// The `id:` line's value when it is not the decimal id (publisher-given or `urn:`).
+    fn wire_id(&self) -> Option<&str> {
+        let frame = &self.wire[usize::from(self.frame_start)..];
+        let line = frame.strip_prefix(b"id: ")?;
+        let end = line.iter().position(|&b| b == b'\n')?;
+        let text = std::str::from_utf8(&line[..end]).ok()?;
+        (self.flags & CUSTOM_ID != 0 || text.starts_with(URN_PREFIX)).then_some(text)
+    }
+
     fn bytes(&self, framing: Framing) -> &[u8] {
         match framing {
             Framing::Chunked => &self.wire,
@@ -277,6 +352,9 @@ impl Entry {
         }
     }
 }
+
+/// The prefix of the ids the Mercure hub gives events published without one: Mercure wants an IRI.
+pub const URN_PREFIX: &str = "urn:ssed:";
 
 /// Memory a topic costs beyond its name: its slot in the topic table, its entry in the name map, the
 /// shared name's header and its index's first allocation (measured with `tests/it/abuse` topic
@@ -298,8 +376,26 @@ struct TopicLog {
     refs: u32,
     /// Highest id of this topic that left the history (or might have, for ids from before this log).
     evicted_max_id: u64,
+    /// A named topic, or one derived from the named ones by a filter.
+    kind: TopicKind,
     /// Highest sequence number of this topic that left the history; `None` if none did.
     evicted_max_seq: Option<u64>,
+}
+
+/// A topic with a name publishers use, or one whose events are those of the named topics a filter
+/// takes in (see [`Broadcast::acquire_derived`]).
+enum TopicKind {
+    Named {
+        /// The live derived topics that take this one in.
+        derived: Vec<TopicId>,
+    },
+    Derived {
+        filter: Box<dyn TopicFilter>,
+        /// Only private events are indexed (a reader's rights, not a route).
+        private_only: bool,
+        /// The named topics it takes in.
+        members: Vec<TopicId>,
+    },
 }
 
 /// Size limits of the history.
@@ -344,6 +440,15 @@ pub struct Broadcast {
     names: HashMap<Arc<str>, TopicId>,
     /// Scratch space for encoding, reused across publishes.
     scratch: Vec<u8>,
+    /// The live derived topics.
+    derived: Vec<TopicId>,
+    /// Publisher-given wire ids of retained events, each to the numeric id of the earliest event
+    /// that carries it (Mercure: a reused id resumes after the first) and how many retained events
+    /// carry it.
+    custom_ids: HashMap<Box<str>, (u64, u32)>,
+    /// Whether a private event was ever stored: until then no cursor can be left behind one, and
+    /// [`Broadcast::catch_up`] costs nothing on the fan-out's path.
+    seen_private: bool,
     /// Sequence number from which events await a commit (`u64::MAX`: everything is visible).
     visible_end: u64,
 }
@@ -385,6 +490,9 @@ impl Broadcast {
             names: HashMap::new(),
             scratch: Vec::new(),
             visible_end: u64::MAX,
+            derived: Vec::new(),
+            custom_ids: HashMap::new(),
+            seen_private: false,
         }
     }
 
@@ -445,6 +553,11 @@ impl Broadcast {
     /// The topic id for `name`, creating its (empty) index if needed. A new topic has no subscriber
     /// yet, so it is charged to the history's index until one acquires it.
     fn intern(&mut self, name: &str) -> TopicId {
+        self.intern_as(name, true)
+    }
+
+    /// [`Broadcast::intern`]; a new topic is offered to the live derived topics if `named`.
+    fn intern_as(&mut self, name: &str, named: bool) -> TopicId {
         if let Some(&id) = self.names.get(name) {
             return id;
         }
@@ -458,6 +571,7 @@ impl Broadcast {
             // A topic that had an index before and lost it must not forget that it lost events.
             evicted_max_id: self.forgotten_max_id,
             evicted_max_seq: None,
+            kind: TopicKind::Named { derived: Vec::new() },
         };
         let id = match self.take_free_slot() {
             Some(slot) => {
@@ -469,8 +583,120 @@ impl Broadcast {
                 TopicId(u32::try_from(self.topics.len() - 1).expect("fewer than 2^32 topics"))
             }
         };
-        self.names.insert(name, id);
+        self.names.insert(Arc::clone(&name), id);
+        // Every live derived topic decides once whether it takes the new name in.
+        for index in 0..if named { self.derived.len() } else { 0 } {
+            let d = self.derived[index];
+            let takes = match &self.topic(d).kind {
+                TopicKind::Derived { filter, .. } => filter.matches(&name),
+                TopicKind::Named { .. } => false,
+            };
+            if takes {
+                self.link(id, d);
+            }
+        }
         id
+    }
+
+    /// Records that derived topic `d` takes in named topic `t`.
+    fn link(&mut self, t: TopicId, d: TopicId) {
+        if let TopicKind::Named { derived } = &mut self.topic_mut(t).kind {
+            derived.push(d);
+        }
+        if let TopicKind::Derived { members, .. } = &mut self.topic_mut(d).kind {
+            members.push(t);
+        }
+    }
+
+    /// A derived topic for `key` (unique among derived topics; the caller's canonical description of
+    /// the filter), made with `filter` if it does not exist yet, held until [`Broadcast::release`].
+    ///
+    /// Its events are those of every named topic the filter takes in (only the private ones if
+    /// `private_only`), retained ones included, so a subscriber to it resumes and is woken like a
+    /// subscriber to a named topic. The filter sees each named topic once, now or when it first
+    /// appears; a second subscriber with the same key shares the first one's topic and costs no
+    /// evaluation.
+    pub fn acquire_derived(
+        &mut self,
+        key: &str,
+        private_only: bool,
+        filter: impl FnOnce() -> Box<dyn TopicFilter>,
+    ) -> TopicId {
+        // NUL never appears in a topic name (neither ssed's alphabet nor the hub's rules allow
+        // control characters), so derived keys cannot collide with named topics.
+        let name = format!("\0{}{key}", if private_only { "private\0" } else { "route\0" });
+        if let Some(&id) = self.names.get(name.as_str()) {
+            self.topic_mut(id).refs += 1;
+            return id;
+        }
+        let filter = filter();
+        let named: Vec<TopicId> = self
+            .topics
+            .iter()
+            .enumerate()
+            .filter_map(|(i, log)| match log.as_deref() {
+                Some(TopicLog { kind: TopicKind::Named { .. }, name, .. }) if filter.matches(name) => {
+                    Some(TopicId(i as u32))
+                }
+                _ => None,
+            })
+            .collect();
+        let id = self.intern_as(&name, false);
+        self.index_bytes -= topic_charge(&name);
+        let evicted_max_id = self.evicted_max_id;
+        let log = self.topic_mut(id);
+        log.refs = 1;
+        log.kind = TopicKind::Derived { filter, private_only, members: Vec::new() };
+        // Which of the events that already left it would have taken in is not known: a resume from
+        // before any of them is told of a gap.
+        log.evicted_max_id = evicted_max_id;
+        self.derived.push(id);
+        for &t in &named {
+            self.link(t, id);
+        }
+        // Index the retained events it takes in, oldest first, as if it had been there all along.
+        let first_seq = self.first_seq;
+        let mut total = 0;
+        let mut events = VecDeque::new();
+        for (i, entry) in self.ring.iter_mut().enumerate() {
+            let takes = (!private_only || entry.flags & PRIVATE != 0)
+                && entry.topics.as_slice().iter().any(|t| named.binary_search(t).is_ok());
+            if takes {
+                total += entry.wire.len() as u64;
+                events.push_back((first_seq + i as u64, total));
+                entry.topics.add(id);
+            }
+        }
+        self.index_bytes += events.len() * INDEX_ENTRY_BYTES;
+        let log = self.topic_mut(id);
+        log.total_bytes = total;
+        log.events = events;
+        id
+    }
+
+    /// Takes a derived topic apart once nobody holds it: out of every event and named topic that
+    /// refers to it, then its slot is free.
+    fn dismantle(&mut self, d: TopicId) {
+        let log = self.topics[d.index()].take().expect("a live derived topic");
+        self.derived.retain(|&x| x != d);
+        self.names.remove(&log.name);
+        self.index_bytes -= log.events.len() * INDEX_ENTRY_BYTES;
+        for &(seq, _) in &log.events {
+            let at = (seq - self.first_seq) as usize;
+            self.ring[at].topics.remove(d);
+        }
+        if let TopicKind::Derived { members, .. } = &log.kind {
+            for &t in members {
+                if let Some(TopicLog { kind: TopicKind::Named { derived }, .. }) =
+                    self.topics[t.index()].as_deref_mut()
+                {
+                    derived.retain(|&x| x != d);
+                }
+            }
+        }
+        self.topics_dropped += 1;
+        self.free_topics.push(Reverse(d.0));
+        self.shrink_topic_tables();
     }
 
     /// The lowest free slot of the topic table, skipping stale entries.
@@ -488,6 +714,15 @@ impl Broadcast {
         if log.refs == 0 && log.events.is_empty() {
             let log = self.topics[id.index()].take().expect("checked above");
             self.index_bytes -= topic_charge(&log.name);
+            if let TopicKind::Named { derived } = &log.kind {
+                for &d in derived {
+                    if let Some(TopicLog { kind: TopicKind::Derived { members, .. }, .. }) =
+                        self.topics[d.index()].as_deref_mut()
+                    {
+                        members.retain(|&x| x != id);
+                    }
+                }
+            }
             self.forgotten_max_id = self.forgotten_max_id.max(log.evicted_max_id);
             self.names.remove(&log.name);
             self.topics_dropped += 1;
@@ -542,14 +777,31 @@ impl Broadcast {
     /// Lets go of a selection made by [`Broadcast::acquire`].
     pub fn release(&mut self, selection: &Selection) {
         for &id in selection.topics() {
-            let log = self.topic_mut(id);
-            log.refs -= 1;
-            if log.refs == 0 {
-                let charge = topic_charge(&log.name);
-                self.index_bytes += charge;
-            }
-            self.drop_topic_if_unused(id);
+            self.release_topic(id);
         }
+    }
+
+    /// Lets go of the derived topic of [`Rights::Matching`].
+    pub fn release_rights(&mut self, rights: Rights) {
+        if let Rights::Matching(id) = rights {
+            self.release_topic(id);
+        }
+    }
+
+    fn release_topic(&mut self, id: TopicId) {
+        let log = self.topic_mut(id);
+        log.refs -= 1;
+        if matches!(log.kind, TopicKind::Derived { .. }) {
+            if log.refs == 0 {
+                self.dismantle(id);
+            }
+            return;
+        }
+        if log.refs == 0 {
+            let charge = topic_charge(&log.name);
+            self.index_bytes += charge;
+        }
+        self.drop_topic_if_unused(id);
     }
 
     /// Whether an event with `id` may be stored next: its id must be strictly above the newest.
@@ -568,8 +820,22 @@ impl Broadcast {
     pub fn encode(&mut self, event: &Event, id: u64) -> Result<Encoded, PublishError> {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
+        let urn;
+        let wire_id = match event.wire_id() {
+            Some(text) => Some(text),
+            None if event.is_hub() => {
+                urn = format!("{URN_PREFIX}{id}");
+                Some(urn.as_str())
+            }
+            None => None,
+        };
+        let mut flags = if event.is_private() { PRIVATE } else { 0 };
+        if event.wire_id().is_some() {
+            flags |= CUSTOM_ID;
+        }
         let fields = sse::Fields {
             id: Some(id),
+            wire_id,
             event_type: event.event_type(),
             retry_ms: event.retry_ms(),
             data: event.data(),
@@ -584,7 +850,7 @@ impl Broadcast {
         if wire.len() > self.limits.bytes {
             return Err(PublishError::TooLarge);
         }
-        Ok(Encoded { id, wire: wire.into_boxed_slice(), frame_start })
+        Ok(Encoded { id, wire: wire.into_boxed_slice(), frame_start, flags })
     }
 
     /// Stores an encoded event under `topics` as stored at wall-clock time `stored_at` (microseconds),
@@ -606,7 +872,19 @@ impl Broadcast {
     ) -> Result<&[TopicId], PublishError> {
         self.check_id(encoded.id)?;
         let stored_at = stored_at.max(self.ring.back().map_or(0, |e| e.stored_at));
-        let topic_ids = EventTopics::new(topics.iter().map(|n| self.intern(n)).collect());
+        let mut ids: Vec<TopicId> = topics.iter().map(|n| self.intern(n)).collect();
+        for i in 0..ids.len() {
+            if let TopicKind::Named { derived } = &self.topic(ids[i]).kind {
+                for &d in derived {
+                    let private_only =
+                        matches!(self.topic(d).kind, TopicKind::Derived { private_only: true, .. });
+                    if !private_only || encoded.flags & PRIVATE != 0 {
+                        ids.push(d);
+                    }
+                }
+            }
+        }
+        let topic_ids = EventTopics::new(ids);
         let seq = self.next_seq();
         let size = encoded.wire.len() as u64;
         for &t in topic_ids.as_slice() {
@@ -622,7 +900,15 @@ impl Broadcast {
             topics: topic_ids,
             wire: encoded.wire,
             frame_start: encoded.frame_start,
+            flags: encoded.flags,
         });
+        self.seen_private |= encoded.flags & PRIVATE != 0;
+        if encoded.flags & CUSTOM_ID != 0 {
+            let entry = self.ring.back().expect("just pushed");
+            if let Some(text) = entry.wire_id() {
+                self.custom_ids.entry(text.into()).or_insert((encoded.id, 0)).1 += 1;
+            }
+        }
         self.total_bytes += size;
         self.bytes += size as usize;
         self.index_bytes += self.ring.back().map_or(0, |e| e.topics.as_slice().len()) * INDEX_ENTRY_BYTES;
@@ -682,6 +968,7 @@ impl Broadcast {
         }
         while self.next_seq() > self.visible_end.max(self.first_seq) {
             let entry = self.ring.pop_back().expect("uncommitted entries exist");
+            self.forget_custom_id(&entry);
             self.bytes -= entry.wire.len();
             self.index_bytes -= entry.topics.as_slice().len() * INDEX_ENTRY_BYTES;
             self.total_bytes -= entry.wire.len() as u64;
@@ -736,8 +1023,53 @@ impl Broadcast {
         self.next_id = self.next_id.max(id);
     }
 
+    /// Drops a leaving event's publisher-given id from the map, if it is the one the map points at.
+    fn forget_custom_id(&mut self, entry: &Entry) {
+        if entry.flags & CUSTOM_ID == 0 {
+            return;
+        }
+        let Some(text) = entry.wire_id() else { return };
+        let Some((earliest, count)) = self.custom_ids.get_mut(text) else { return };
+        *count -= 1;
+        if *count > 0 {
+            if *earliest == entry.id {
+                // A reused id (rare): the next retained event that carries it is now the earliest.
+                let next = self.ring.iter().find(|e| e.flags & CUSTOM_ID != 0 && e.wire_id() == Some(text));
+                *earliest = next.map_or(*earliest, |e| e.id);
+            }
+            return;
+        }
+        self.custom_ids.remove(text);
+        if self.custom_ids.capacity() > 4 * self.custom_ids.len().max(16) {
+            self.custom_ids.shrink_to(2 * self.custom_ids.len());
+        }
+    }
+
+    /// The numeric id a `Last-Event-ID` names: a publisher's own id of a retained event (the earliest
+    /// carrying it), the hub's `urn:ssed:` form, or a decimal id; `None` when it names none of them
+    /// (an unknown or evicted custom id, or garbage).
+    pub fn resolve_id(&self, text: &str) -> Option<u64> {
+        if let Some(&(id, _)) = self.custom_ids.get(text) {
+            return Some(id);
+        }
+        let digits = text.strip_prefix(URN_PREFIX).unwrap_or(text);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
+
+    /// The id subscribers saw for numeric id `id` of a retained event (its custom or `urn:` id),
+    /// or `None` when it went out as the number itself or is not retained.
+    pub fn wire_id_of(&self, id: u64) -> Option<String> {
+        let at = self.ring.partition_point(|e| e.id < id);
+        let entry = self.ring.get(at).filter(|e| e.id == id)?;
+        entry.wire_id().map(str::to_string)
+    }
+
     fn evict_oldest(&mut self) {
         let entry = self.ring.pop_front().expect("evicting from a non-empty history");
+        self.forget_custom_id(&entry);
         let seq = self.first_seq;
         self.first_seq += 1;
         self.bytes -= entry.wire.len();
@@ -870,10 +1202,35 @@ impl Broadcast {
     fn pending<'a>(&'a self, sub: &Subscription) -> impl Iterator<Item = (u64, &'a [u8])> + 'a {
         let Cursor { seq: at, offset } = sub.cursor;
         let framing = sub.framing;
-        self.walk(&sub.selection, at).map(move |seq| {
+        let rights = sub.rights;
+        self.walk(&sub.selection, at).filter(move |&seq| self.readable(seq, rights)).map(move |seq| {
             let bytes = self.entry(seq).bytes(framing);
             (seq, if seq == at { &bytes[offset.min(bytes.len())..] } else { bytes })
         })
+    }
+
+    /// Whether a subscriber with `rights` may read the event at `seq`: a public one, or a private one
+    /// its rights cover.
+    fn readable(&self, seq: u64, rights: Rights) -> bool {
+        let entry = self.entry(seq);
+        entry.flags & PRIVATE == 0
+            || match rights {
+                Rights::Public => false,
+                Rights::All => true,
+                Rights::Matching(d) => entry.topics.contains(d),
+            }
+    }
+
+    /// Moves a subscription with nothing left to send to the end of the log, past the events it
+    /// may not read: otherwise its cursor would stay behind them, and their eviction would look
+    /// like a loss. The caller does this once everything owed was written.
+    pub fn catch_up(&self, sub: &mut Subscription) {
+        if self.seen_private && self.pending(sub).next().is_none() {
+            let end = self.next_seq().min(self.visible_end);
+            if sub.cursor.seq < end {
+                sub.cursor = Cursor { seq: end, offset: 0 };
+            }
+        }
     }
 
     /// The sequence numbers of the retained, visible events of `selection` from `from` on.
@@ -1090,7 +1447,166 @@ mod tests {
 
     /// A subscription to `selection` at `cursor`, live from the start (its lag counts everything).
     fn at(selection: &Selection, cursor: &Cursor, framing: Framing) -> Subscription {
-        Subscription { selection: selection.clone(), framing, cursor: *cursor, live_from: 0 }
+        Subscription {
+            selection: selection.clone(),
+            rights: Rights::Public,
+            framing,
+            cursor: *cursor,
+            live_from: 0,
+        }
+    }
+
+    /// Takes in topics that start with a prefix, counting its evaluations.
+    struct Prefix(&'static str, Arc<std::sync::atomic::AtomicUsize>);
+
+    impl TopicFilter for Prefix {
+        fn matches(&self, topic: &str) -> bool {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            topic.starts_with(self.0)
+        }
+    }
+
+    fn evaluations(counter: &Arc<std::sync::atomic::AtomicUsize>) -> usize {
+        counter.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn hub_event(data: &str, id: Option<&str>, private: bool) -> Event {
+        let draft = Draft {
+            topics: vec!["unused".into()],
+            data: data.as_bytes().to_vec(),
+            id: id.map(str::to_string),
+            private,
+            hub_topics: true,
+            ..Draft::default()
+        };
+        draft.validate(usize::MAX).expect("a valid event")
+    }
+
+    fn publish_hub(log: &mut Broadcast, topics: &[&str], data: &str, id: Option<&str>, private: bool) -> u64 {
+        log.publish(topics, &hub_event(data, id, private), 0).expect("fits").0.get()
+    }
+
+    fn data_in(text: &str) -> Vec<&str> {
+        text.lines().filter_map(|l| l.strip_prefix("data: ")).collect()
+    }
+
+    /// Everything `sub` gets from the start of the log.
+    fn from_start(log: &Broadcast, selection: &Selection, rights: Rights) -> String {
+        let mut sub = at(selection, &Cursor { seq: 0, offset: 0 }, Framing::Raw).with_rights(rights);
+        drain_sub(log, &mut sub)
+    }
+
+    #[test]
+    fn a_derived_topic_takes_in_old_and_new_named_topics_evaluating_each_pair_once() {
+        let mut log = log(BIG);
+        publish(&mut log, &["books/1"], "b1");
+        publish(&mut log, &["users/1"], "u1");
+        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = Arc::clone(&counter);
+        let d = log.acquire_derived("books/*", false, || Box::new(Prefix("books/", c)));
+        assert_eq!(evaluations(&counter), 2, "each named topic once");
+        let selection = Selection::One(d);
+        assert_eq!(data_in(&from_start(&log, &selection, Rights::Public)), ["b1"], "retained events");
+        publish(&mut log, &["books/2"], "b2");
+        publish(&mut log, &["users/2"], "u2");
+        publish(&mut log, &["books/2", "users/2"], "both");
+        assert_eq!(evaluations(&counter), 4, "two new names, evaluated once each");
+        assert_eq!(data_in(&from_start(&log, &selection, Rights::Public)), ["b1", "b2", "both"]);
+        // A second subscriber with the same key shares it: no evaluation, no new topic.
+        let again = log.acquire_derived("books/*", false, || unreachable!("the filter exists"));
+        assert_eq!(again, d);
+        assert_eq!(evaluations(&counter), 4);
+        // Resume and lag work as for a named topic.
+        let second = log.oldest_id().unwrap() + 1;
+        assert_eq!(log.resume(&selection, Some(second)).gap, None);
+        log.release(&Selection::One(again));
+        log.release(&selection);
+        assert!(log.names.keys().all(|n| !n.starts_with('\0')), "taken apart once nobody holds it");
+        assert!(log.ring.iter().all(|e| !e.topics.contains(d)), "and out of every event");
+        publish(&mut log, &["books/3"], "b3");
+        assert_eq!(evaluations(&counter), 4, "a dismantled filter is never asked again");
+    }
+
+    #[test]
+    fn private_events_reach_only_the_rights_that_cover_one_of_their_topics_live_and_on_replay() {
+        let mut log = log(BIG);
+        publish_hub(&mut log, &["books/1"], "public", None, false);
+        publish_hub(&mut log, &["books/1", "users/42/books/1"], "private-alt", None, true);
+        publish_hub(&mut log, &["books/2"], "private-other", None, true);
+        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = Arc::clone(&counter);
+        let rights =
+            Rights::Matching(log.acquire_derived("users/42/*", true, || Box::new(Prefix("users/42/", c))));
+        let books = log.acquire(&["books/1", "books/2"]);
+        assert_eq!(data_in(&from_start(&log, &books, Rights::Public)), ["public"]);
+        assert_eq!(
+            data_in(&from_start(&log, &books, Rights::All)),
+            ["public", "private-alt", "private-other"]
+        );
+        assert_eq!(
+            data_in(&from_start(&log, &books, rights)),
+            ["public", "private-alt"],
+            "replay: the alternate topic grants it"
+        );
+        publish_hub(&mut log, &["books/2", "users/42/x"], "live-alt", None, true);
+        publish_hub(&mut log, &["books/2", "users/41/x"], "live-other", None, true);
+        publish_hub(&mut log, &["books/2", "users/42/y"], "live-public", None, false);
+        assert_eq!(
+            data_in(&from_start(&log, &books, rights)),
+            ["public", "private-alt", "live-alt", "live-public"]
+        );
+        assert_eq!(data_in(&from_start(&log, &Selection::All, Rights::Public)), ["public", "live-public"]);
+        let private_index = log.topic(match rights {
+            Rights::Matching(d) => d,
+            _ => unreachable!(),
+        });
+        assert_eq!(private_index.events.len(), 2, "a rights topic indexes private events only");
+        log.release_rights(rights);
+        log.release(&books);
+    }
+
+    #[test]
+    fn a_cursor_moves_past_what_it_may_not_read_so_its_eviction_is_no_loss() {
+        let mut log = log(Limits { events: 3, bytes: 1 << 30 });
+        let held = log.acquire(&["t"]);
+        publish_hub(&mut log, &["t"], "seen", None, false);
+        let mut sub = at(&held, &Cursor { seq: 0, offset: 0 }, Framing::Raw);
+        assert_eq!(data_in(&drain_sub(&log, &mut sub)), ["seen"]);
+        for i in 0..5 {
+            publish_hub(&mut log, &["t"], &format!("secret{i}"), None, true);
+        }
+        assert!(log.lost(&sub), "without catching up, the private events' eviction looks like a loss");
+        log.catch_up(&mut sub);
+        assert!(!log.lost(&sub));
+        assert_eq!(log.lag(&sub), 0);
+        publish_hub(&mut log, &["t"], "next", None, false);
+        assert_eq!(data_in(&drain_sub(&log, &mut sub)), ["next"]);
+    }
+
+    #[test]
+    fn custom_ids_go_out_as_given_and_resolve_to_the_earliest_retained_event() {
+        let mut log = log(Limits { events: 3, bytes: 1 << 30 });
+        let first = publish_hub(&mut log, &["t"], "a", Some("urn:uuid:1"), false);
+        let second = publish_hub(&mut log, &["t"], "b", Some("urn:uuid:1"), false);
+        let digits = publish_hub(&mut log, &["t"], "c", Some("42"), false);
+        let all = from_start(&log, &Selection::All, Rights::Public);
+        assert!(all.starts_with("id: urn:uuid:1\ndata: a\n\n"), "{all}");
+        assert!(all.contains("id: 42\ndata: c"), "{all}");
+        assert_eq!(log.resolve_id("urn:uuid:1"), Some(first), "a reused id names the earliest");
+        assert_ne!(first, second);
+        assert_eq!(log.resolve_id("42"), Some(digits), "a custom id before a decimal reading");
+        assert_eq!(log.resolve_id(&first.to_string()), Some(first));
+        assert_eq!(log.wire_id_of(second).as_deref(), Some("urn:uuid:1"));
+        assert_eq!(log.resolve_id("nope"), None);
+        // Without an id, a hub event goes out as urn:ssed:N, which resolves back.
+        let plain = publish_hub(&mut log, &["t"], "d", None, false);
+        assert_eq!(log.wire_id_of(plain), Some(format!("urn:ssed:{plain}")));
+        assert_eq!(log.resolve_id(&format!("urn:ssed:{plain}")), Some(plain));
+        // The first urn:uuid:1 left the history: the name now resolves to the later one.
+        assert_eq!(log.resolve_id("urn:uuid:1"), Some(second));
+        publish_hub(&mut log, &["t"], "e", None, false);
+        assert_eq!(log.resolve_id("urn:uuid:1"), None, "gone with the event that carried it");
+        assert!(log.custom_ids.len() <= 1);
     }
 
     /// Everything the cursor would receive, as text, delivered through gather/advance.

@@ -394,10 +394,14 @@ impl Connection {
         Ok(Some(tx))
     }
 
-    /// Everything owed was written: the buffer goes back (an idle connection holds no heap). True
-    /// when the connection is closing, so its write side is to be shut.
-    pub(crate) fn handle_drained(&mut self) -> bool {
+    /// Everything owed was written: the buffer goes back (an idle connection holds no heap), and a
+    /// stream's cursor moves past the events it may not read ([`Broadcast::catch_up`]). True when
+    /// the connection is closing, so its write side is to be shut.
+    pub(crate) fn handle_drained(&mut self, log: &Broadcast) -> bool {
         self.release_out();
+        if let State::Streaming(stream) = &mut self.state {
+            log.catch_up(&mut stream.sub);
+        }
         self.is_closing()
     }
 
@@ -751,7 +755,7 @@ mod tests {
                     }
                 };
                 if tx.slices == 0 {
-                    if self.conn.handle_drained() {
+                    if self.conn.handle_drained(&self.log) {
                         self.write_shut = true;
                         self.conn.handle_write_closed(self.now);
                     }

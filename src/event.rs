@@ -22,6 +22,14 @@ pub struct Event {
     event_type: Option<String>,
     retry_ms: Option<u64>,
     data: String,
+    /// The id its subscribers see instead of the numeric one: a Mercure publisher's own `id`, or
+    /// the `urn:ssed:` form the hub gives events published without one (see [`Draft::id`]).
+    wire_id: Option<String>,
+    /// Delivered only to subscribers whose rights cover one of its topics (Mercure `private`).
+    private: bool,
+    /// Published through the Mercure hub: without a [`Event::wire_id`] its id goes out in the
+    /// `urn:ssed:` form, since Mercure wants an IRI, not a bare number.
+    hub: bool,
 }
 
 impl Event {
@@ -45,6 +53,21 @@ impl Event {
         &self.data
     }
 
+    /// The id subscribers see, when it is not the numeric one the log gives it.
+    pub fn wire_id(&self) -> Option<&str> {
+        self.wire_id.as_deref()
+    }
+
+    /// Whether only subscribers with rights to one of its topics may receive it.
+    pub fn is_private(&self) -> bool {
+        self.private
+    }
+
+    /// Whether it came through the Mercure hub (see [`Draft::hub_topics`]).
+    pub fn is_hub(&self) -> bool {
+        self.hub
+    }
+
     /// An event read back from the durable history, not checked again.
     ///
     /// A record is only written for an event that passed [`Draft::validate`], and its checksum
@@ -56,7 +79,15 @@ impl Event {
         retry_ms: Option<u64>,
         data: String,
     ) -> Event {
-        Event { topics, event_type, retry_ms, data }
+        Event { topics, event_type, retry_ms, data, wire_id: None, private: false, hub: false }
+    }
+
+    /// Gives a record's event the hub's extras it was stored with.
+    pub(crate) fn with_extras(mut self, wire_id: Option<String>, private: bool, hub: bool) -> Event {
+        self.wire_id = wire_id;
+        self.private = private;
+        self.hub = hub;
+        self
     }
 }
 
@@ -71,6 +102,14 @@ pub struct Draft {
     pub retry_ms: Option<u64>,
     /// The data, which must be UTF-8.
     pub data: Vec<u8>,
+    /// The id subscribers see (Mercure's `id`), checked by the hub's rules before it gets here;
+    /// `None`: the log's numeric id.
+    pub id: Option<String>,
+    /// Mercure's `private`.
+    pub private: bool,
+    /// Topics follow the Mercure hub's rules (any IRI, checked by the hub before it gets here)
+    /// rather than ssed's `/events` alphabet.
+    pub hub_topics: bool,
 }
 
 impl Draft {
@@ -86,7 +125,14 @@ impl Draft {
             return Err(EventError::TooManyTopics);
         }
         for name in &self.topics {
-            topic::validate(name.as_bytes()).map_err(EventError::Topic)?;
+            if self.hub_topics {
+                hub_text(name).map_err(|_| EventError::HubTopic)?;
+            } else {
+                topic::validate(name.as_bytes()).map_err(EventError::Topic)?;
+            }
+        }
+        if let Some(id) = &self.id {
+            hub_text(id).map_err(|_| EventError::Id)?;
         }
         if let Some(event_type) = &self.event_type {
             sse::validate_event_type(event_type.as_bytes()).map_err(EventError::EventType)?;
@@ -95,8 +141,31 @@ impl Draft {
             return Err(EventError::DataTooLarge { len: self.data.len(), max: max_data });
         }
         let data = String::from_utf8(self.data).map_err(|_| EventError::DataNotUtf8)?;
-        Ok(Event { topics: self.topics, event_type: self.event_type, retry_ms: self.retry_ms, data })
+        Ok(Event {
+            topics: self.topics,
+            event_type: self.event_type,
+            retry_ms: self.retry_ms,
+            data,
+            wire_id: self.id,
+            private: self.private,
+            hub: self.hub_topics,
+        })
     }
+}
+
+/// Longest hub topic or publisher id the log takes, in bytes; the hub's own rules are stricter.
+pub const MAX_HUB_TEXT_BYTES: usize = 4096;
+
+/// The floor every hub topic and publisher id meets wherever it comes from (the hub checks more
+/// before): not empty, not too long, and no control character, so an id can never end its `id:`
+/// line early or add a field, and a topic never holds the line break the cluster's stream entries
+/// separate topics with.
+fn hub_text(text: &str) -> Result<(), ()> {
+    let control = |c: char| c.is_control();
+    if text.is_empty() || text.len() > MAX_HUB_TEXT_BYTES || text.chars().any(control) {
+        return Err(());
+    }
+    Ok(())
 }
 
 /// Why a [`Draft`] was refused: `400` over HTTP, [`ErrorKind::InvalidEvent`](crate::ErrorKind) from
@@ -120,6 +189,10 @@ pub enum EventError {
     },
     /// The data is not UTF-8 (SSE carries text only).
     DataNotUtf8,
+    /// A hub topic is empty, too long, or holds a control character.
+    HubTopic,
+    /// A publisher's id is empty, too long, or holds a control character.
+    Id,
 }
 
 impl fmt::Display for EventError {
@@ -133,6 +206,14 @@ impl fmt::Display for EventError {
                 write!(f, "event data is {len} bytes, over the {max}-byte limit")
             }
             EventError::DataNotUtf8 => f.write_str("data is not UTF-8"),
+            EventError::HubTopic => write!(
+                f,
+                "bad topic: empty, longer than {MAX_HUB_TEXT_BYTES} bytes, or holding a control character"
+            ),
+            EventError::Id => write!(
+                f,
+                "bad id: empty, longer than {MAX_HUB_TEXT_BYTES} bytes, or holding a control character"
+            ),
         }
     }
 }
@@ -175,12 +256,39 @@ mod tests {
     }
 
     #[test]
+    fn hub_topics_and_ids_cannot_break_a_line_wherever_they_come_from() {
+        let hub = |topics: &[&str], id: Option<&str>| Draft {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            id: id.map(str::to_string),
+            hub_topics: true,
+            ..Draft::default()
+        };
+        let ok = hub(&["https://example.com/a b?c#d", "é"], Some("urn:uuid:1")).validate(8).unwrap();
+        assert_eq!((ok.wire_id(), ok.is_hub(), ok.is_private()), (Some("urn:uuid:1"), true, false));
+        for id in ["", "a\nb", "a\rb", "a\u{85}b", "\0"] {
+            assert_eq!(hub(&["t"], Some(id)).validate(8), Err(EventError::Id), "{id:?}");
+        }
+        let long = "x".repeat(MAX_HUB_TEXT_BYTES);
+        assert!(hub(&[&long], Some(&long)).validate(8).is_ok(), "at the cap");
+        let longer = "x".repeat(MAX_HUB_TEXT_BYTES + 1);
+        assert_eq!(hub(&[&longer], None).validate(8), Err(EventError::HubTopic));
+        assert_eq!(hub(&["t"], Some(&longer)).validate(8), Err(EventError::Id));
+        for topic in ["", "a\nb", "a\u{7f}"] {
+            assert_eq!(hub(&[topic], None).validate(8), Err(EventError::HubTopic), "{topic:?}");
+        }
+        // /events topics keep their own alphabet.
+        let events = Draft { topics: vec!["a b".into()], ..Draft::default() };
+        assert!(matches!(events.validate(8), Err(EventError::Topic(_))));
+    }
+
+    #[test]
     fn a_valid_draft_keeps_its_fields() {
         let draft = Draft {
             topics: vec!["a".into(), "room/1".into()],
             event_type: Some("ping".into()),
             retry_ms: Some(500),
             data: "héllo\nworld".as_bytes().to_vec(),
+            ..Draft::default()
         };
         let event = draft.validate(64).unwrap();
         assert_eq!(event.topics(), ["a", "room/1"]);

@@ -310,7 +310,7 @@ pub fn encode_roundtrip(data: &[u8]) {
     };
     let id = (selector & 0b1 != 0).then(|| u64::from(selector).wrapping_mul(0x0101_0101_0101_0101));
     let retry_ms = (selector & 0b10 != 0).then(|| u64::from(selector >> 2) * 250);
-    let fields = sse::Fields { id, event_type, retry_ms, data: event_data };
+    let fields = sse::Fields { id, wire_id: None, event_type, retry_ms, data: event_data };
 
     const PRELUDE_RETRY: u64 = 3000;
     let mut wire = Vec::new();
@@ -318,7 +318,10 @@ pub fn encode_roundtrip(data: &[u8]) {
     let frame_start = wire.len();
     sse::encode_frame(&fields, &mut wire);
     let frame_end = wire.len();
-    sse::encode_frame(&sse::Fields { id: None, event_type: None, retry_ms: None, data: "next" }, &mut wire);
+    sse::encode_frame(
+        &sse::Fields { id: None, wire_id: None, event_type: None, retry_ms: None, data: "next" },
+        &mut wire,
+    );
     let wire = String::from_utf8(wire).expect("the encoder wrote invalid UTF-8");
     assert!(wire[frame_start..frame_end].ends_with("\n\n"), "a frame must end with a blank line");
 

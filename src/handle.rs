@@ -57,6 +57,7 @@ impl Event {
             event_type: self.event_type,
             retry_ms: self.retry.map(|r| r.as_millis() as u64),
             data: self.data.into_bytes(),
+            ..Draft::default()
         };
         draft.validate(max_body).map_err(|e| Error::invalid_event(e.to_string()))
     }

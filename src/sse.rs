@@ -64,6 +64,9 @@ pub fn validate_event_type(event_type: &[u8]) -> Result<(), EventTypeError> {
 pub struct Fields<'a> {
     /// The server-assigned id; `None` only for notices that must not move the client's last id.
     pub id: Option<u64>,
+    /// The id as subscribers see it when it is not `id` in decimal (a Mercure publisher's own id);
+    /// already checked to hold no line break.
+    pub wire_id: Option<&'a str>,
     /// The `event:` type, if any.
     pub event_type: Option<&'a str>,
     /// The `retry:` delay in milliseconds, if any.
@@ -74,7 +77,11 @@ pub struct Fields<'a> {
 
 /// Appends the SSE frame of `fields` (ending in the blank line that dispatches it) to `out`.
 pub fn encode_frame(fields: &Fields<'_>, out: &mut Vec<u8>) {
-    if let Some(id) = fields.id {
+    if let Some(text) = fields.wire_id {
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'\n');
+    } else if let Some(id) = fields.id {
         // Writing into a Vec cannot fail.
         let _ = writeln!(out, "id: {id}");
     }
@@ -134,7 +141,10 @@ pub fn encode_prelude(retry_ms: u64, out: &mut Vec<u8>) {
 /// Appends the `ssed-gap` notice: no `id:` line, so the client's last event id does not move.
 pub fn encode_gap(last_event_id: u64, oldest_retained: u64, out: &mut Vec<u8>) {
     let data = format!("{{\"last_event_id\":{last_event_id},\"oldest_retained\":{oldest_retained}}}");
-    encode_frame(&Fields { id: None, event_type: Some(GAP_EVENT_TYPE), retry_ms: None, data: &data }, out);
+    encode_frame(
+        &Fields { id: None, wire_id: None, event_type: Some(GAP_EVENT_TYPE), retry_ms: None, data: &data },
+        out,
+    );
 }
 
 #[cfg(test)]
@@ -143,7 +153,7 @@ mod tests {
 
     fn frame(id: Option<u64>, event_type: Option<&str>, data: &str) -> String {
         let mut out = Vec::new();
-        encode_frame(&Fields { id, event_type, retry_ms: None, data }, &mut out);
+        encode_frame(&Fields { id, wire_id: None, event_type, retry_ms: None, data }, &mut out);
         String::from_utf8(out).unwrap()
     }
 
@@ -177,10 +187,19 @@ mod tests {
     fn event_type_and_retry() {
         let mut out = Vec::new();
         encode_frame(
-            &Fields { id: Some(1), event_type: Some("chat"), retry_ms: Some(500), data: "x" },
+            &Fields { id: Some(1), wire_id: None, event_type: Some("chat"), retry_ms: Some(500), data: "x" },
             &mut out,
         );
         assert_eq!(out, b"id: 1\nevent: chat\nretry: 500\ndata: x\n\n");
+    }
+
+    #[test]
+    fn a_wire_id_replaces_the_numeric_one() {
+        let mut out = Vec::new();
+        let fields =
+            Fields { id: Some(1), wire_id: Some("urn:x:é"), event_type: None, retry_ms: None, data: "x" };
+        encode_frame(&fields, &mut out);
+        assert_eq!(out, "id: urn:x:é\ndata: x\n\n".as_bytes());
     }
 
     #[test]

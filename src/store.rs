@@ -36,6 +36,16 @@
 //!                            data length u32, then the data's bytes
 //! ```
 //!
+//! Version 3, written only for events published through the Mercure hub (so a directory that
+//! never saw one stays readable by an ssed that predates the hub): version 2's payload, then
+//!
+//! ```text
+//!                            flags u8: 1 private, 2 published through the hub, 4 an id follows
+//!                            (if 4) the publisher's id: length u16, then its bytes
+//! ```
+//!
+//! with the top bits of the first word `11`.
+//!
 //! Version 1, the original format (read, never written):
 //!
 //! ```text
@@ -128,6 +138,12 @@ const MAX_RECORD_BYTES: usize = 1 << 30;
 const FORMAT_MASK: u32 = 0xC000_0000;
 /// The format bits of a version 2 record.
 const FORMAT_V2: u32 = 0x8000_0000;
+/// The format bits of a version 3 record (version 2 plus the hub's extras).
+const FORMAT_V3: u32 = 0xC000_0000;
+/// Version 3 flags.
+const V3_PRIVATE: u8 = 1;
+const V3_HUB: u8 = 2;
+const V3_ID: u8 = 4;
 /// The longest topic or event type a version 2 record holds (its length is a `u16`).
 pub const MAX_FIELD_BYTES: usize = u16::MAX as usize;
 const SEGMENT_SUFFIX: &str = ".seg";
@@ -139,6 +155,8 @@ pub enum EncodeError {
     TopicTooLong,
     /// An event type longer than [`MAX_FIELD_BYTES`].
     TypeTooLong,
+    /// A publisher's id longer than [`MAX_FIELD_BYTES`].
+    IdTooLong,
     /// More than `u16::MAX` topics.
     TooManyTopics,
     /// A payload of 2^30 bytes or more.
@@ -150,6 +168,7 @@ impl fmt::Display for EncodeError {
         match self {
             EncodeError::TopicTooLong => write!(f, "a topic is longer than {MAX_FIELD_BYTES} bytes"),
             EncodeError::TypeTooLong => write!(f, "the event type is longer than {MAX_FIELD_BYTES} bytes"),
+            EncodeError::IdTooLong => write!(f, "the event's id is longer than {MAX_FIELD_BYTES} bytes"),
             EncodeError::TooManyTopics => write!(f, "more than {} topics", u16::MAX),
             EncodeError::RecordTooLong => write!(f, "the record is 1 GiB or longer"),
         }
@@ -158,8 +177,8 @@ impl fmt::Display for EncodeError {
 
 impl std::error::Error for EncodeError {}
 
-/// Appends `record` to `out` in the current on-disk format (version 2). On error `out` is left as
-/// it was.
+/// Appends `record` to `out` in the current on-disk format (version 2, or 3 for an event of the
+/// Mercure hub). On error `out` is left as it was.
 pub fn encode_record<E: Borrow<Event>>(record: &Record<E>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let start = out.len();
     let encoded = encode_v2(record.id, record.event.borrow(), out);
@@ -195,12 +214,29 @@ fn encode_v2(id: u64, event: &Event, out: &mut Vec<u8>) -> Result<(), EncodeErro
     let data_len = u32::try_from(event.data().len()).map_err(|_| EncodeError::RecordTooLong)?;
     out.extend_from_slice(&data_len.to_le_bytes());
     out.extend_from_slice(event.data().as_bytes());
+    let hub = event.is_hub() || event.is_private() || event.wire_id().is_some();
+    if hub {
+        let mut flags = 0;
+        if event.is_private() {
+            flags |= V3_PRIVATE;
+        }
+        if event.is_hub() {
+            flags |= V3_HUB;
+        }
+        if event.wire_id().is_some() {
+            flags |= V3_ID;
+        }
+        out.push(flags);
+        if let Some(id) = event.wire_id() {
+            field(out, id, EncodeError::IdTooLong)?;
+        }
+    }
     let payload_len = out.len() - start - HEADER_BYTES;
     let payload_len = u32::try_from(payload_len)
         .ok()
         .filter(|&len| len & FORMAT_MASK == 0)
         .ok_or(EncodeError::RecordTooLong)?;
-    let word = (FORMAT_V2 | payload_len).to_le_bytes();
+    let word = (if hub { FORMAT_V3 } else { FORMAT_V2 } | payload_len).to_le_bytes();
     out[start..start + 4].copy_from_slice(&word);
     let crc = crc_v2(word, &out[start + HEADER_BYTES..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -246,6 +282,8 @@ enum Format {
     V1,
     /// Lengths of two bytes, the checksum over the first word and the payload.
     V2,
+    /// Version 2 and the hub's extras.
+    V3,
 }
 
 /// Decodes the record at the front of `bytes`, in either format; returns it and its length on
@@ -259,13 +297,15 @@ pub fn decode_record(bytes: &[u8]) -> Result<(Record, usize), RecordError> {
         (Format::V1, word_value as usize)
     } else if word_value & FORMAT_MASK == FORMAT_V2 {
         (Format::V2, (word_value & !FORMAT_MASK) as usize)
+    } else if word_value & FORMAT_MASK == FORMAT_V3 {
+        (Format::V3, (word_value & !FORMAT_MASK) as usize)
     } else {
         return Err(RecordError::Checksum);
     };
     let payload = bytes.get(HEADER_BYTES..HEADER_BYTES + len).ok_or(RecordError::Short)?;
     let expected = match format {
         Format::V1 => crc32fast::hash(payload),
-        Format::V2 => crc_v2(word, payload),
+        Format::V2 | Format::V3 => crc_v2(word, payload),
     };
     if expected != crc {
         return Err(RecordError::Checksum);
@@ -290,11 +330,24 @@ fn parse_payload(payload: &[u8], format: Format) -> Option<Record> {
     };
     let data_len = u32::from_le_bytes(reader.take(4)?.try_into().ok()?) as usize;
     let data = String::from_utf8(reader.take(data_len)?.to_vec()).ok()?;
+    let (flags, wire_id) = match format {
+        Format::V3 => {
+            let flags = reader.take(1)?[0];
+            let wire_id = if flags & V3_ID != 0 { Some(reader.field(format)?) } else { None };
+            (flags, wire_id)
+        }
+        Format::V1 | Format::V2 => (0, None),
+    };
     if !reader.0.is_empty() || topics.is_empty() {
         return None;
     }
     let event_type = (!event_type.is_empty()).then_some(event_type);
-    Some(Record { id, event: Event::from_record(topics, event_type, retry_ms, data) })
+    let event = Event::from_record(topics, event_type, retry_ms, data).with_extras(
+        wire_id,
+        flags & V3_PRIVATE != 0,
+        flags & V3_HUB != 0,
+    );
+    Some(Record { id, event })
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -321,7 +374,7 @@ impl<'a> Reader<'a> {
     fn field(&mut self, format: Format) -> Option<String> {
         let len = match format {
             Format::V1 => usize::from(self.take(1)?[0]),
-            Format::V2 => usize::from(self.u16()?),
+            Format::V2 | Format::V3 => usize::from(self.u16()?),
         };
         String::from_utf8(self.take(len)?.to_vec()).ok()
     }
@@ -924,7 +977,7 @@ mod tests {
         for record in records {
             match format {
                 Format::V1 => encode_v1(record, &mut bytes),
-                Format::V2 => encode_record(record, &mut bytes).unwrap(),
+                Format::V2 | Format::V3 => encode_record(record, &mut bytes).unwrap(),
             }
         }
         bytes
@@ -969,6 +1022,32 @@ mod tests {
         let new = stored(0x0102_0304_0506_0708, vec!["ab".into()], Some("t".into()), Some(1000), "d".into());
         assert_eq!(decode_record(&v2).unwrap(), (new.clone(), v2.len()));
         assert_eq!(encode_all(Format::V2, &[new]), v2);
+    }
+
+    #[test]
+    fn hub_events_keep_their_id_privacy_and_origin_in_version_3_and_only_they_use_it() {
+        let topics = vec!["https://example.com/books/1".to_string(), "with space é".into()];
+        for (wire_id, private, hub) in [
+            (Some("urn:uuid:7"), true, true),
+            (None, true, true),
+            (None, false, true),
+            (Some("x"), false, false),
+        ] {
+            let event = Event::from_record(topics.clone(), None, None, "d".into()).with_extras(
+                wire_id.map(str::to_string),
+                private,
+                hub,
+            );
+            let record = Record { id: 9, event };
+            let mut bytes = Vec::new();
+            encode_record(&record, &mut bytes).unwrap();
+            assert_eq!(bytes[3] & 0xC0, 0xC0, "version 3 bits for {wire_id:?} {private} {hub}");
+            let (back, used) = decode_record(&bytes).unwrap();
+            assert_eq!((back, used), (record, bytes.len()));
+        }
+        let mut plain = Vec::new();
+        encode_record(&record(1, "d"), &mut plain).unwrap();
+        assert_eq!(plain[3] & 0xC0, 0x80, "a plain event stays version 2, readable by older ssed");
     }
 
     /// A topic of `len` bytes, not all ASCII, that is still valid UTF-8.
@@ -1253,7 +1332,7 @@ mod tests {
                     write_segment(&dir, format, &records);
                 }
             }
-            Format::V2 => {
+            Format::V2 | Format::V3 => {
                 let (mut store, _) = load(&dir, limit);
                 for id in 1..=20 {
                     store.append(&record(id, "0123456789")).unwrap();

@@ -105,11 +105,28 @@ pub const DATA: &str = "data";
 pub const TYPE: &str = "type";
 /// The `retry:` field.
 pub const RETRY: &str = "retry";
+/// The topics of an event of the Mercure hub, separated by line feeds (its topics may hold
+/// spaces, never a control character).
+pub const HUB_TOPICS: &str = "htopics";
+/// A publisher's own id (Mercure).
+pub const ID: &str = "id";
+/// Present (`1`) on a private event (Mercure).
+pub const PRIVATE: &str = "private";
 
 /// The field-value pairs an event is appended with.
 pub fn fields(event: &Event) -> Vec<(&'static str, Vec<u8>)> {
-    let mut fields =
-        vec![(TOPICS, event.topics().join(" ").into_bytes()), (DATA, event.data().as_bytes().to_vec())];
+    let topics = if event.is_hub() {
+        (HUB_TOPICS, event.topics().join("\n").into_bytes())
+    } else {
+        (TOPICS, event.topics().join(" ").into_bytes())
+    };
+    let mut fields = vec![topics, (DATA, event.data().as_bytes().to_vec())];
+    if let Some(id) = event.wire_id() {
+        fields.push((ID, id.as_bytes().to_vec()));
+    }
+    if event.is_private() {
+        fields.push((PRIVATE, b"1".to_vec()));
+    }
     if let Some(event_type) = event.event_type() {
         fields.push((TYPE, event_type.as_bytes().to_vec()));
     }
@@ -151,6 +168,18 @@ pub fn event_of(pairs: &[(Vec<u8>, Vec<u8>)], max_data: usize) -> Result<Event, 
                     .map_err(|_| EntryError::Field("topics are not UTF-8".into()))?;
                 topics = Some(text.split(' ').map(str::to_string).collect());
             }
+            b"htopics" => {
+                let text = std::str::from_utf8(value)
+                    .map_err(|_| EntryError::Field("topics are not UTF-8".into()))?;
+                topics = Some(text.split('\n').map(str::to_string).collect());
+                draft.hub_topics = true;
+            }
+            b"id" => {
+                let text = String::from_utf8(value.clone())
+                    .map_err(|_| EntryError::Field("id is not UTF-8".into()))?;
+                draft.id = Some(text);
+            }
+            b"private" => draft.private = true,
             b"data" => draft.data = value.clone(),
             b"type" => {
                 let text = String::from_utf8(value.clone())
@@ -266,6 +295,7 @@ mod tests {
             event_type: Some("note".into()),
             retry_ms: Some(2500),
             data: b"line 1\nline 2".to_vec(),
+            ..Draft::default()
         };
         let event = draft.validate(1024).unwrap();
         let encoded: Vec<(Vec<u8>, Vec<u8>)> =
@@ -278,6 +308,26 @@ mod tests {
         assert_eq!(encoded.len(), 2, "no type or retry field when the event has none");
         let encoded: Vec<_> = encoded.into_iter().map(|(n, v)| (n.as_bytes().to_vec(), v)).collect();
         assert_eq!(event_of(&encoded, 10), Ok(plain));
+    }
+
+    #[test]
+    fn a_hub_event_round_trips_with_its_id_privacy_and_topics_with_spaces() {
+        let draft = Draft {
+            topics: vec!["https://example.com/a b".into(), "ü/2".into()],
+            data: b"x".to_vec(),
+            id: Some("urn:uuid:1".into()),
+            private: true,
+            hub_topics: true,
+            ..Draft::default()
+        };
+        let event = draft.validate(10).unwrap();
+        let encoded: Vec<_> = fields(&event).into_iter().map(|(n, v)| (n.as_bytes().to_vec(), v)).collect();
+        assert_eq!(event_of(&encoded, 10), Ok(event));
+        // What another node wrote is checked as any input: an id that would add a field on the wire.
+        let bad = pairs(&[("htopics", b"a"), ("data", b"x"), ("id", b"1\ndata: forged")]);
+        assert_eq!(event_of(&bad, 10), Err(EntryError::Event(EventError::Id)));
+        let bad = pairs(&[("htopics", b"a\n"), ("data", b"x")]);
+        assert_eq!(event_of(&bad, 10), Err(EntryError::Event(EventError::HubTopic)), "an empty topic");
     }
 
     #[test]

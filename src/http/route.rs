@@ -198,7 +198,7 @@ pub fn publish_body(target: PublishTarget, body: Vec<u8>) -> Result<Event, Route
     let max_data = usize::MAX;
     if !target.topics.is_empty() {
         let draft =
-            Draft { topics: target.topics, event_type: target.event_type, retry_ms: None, data: body };
+            Draft { topics: target.topics, event_type: target.event_type, data: body, ..Draft::default() };
         return Ok(draft.validate(max_data)?);
     }
     let mut topics = Vec::new();
@@ -237,6 +237,7 @@ pub fn publish_body(target: PublishTarget, body: Vec<u8>) -> Result<Event, Route
         event_type: target.event_type.or(event_type),
         retry_ms,
         data: data.unwrap_or_default().into_bytes(),
+        ..Draft::default()
     };
     Ok(draft.validate(max_data)?)
 }
@@ -483,7 +484,8 @@ mod tests {
                 topics: vec!["a".into(), "b".into()],
                 event_type: Some("t".into()),
                 retry_ms: Some(5),
-                data: b"x".to_vec()
+                data: b"x".to_vec(),
+                ..Draft::default()
             }
             .validate(usize::MAX)
             .unwrap()

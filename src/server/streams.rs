@@ -125,7 +125,7 @@ impl Loop {
             }
         };
         if tx.slices == 0 && !conn.transport.wants_write() {
-            if conn.conn.handle_drained() {
+            if conn.conn.handle_drained(&self.log) {
                 self.finish_closing(key);
             }
             return Wrote::Finished;
@@ -261,6 +261,7 @@ impl Loop {
                 }
             }
             self.log.release(stream.sub.selection());
+            self.log.release_rights(stream.sub.rights());
             self.subscribers -= 1;
         }
         let _ = self.poll.registry().deregister(conn.transport.source());
