@@ -6,6 +6,10 @@
 //! and the pre-standardization one most deployed applications still speak (`topic` selectors with
 //! URI templates, the `mercure` claim). See `spec/mercure.md` in dunglas/mercure.
 
+pub mod matcher;
+pub mod request;
+pub mod rules;
+
 /// How a matcher's value is interpreted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MatcherKind {
