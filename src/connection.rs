@@ -428,7 +428,7 @@ impl Connection {
             log.advance(&mut stream.sub, g, written - from_own);
         }
         let took_all = written == tx.own + tx.gathered.map_or(0, |g| g.bytes);
-        let gathered_all = tx.gathered.map_or(true, |g| g.slices < tx.room && g.bytes < MAX_WRITE_BYTES);
+        let gathered_all = tx.gathered.is_none_or(|g| g.slices < tx.room && g.bytes < MAX_WRITE_BYTES);
         if took_all && gathered_all && !self.is_closing() {
             self.release_out();
             return true;

@@ -32,7 +32,7 @@
 //!
 //! The library never installs a logger; it reports through the `log` facade.
 //!
-//! MSRV: Rust 1.75.
+//! MSRV: Rust 1.88 (jsonwebtoken, for the `mercure` feature; see `rust-version` in Cargo.toml).
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 

@@ -462,7 +462,7 @@ fn read_segment(
     let mut at = 0;
     while at < bytes.len() {
         match decode_record(&bytes[at..]) {
-            Ok((record, used)) if record.id > *last_id && below.map_or(true, |b| record.id < b) => {
+            Ok((record, used)) if record.id > *last_id && below.is_none_or(|b| record.id < b) => {
                 at += used;
                 *last_id = record.id;
                 scanned.last_id = record.id;
@@ -863,7 +863,7 @@ impl Store {
     /// quiet server): appends move on to a fresh, empty segment and the old one is deleted, so no
     /// expired event stays on disk for a restart to serve.
     pub fn retain(&mut self, oldest_kept: Option<u64>) {
-        let expired = |segment: &Segment| oldest_kept.map_or(true, |oldest| segment.last_id < oldest);
+        let expired = |segment: &Segment| oldest_kept.is_none_or(|oldest| segment.last_id < oldest);
         let active = self.segments.back().expect("an active segment");
         if self.len > 0 && active.last_id > 0 && expired(active) {
             let next = active.last_id + 1;
@@ -1158,8 +1158,8 @@ mod tests {
         stored(
             id,
             vec![format!("topic-{id}"), "all".into()],
-            (id % 2 == 0).then(|| format!("type-{id}")),
-            (id % 3 == 0).then_some(id * 100),
+            id.is_multiple_of(2).then(|| format!("type-{id}")),
+            id.is_multiple_of(3).then_some(id * 100),
             format!("data {id}\nline two"),
         )
     }

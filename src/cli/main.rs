@@ -340,7 +340,7 @@ fn parse_size(text: &str, units: bool) -> Result<u64, BadNumber> {
 /// A byte count as `--help` shows it: in the largest unit that divides it exactly.
 fn show_size(bytes: u64) -> String {
     for (unit, scale) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes >= scale && bytes % scale == 0 {
+        if bytes >= scale && bytes.is_multiple_of(scale) {
             return format!("{}{unit}", bytes / scale);
         }
     }

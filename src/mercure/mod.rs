@@ -21,3 +21,8 @@ pub enum MatcherKind {
     /// template (RFC 6570) when it holds a `{`, otherwise an exact string.
     Legacy,
 }
+
+pub mod jwt;
+#[cfg(test)]
+mod test_keys;
+pub mod token;

@@ -448,7 +448,7 @@ impl Loop {
 
     /// Pings the watchdog and refreshes the status when due; called once per turn.
     fn supervise(&mut self) {
-        if self.supervisor.as_ref().map_or(true, |s| s.next_tick > self.now) {
+        if self.supervisor.as_ref().is_none_or(|s| s.next_tick > self.now) {
             return;
         }
         // Formatted only when due: this runs on every loop turn.
@@ -579,7 +579,7 @@ mod tests {
         let digits = n.to_string();
         let mut out = String::new();
         for (i, digit) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
                 out.push(',');
             }
             out.push(digit);

@@ -13,7 +13,7 @@ impl Loop {
                 Err(e) if net::is_resource_exhaustion(&e) => {
                     // Said once, then every EXHAUSTION_REPORT with a count: not every 100 ms.
                     self.exhausted_accepts += 1;
-                    if self.exhaustion_reported.map_or(true, |t| self.now >= t + EXHAUSTION_REPORT) {
+                    if self.exhaustion_reported.is_none_or(|t| self.now >= t + EXHAUSTION_REPORT) {
                         warn!(
                             "accept failed: {e} ({} times since the last report); pausing new connections for \
                              {ACCEPT_PAUSE:?} at a time (raise the hard limit: LimitNOFILE= or ulimit -Hn, or lower --max-connections)",

@@ -1,0 +1,972 @@
+//! JWT access tokens: which keys the hub trusts ([`KeySpec`]), how a presented token is checked
+//! ([`Verifier::verify`]), what a valid one grants ([`Grant`]), and how a refusal is answered
+//! ([`TokenError::response`]).
+//!
+//! Sans-IO: the time is an argument (`now_secs`, Unix seconds) and nothing here reads the clock;
+//! the only I/O is reading a PEM file once, when a [`KeySpec`] is built from a path.
+//!
+//! Two revisions of the protocol are accepted (see the module docs of `mercure`):
+//! - the current one (any token with an `authorization_details` claim, or without a `mercure`
+//!   claim): an RFC 9068 access token, `typ` `at+jwt`, `iss`, `aud` and `exp` required, rights in
+//!   `authorization_details` (RFC 9396) entries of type [`DETAIL_TYPE`];
+//! - the pre-standardization one (a `mercure` claim, when [`Verifier::legacy`] is on): any signed
+//!   JWT, `exp`/`nbf` enforced when present, rights in `mercure.publish` / `mercure.subscribe`.
+//!
+//! Whatever the revision: the signature is checked with one of the hub's configured keys for the
+//! role, and only with a key whose algorithm is the token's `alg` (each key has exactly one
+//! algorithm, so the allowlist of RFC 8725 §3.1 is the set of configured keys' algorithms, and an
+//! HS256 token can never be checked against an RSA public key used as an HMAC secret); `none` is
+//! never accepted, and key material carried by the token (`jwk`, `jku`, `x5u`, `x5c`) refuses it.
+//!
+//! Every check except the signature runs first, on the still-unverified token, and the signature
+//! last: any failure is the same `invalid_token` to the client, so the order changes nothing it
+//! sees, while an expired, mistyped or misaddressed token costs no public-key operation.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::crypto::CryptoProvider;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use serde_json::{Map, Value};
+
+use super::MatcherKind;
+
+/// The `type` of a Mercure authorization detail (spec, "Authorization Details"), compared byte by
+/// byte.
+pub const DETAIL_TYPE: &str = "https://mercure.rocks/authorization-detail";
+
+/// The issuer trusted when none is configured: the one the Mercure.rocks hub's Caddyfile trusts,
+/// so tokens minted for a default Mercure.rocks deployment (and its conformance suite) verify.
+pub const DEFAULT_ISSUER: &str = "https://localhost";
+
+/// The longest token looked at. ssed's request head is capped at 16 KiB
+/// (`http::request::MAX_HEAD_BYTES`), so no header can carry more; the cap guards embedders and
+/// bounds the JSON parsed before the signature is checked.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// The most Mercure authorization details one token may carry (spec: implementation-defined
+/// maximums; the Mercure.rocks hub's value, its subscribe query's matcher cap).
+pub const MAX_DETAILS: usize = 100;
+
+/// The most topic matchers one token may carry, summed over its Mercure authorization details
+/// (the Mercure.rocks hub's value). Each may cost a URL Pattern compilation.
+pub const MAX_DETAIL_TOPICS: usize = 100;
+
+/// The most selectors in each of `mercure.publish` and `mercure.subscribe` of a
+/// pre-standardization token (the Mercure.rocks hub's value for that claim).
+pub const MAX_LEGACY_SELECTORS: usize = 1000;
+
+/// The longest matcher or selector value, in bytes (the Mercure.rocks hub's value).
+pub const MAX_PATTERN_BYTES: usize = 4096;
+
+/// How far ahead of its `nbf` a token is already accepted, in seconds. RFC 7519 §4.1.5 allows "some
+/// small leeway ... to account for clock skew": an issuer minting `nbf = now` on a clock a second
+/// or two ahead of the hub's would otherwise see its fresh tokens refused. `exp` gets none: the spec
+/// has the hub close a subscriber's stream no later than `exp`, and honouring a token past the
+/// instant its stream is closed at would be contradictory.
+pub const NBF_LEEWAY_SECS: u64 = 5;
+
+/// Which endpoint's keys check a token: publishing and subscribing may be signed by different keys
+/// (the spec recommends it, so a leaked subscriber key cannot publish).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// `POST`: publishing an update.
+    Publisher,
+    /// `GET`: subscribing, and reading private updates.
+    Subscriber,
+}
+
+/// One trusted verification key: its one algorithm, an optional `kid`, an optional issuer it is
+/// bound to.
+///
+/// Built from a flag value by [`KeySpec::parse`]. `Debug` never shows the key material.
+#[derive(Clone)]
+pub struct KeySpec {
+    algorithm: Algorithm,
+    kid: Option<String>,
+    issuer: Option<String>,
+    key: DecodingKey,
+    /// Where the key came from, for messages: `secret`, `PEM text`, or the file's path.
+    source: String,
+}
+
+impl fmt::Debug for KeySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeySpec")
+            .field("algorithm", &self.algorithm)
+            .field("kid", &self.kid)
+            .field("issuer", &self.issuer)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A key that cannot be used; the message names the algorithm, the file when there is one, and the
+/// problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError(String);
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// The algorithm names a key may be given with (JWA, RFC 7518 §3.1 and RFC 8037), matched
+/// ASCII-case-insensitively.
+const ALGORITHMS: [(&str, Algorithm); 12] = [
+    ("HS256", Algorithm::HS256),
+    ("HS384", Algorithm::HS384),
+    ("HS512", Algorithm::HS512),
+    ("RS256", Algorithm::RS256),
+    ("RS384", Algorithm::RS384),
+    ("RS512", Algorithm::RS512),
+    ("PS256", Algorithm::PS256),
+    ("PS384", Algorithm::PS384),
+    ("PS512", Algorithm::PS512),
+    ("ES256", Algorithm::ES256),
+    ("ES384", Algorithm::ES384),
+    ("EdDSA", Algorithm::EdDSA),
+];
+
+/// An algorithm's JWA name.
+fn algorithm_name(algorithm: Algorithm) -> &'static str {
+    ALGORITHMS.iter().find(|(_, a)| *a == algorithm).map_or("?", |(name, _)| name)
+}
+
+/// The smallest RSA modulus accepted, in bits: RFC 7518 §3.3 ("A key of size 2048 bits or larger
+/// MUST be used with these algorithms") and §3.5 for PS*.
+const MIN_RSA_BITS: usize = 2048;
+
+impl KeySpec {
+    /// Reads a key from a flag value and the algorithm it verifies.
+    ///
+    /// `algorithm` is one of `HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384
+    /// EdDSA` (any case). `value` may start with `kid:ID:` to give the key a `kid` (ID holds no
+    /// `:`); what follows is, for `HS*`, the secret itself (its UTF-8 bytes; a secret that itself
+    /// starts with `kid:` must be given a `kid:` prefix); for the others, PEM text if it starts with
+    /// `-----BEGIN`, else the path of a PEM file, read now. The PEM holds a public key (`PUBLIC
+    /// KEY`, or `RSA PUBLIC KEY` for RS*/PS*); a private key is refused, since the hub never signs.
+    pub fn parse(algorithm: &str, value: &str) -> Result<KeySpec, KeyError> {
+        let algorithm = ALGORITHMS
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(algorithm))
+            .map(|(_, a)| *a)
+            .ok_or_else(|| {
+                let names: Vec<&str> = ALGORITHMS.iter().map(|(name, _)| *name).collect();
+                KeyError(format!("unknown JWT algorithm {algorithm:?}: expected one of {}", names.join(", ")))
+            })?;
+        let (kid, rest) = split_kid(value).map_err(|()| {
+            KeyError("a JWT key's kid: prefix needs a non-empty id and a closing ':' (kid:ID:KEY)".into())
+        })?;
+        let name = algorithm_name(algorithm);
+        if algorithm.family() == AlgorithmFamily::Hmac {
+            if rest.is_empty() {
+                return Err(KeyError(format!("{name} JWT secret is empty")));
+            }
+            if rest.starts_with("-----BEGIN") {
+                return Err(KeyError(format!(
+                    "{name} JWT secret is PEM text: a public key is used with its own algorithm \
+                     (RS256, ES256, EdDSA ...), never as an HMAC secret"
+                )));
+            }
+            let key = DecodingKey::from_secret(rest.as_bytes())
+                .map_err(|e| KeyError(format!("{name} JWT secret: {e}")))?;
+            return KeySpec::from_key(algorithm, kid, key, "secret");
+        }
+        if rest.starts_with("-----BEGIN") {
+            return KeySpec::from_pem(algorithm, rest.as_bytes(), "PEM text").map(|k| k.with_kid(kid));
+        }
+        KeySpec::from_file(algorithm, Path::new(rest)).map(|k| k.with_kid(kid))
+    }
+
+    /// Reads a public key for `algorithm` from a PEM file.
+    pub fn from_file(algorithm: Algorithm, path: &Path) -> Result<KeySpec, KeyError> {
+        let name = algorithm_name(algorithm);
+        let pem = std::fs::read(path).map_err(|e| {
+            let problem = match e.kind() {
+                std::io::ErrorKind::NotFound => "no such file".to_string(),
+                std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+                _ => e.to_string(),
+            };
+            KeyError(format!("{name} JWT key file {}: {problem}", path.display()))
+        })?;
+        KeySpec::from_pem(algorithm, &pem, &path.display().to_string())
+    }
+
+    /// Reads a public key for `algorithm` from PEM bytes; `source` names them in messages.
+    pub fn from_pem(algorithm: Algorithm, pem: &[u8], source: &str) -> Result<KeySpec, KeyError> {
+        let name = algorithm_name(algorithm);
+        let fail = |problem: &str| KeyError(format!("{name} JWT key {source}: {problem}"));
+        if pem.windows(16).any(|w| w == b"PRIVATE KEY-----") {
+            return Err(fail("is a private key; give the public key (openssl pkey -in KEY -pubout)"));
+        }
+        let key = match algorithm.family() {
+            AlgorithmFamily::Rsa => {
+                DecodingKey::from_rsa_pem(pem).map_err(|_| fail("not an RSA public key in PEM"))?
+            }
+            AlgorithmFamily::Ec => {
+                DecodingKey::from_ec_pem(pem).map_err(|_| fail("not an EC public key in PEM"))?
+            }
+            AlgorithmFamily::Ed => {
+                DecodingKey::from_ed_pem(pem).map_err(|_| fail("not an Ed25519 public key in PEM"))?
+            }
+            AlgorithmFamily::Hmac => return Err(fail("an HMAC algorithm takes a secret, not a PEM key")),
+        };
+        KeySpec::from_key(algorithm, None, key, source)
+    }
+
+    /// Checks that `key` can verify `algorithm` (the right curve, an RSA key that parses and is
+    /// large enough), so a wrong key fails at start-up rather than refusing every token.
+    fn from_key(
+        algorithm: Algorithm,
+        kid: Option<String>,
+        key: DecodingKey,
+        source: &str,
+    ) -> Result<KeySpec, KeyError> {
+        let name = algorithm_name(algorithm);
+        let fail = |problem: &str| KeyError(format!("{name} JWT key {source}: {problem}"));
+        let provider =
+            CryptoProvider::try_get_default().ok_or_else(|| fail("no crypto provider compiled in"))?;
+        match algorithm.family() {
+            AlgorithmFamily::Rsa => {
+                // The RSA verifier parses the key only when it verifies; parse it now.
+                let der = key.try_get_as_bytes().map_err(|_| fail("not an RSA public key"))?;
+                let (n, _e) = (provider.key_utils.rsa_pub_components_from_public_key)(der)
+                    .map_err(|_| fail("not an RSA public key"))?;
+                let bits = n.iter().skip_while(|&&b| b == 0).count() * 8;
+                if bits < MIN_RSA_BITS {
+                    return Err(fail(&format!(
+                        "RSA key of about {bits} bits; at least {MIN_RSA_BITS} are required"
+                    )));
+                }
+            }
+            AlgorithmFamily::Ed => {
+                // jsonwebtoken slices the first 32 bytes of an Ed25519 key; a shorter one must not
+                // reach it.
+                let raw = key.try_get_as_bytes().map_err(|_| fail("not an Ed25519 public key"))?;
+                if raw.len() != 32 {
+                    return Err(fail("not an Ed25519 public key"));
+                }
+            }
+            AlgorithmFamily::Ec | AlgorithmFamily::Hmac => {}
+        }
+        // Building the verifier checks an EC point against the algorithm's curve (a P-384 key for
+        // ES256 fails here) and an Ed25519 point's encoding.
+        (provider.verifier_factory)(&algorithm, &key).map_err(|_| match algorithm {
+            Algorithm::ES256 => fail("not an EC P-256 public key"),
+            Algorithm::ES384 => fail("not an EC P-384 public key"),
+            _ => fail("not a key for this algorithm"),
+        })?;
+        Ok(KeySpec { algorithm, kid, issuer: None, key, source: source.to_string() })
+    }
+
+    /// Gives the key a `kid`: a token naming a `kid` is checked only with the keys of that `kid`
+    /// (or, when no key of the role has it, with the keys that have none).
+    pub fn with_kid(mut self, kid: Option<String>) -> KeySpec {
+        self.kid = kid;
+        self
+    }
+
+    /// Binds the key to one trusted issuer: a current-revision token is checked with it only when
+    /// its `iss` is that issuer (spec, "Token Validation": with several issuers, only the token's
+    /// issuer's keys). A key bound to no issuer serves every trusted issuer.
+    pub fn with_issuer(mut self, issuer: impl Into<String>) -> KeySpec {
+        self.issuer = Some(issuer.into());
+        self
+    }
+
+    /// The key's algorithm (its JWA name).
+    pub fn algorithm(&self) -> &'static str {
+        algorithm_name(self.algorithm)
+    }
+
+    /// The key's `kid`, if it has one.
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+
+    /// Whether an HMAC secret is shorter than its hash's output, which RFC 7518 §3.2 forbids
+    /// ("a key of the same size as the hash output ... or larger MUST be used"). Such secrets are
+    /// accepted, as the Mercure.rocks hub accepts them; the caller may warn.
+    pub fn is_short_secret(&self) -> bool {
+        let min = match self.algorithm {
+            Algorithm::HS256 => 32,
+            Algorithm::HS384 => 48,
+            Algorithm::HS512 => 64,
+            _ => return false,
+        };
+        self.key.try_get_as_bytes().map(|k| k.len() < min).unwrap_or(false)
+    }
+}
+
+/// Splits an optional `kid:ID:` prefix off a key flag's value.
+fn split_kid(value: &str) -> Result<(Option<String>, &str), ()> {
+    let Some(rest) = value.strip_prefix("kid:") else {
+        return Ok((None, value));
+    };
+    match rest.split_once(':') {
+        Some((kid, key)) if !kid.is_empty() => Ok((Some(kid.to_string()), key)),
+        _ => Err(()),
+    }
+}
+
+/// A matcher as a token states it; the matcher module compiles it, and a token with a matcher
+/// that does not compile is refused by the caller.
+///
+/// The value `*` is the wildcard, whatever the kind (spec, "Topic Matcher List").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMatcher {
+    /// How the value is interpreted.
+    pub kind: MatcherKind,
+    /// The matcher or selector, as the token gave it.
+    pub value: String,
+}
+
+/// One `subscribe` authorization detail's matchers and payload, for the Payloads rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscribeDetail {
+    /// Its matchers, as indices into [`Grant::subscribe`].
+    pub matchers: Range<usize>,
+    /// Its `payload` object, if it has one.
+    pub payload: Option<Value>,
+}
+
+/// What a valid token grants.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Grant {
+    /// The topics it may publish to: one matching each of an update's topics is needed.
+    pub publish: Vec<RawMatcher>,
+    /// The topics whose private updates it may read: one matching any of an update's topics is
+    /// needed.
+    pub subscribe: Vec<RawMatcher>,
+    /// The subscribe details in token order (for a pre-standardization token, one per selector),
+    /// for [`Grant::payload_for`].
+    pub subscribe_details: Vec<SubscribeDetail>,
+    /// A pre-standardization token's `mercure.payload`: the payload of a subscription that no
+    /// detail's own payload covers.
+    pub fallback_payload: Option<Value>,
+    /// `exp`, Unix seconds; always set for a current-revision token. A subscriber's stream is
+    /// closed no later than this.
+    pub expires_at: Option<u64>,
+    /// `sub`, if the token has one.
+    pub subject: Option<String>,
+    /// `iss`, if the token has one (for a current-revision token, the trusted issuer it matched).
+    pub issuer: Option<String>,
+    /// Whether the token is of the pre-standardization revision (a `mercure` claim).
+    pub legacy: bool,
+}
+
+impl Grant {
+    /// The payload of a subscription (spec, "Payloads"): that of the first subscribe detail one of
+    /// whose matchers matches the subscription's own matcher string, else the fallback.
+    /// `matches(i)` tells whether `self.subscribe[i]` (compiled by the caller) matches it.
+    pub fn payload_for(&self, mut matches: impl FnMut(usize) -> bool) -> Option<&Value> {
+        for detail in &self.subscribe_details {
+            if detail.matchers.clone().any(&mut matches) {
+                if detail.payload.is_some() {
+                    return detail.payload.as_ref();
+                }
+                break;
+            }
+        }
+        self.fallback_payload.as_ref()
+    }
+}
+
+/// Why a presented token is not valid. Kept for the log; the client only ever sees
+/// `invalid_token` (spec, "Error Responses": avoid disclosing why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidReason {
+    /// Not three base64url parts of JSON objects, over [`MAX_TOKEN_BYTES`], or not UTF-8.
+    Malformed(&'static str),
+    /// `alg` is `none`, unknown, or not the algorithm of any key configured for the role.
+    AlgorithmNotAllowed,
+    /// The header carries key material or a key location (`jwk`, `jku`, `x5u`, `x5c`), named.
+    KeyInHeader(&'static str),
+    /// The header has `crit`: no JWS extension is understood here (RFC 7515 §4.1.11).
+    CriticalHeader,
+    /// A current-revision token whose header `typ` is missing or not `at+jwt`.
+    WrongType,
+    /// No configured key of the role has the token's `alg`, `kid` and issuer.
+    NoKey,
+    /// The signature does not verify with any candidate key.
+    BadSignature,
+    /// A current-revision token without `exp`.
+    MissingExpiry,
+    /// `exp` is now or past.
+    Expired,
+    /// `nbf` is still ahead (beyond [`NBF_LEEWAY_SECS`]).
+    NotYetValid,
+    /// A current-revision token whose `iss` is missing or not a trusted issuer.
+    UntrustedIssuer,
+    /// A current-revision token whose `aud` is missing or names none of the hub's identifiers.
+    WrongAudience,
+    /// A registered claim of the wrong type (named).
+    BadClaim(&'static str),
+    /// `authorization_details` or the `mercure` claim does not have the spec's shape (what is
+    /// wrong is named).
+    BadAuthorization(&'static str),
+    /// More authorization details, topic matchers or selectors than allowed, or a pattern too long.
+    OverLimit(&'static str),
+}
+
+impl fmt::Display for InvalidReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InvalidReason::Malformed(what) => write!(f, "malformed token: {what}"),
+            InvalidReason::AlgorithmNotAllowed => {
+                f.write_str("alg not among the configured keys' algorithms")
+            }
+            InvalidReason::KeyInHeader(name) => write!(f, "header carries {name}"),
+            InvalidReason::CriticalHeader => f.write_str("header has crit"),
+            InvalidReason::WrongType => f.write_str("typ is not at+jwt"),
+            InvalidReason::NoKey => f.write_str("no configured key for this alg, kid and issuer"),
+            InvalidReason::BadSignature => f.write_str("bad signature"),
+            InvalidReason::MissingExpiry => f.write_str("no exp"),
+            InvalidReason::Expired => f.write_str("expired"),
+            InvalidReason::NotYetValid => f.write_str("not yet valid (nbf)"),
+            InvalidReason::UntrustedIssuer => f.write_str("iss missing or not trusted"),
+            InvalidReason::WrongAudience => f.write_str("aud missing or not this hub"),
+            InvalidReason::BadClaim(name) => write!(f, "bad {name} claim"),
+            InvalidReason::BadAuthorization(what) => write!(f, "bad authorization: {what}"),
+            InvalidReason::OverLimit(what) => write!(f, "over limit: {what}"),
+        }
+    }
+}
+
+/// Why the token presented with a request is malformed as a presentation (before any token is
+/// looked at).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestProblem {
+    /// More than one `Authorization` header.
+    RepeatedAuthorization,
+    /// An `Authorization` header whose scheme is not `Bearer`.
+    NotBearer,
+    /// `Authorization: Bearer` with no token, or with bytes a token cannot hold.
+    BadBearer,
+    /// The legacy `authorization` query parameter given more than once, or empty.
+    BadQueryToken,
+    /// A cookie token on an unsafe method without an `Origin` or `Referer` header.
+    NoOrigin,
+    /// A cookie token on an unsafe method from an origin not allowed to publish.
+    OriginNotAllowed,
+}
+
+impl fmt::Display for RequestProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RequestProblem::RepeatedAuthorization => "more than one Authorization header",
+            RequestProblem::NotBearer => "Authorization scheme is not Bearer",
+            RequestProblem::BadBearer => "Authorization: Bearer without a well-formed token",
+            RequestProblem::BadQueryToken => "authorization query parameter repeated or empty",
+            RequestProblem::NoOrigin => "cookie token on an unsafe method without Origin or Referer",
+            RequestProblem::OriginNotAllowed => {
+                "cookie token on an unsafe method from an origin not allowed to publish"
+            }
+        })
+    }
+}
+
+/// Why a request is refused for its token; [`TokenError::response`] tells how the hub answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// No token, and the operation needs one: `401`, a bare `Bearer` challenge.
+    Missing,
+    /// The presentation is malformed: `400`, `error="invalid_request"`.
+    InvalidRequest(RequestProblem),
+    /// The token is not valid: `401`, `error="invalid_token"`.
+    Invalid(InvalidReason),
+    /// The token is valid but does not allow the operation: `403`, `error="insufficient_scope"`.
+    InsufficientScope,
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenError::Missing => f.write_str("no token"),
+            TokenError::InvalidRequest(problem) => write!(f, "invalid request: {problem}"),
+            TokenError::Invalid(reason) => write!(f, "invalid token: {reason}"),
+            TokenError::InsufficientScope => f.write_str("token does not allow this"),
+        }
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+impl TokenError {
+    /// The status and the `WWW-Authenticate` value the hub answers with (RFC 6750 §3, spec "Error
+    /// Responses"). No `realm` (the spec asks for none) and no `error_description`: why a token was
+    /// refused is for the log, not the client. `resource_metadata`, when given, is the URL of the
+    /// hub's protected resource metadata (RFC 9728 §5.1), which the spec asks every challenge to
+    /// carry; it is the hub's own URL, quoted as a quoted-string.
+    pub fn response(&self, resource_metadata: Option<&str>) -> (u16, String) {
+        let (status, error) = match self {
+            TokenError::Missing => (401, None),
+            TokenError::InvalidRequest(_) => (400, Some("invalid_request")),
+            TokenError::Invalid(_) => (401, Some("invalid_token")),
+            TokenError::InsufficientScope => (403, Some("insufficient_scope")),
+        };
+        let mut header = String::from("Bearer");
+        let mut separator = " ";
+        if let Some(error) = error {
+            header.push_str(separator);
+            header.push_str("error=\"");
+            header.push_str(error);
+            header.push('"');
+            separator = ", ";
+        }
+        if let Some(url) = resource_metadata {
+            header.push_str(separator);
+            header.push_str("resource_metadata=\"");
+            for c in url.chars() {
+                if c == '"' || c == '\\' {
+                    header.push('\\');
+                }
+                header.push(c);
+            }
+            header.push('"');
+        }
+        (status, header)
+    }
+}
+
+/// The audiences a request's `Host` stands for when no resource identifier is configured: the hub's
+/// canonical URL under both schemes (a TLS terminator in front of ssed makes the scheme unknowable).
+pub fn host_audiences(host: &str) -> [String; 2] {
+    [format!("https://{host}/.well-known/mercure"), format!("http://{host}/.well-known/mercure")]
+}
+
+/// Checks presented tokens against the hub's keys, issuers and audiences.
+///
+/// Immutable once built; [`Verifier::signature_checks`] counts the public-key (or HMAC) operations
+/// done, so a cache in front of it can be measured.
+#[derive(Debug)]
+pub struct Verifier {
+    publisher_keys: Vec<KeySpec>,
+    subscriber_keys: Vec<KeySpec>,
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    legacy: bool,
+    signature_checks: AtomicU64,
+}
+
+impl Verifier {
+    /// A verifier with these keys for each role (give the same keys twice for one shared set),
+    /// trusting [`DEFAULT_ISSUER`], taking audiences from each request, accepting
+    /// pre-standardization tokens.
+    pub fn new(publisher_keys: Vec<KeySpec>, subscriber_keys: Vec<KeySpec>) -> Verifier {
+        Verifier {
+            publisher_keys,
+            subscriber_keys,
+            issuers: vec![DEFAULT_ISSUER.to_string()],
+            audiences: Vec::new(),
+            legacy: true,
+            signature_checks: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets the trusted issuers: a current-revision token's `iss` must be one of them exactly.
+    pub fn issuers(mut self, issuers: Vec<String>) -> Verifier {
+        self.issuers = issuers;
+        self
+    }
+
+    /// Sets the hub's resource identifiers: a current-revision token's `aud` must name one. When
+    /// none are set, [`Verifier::verify`] uses the audiences the caller derives from each request
+    /// (see [`host_audiences`]).
+    pub fn audiences(mut self, audiences: Vec<String>) -> Verifier {
+        self.audiences = audiences;
+        self
+    }
+
+    /// Whether pre-standardization tokens (a `mercure` claim) are accepted; on by default, since
+    /// most deployed applications still mint them.
+    pub fn legacy(mut self, legacy: bool) -> Verifier {
+        self.legacy = legacy;
+        self
+    }
+
+    /// The configured resource identifiers (empty: taken from each request).
+    pub fn configured_audiences(&self) -> &[String] {
+        &self.audiences
+    }
+
+    /// How many signatures have been checked (each key tried counts once).
+    pub fn signature_checks(&self) -> u64 {
+        self.signature_checks.load(Ordering::Relaxed)
+    }
+
+    fn keys(&self, role: Role) -> &[KeySpec] {
+        match role {
+            Role::Publisher => &self.publisher_keys,
+            Role::Subscriber => &self.subscriber_keys,
+        }
+    }
+
+    /// Checks `token` for `role` at `now_secs` (Unix seconds) and returns what it grants.
+    ///
+    /// `audiences` are the request's own identifiers (see [`host_audiences`]), used only when no
+    /// resource identifier is configured. The only error is [`TokenError::Invalid`].
+    pub fn verify(
+        &self,
+        token: &str,
+        role: Role,
+        audiences: &[&str],
+        now_secs: u64,
+    ) -> Result<Grant, TokenError> {
+        self.check(token, role, audiences, now_secs).map_err(TokenError::Invalid)
+    }
+
+    fn check(&self, token: &str, role: Role, audiences: &[&str], now: u64) -> Result<Grant, InvalidReason> {
+        use InvalidReason as R;
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(R::Malformed("too long"));
+        }
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(claims_b64), Some(signature_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(R::Malformed("not three parts"));
+        };
+        let header = decode_object(header_b64).ok_or(R::Malformed("header is not base64url JSON object"))?;
+        let claims =
+            decode_object(claims_b64).ok_or(R::Malformed("claims are not a base64url JSON object"))?;
+
+        // The header: what key may check it.
+        for name in ["jwk", "jku", "x5u", "x5c"] {
+            if header.contains_key(name) {
+                return Err(R::KeyInHeader(name));
+            }
+        }
+        if header.contains_key("crit") {
+            return Err(R::CriticalHeader);
+        }
+        let algorithm = match header.get("alg") {
+            Some(Value::String(alg)) => ALGORITHMS
+                .iter()
+                .find(|(name, _)| name == alg)
+                .map(|(_, a)| *a)
+                .ok_or(R::AlgorithmNotAllowed)?,
+            _ => return Err(R::Malformed("alg is not a string")),
+        };
+        let keys = self.keys(role);
+        if !keys.iter().any(|k| k.algorithm == algorithm) {
+            return Err(R::AlgorithmNotAllowed);
+        }
+        let kid = match header.get("kid") {
+            None => None,
+            Some(Value::String(kid)) => Some(kid.as_str()),
+            Some(_) => return Err(R::Malformed("kid is not a string")),
+        };
+
+        // The revision, then its claims.
+        let legacy_claim = claims.get("mercure").or_else(|| claims.get("https://mercure.rocks/"));
+        let legacy = self.legacy && !claims.contains_key("authorization_details") && legacy_claim.is_some();
+        let expires_at = numeric_date(&claims, "exp")?;
+        let not_before = numeric_date(&claims, "nbf")?;
+        let issuer = optional_string(&claims, "iss")?;
+        let subject = optional_string(&claims, "sub")?;
+        if !legacy {
+            let typ = match header.get("typ") {
+                Some(Value::String(typ)) => typ.as_str(),
+                _ => return Err(R::WrongType),
+            };
+            if !is_access_token_type(typ) {
+                return Err(R::WrongType);
+            }
+        }
+        match expires_at {
+            None if !legacy => return Err(R::MissingExpiry),
+            Some(exp) if now >= exp => return Err(R::Expired),
+            _ => {}
+        }
+        if let Some(nbf) = not_before {
+            if now.saturating_add(NBF_LEEWAY_SECS) < nbf {
+                return Err(R::NotYetValid);
+            }
+        }
+        let mut grant = if legacy {
+            // The old hubs checked neither `iss` nor `aud`, and tokens minted for them often carry
+            // an application's own values: checking them would break the drop-in promise.
+            legacy_grant(legacy_claim.unwrap_or(&Value::Null))?
+        } else {
+            match issuer {
+                Some(iss) if self.issuers.iter().any(|i| i == iss) => {}
+                _ => return Err(R::UntrustedIssuer),
+            }
+            let accepted: Vec<&str> = if self.audiences.is_empty() {
+                audiences.to_vec()
+            } else {
+                self.audiences.iter().map(String::as_str).collect()
+            };
+            check_audience(claims.get("aud"), &accepted)?;
+            details_grant(claims.get("authorization_details"))?
+        };
+
+        // Last, the signature, with the role's keys of this algorithm, issuer and kid.
+        // A pre-standardization token's `iss` means nothing (it is not checked), so any key of the
+        // role may have signed it.
+        let eligible = |k: &&KeySpec| {
+            k.algorithm == algorithm
+                && match &k.issuer {
+                    None => true,
+                    Some(_) if legacy => true,
+                    Some(bound) => issuer == Some(bound.as_str()),
+                }
+        };
+        let named = kid.filter(|kid| keys.iter().filter(eligible).any(|k| k.kid.as_deref() == Some(kid)));
+        let mut candidates = keys.iter().filter(eligible).filter(|k| match (kid, named) {
+            (None, _) => true,
+            (Some(_), Some(named)) => k.kid.as_deref() == Some(named),
+            (Some(_), None) => k.kid.is_none(),
+        });
+        let message = &token[..header_b64.len() + 1 + claims_b64.len()];
+        let mut tried = false;
+        let verified = candidates.any(|k| {
+            tried = true;
+            self.signature_checks.fetch_add(1, Ordering::Relaxed);
+            matches!(
+                jsonwebtoken::crypto::verify(signature_b64, message.as_bytes(), &k.key, algorithm),
+                Ok(true)
+            )
+        });
+        if !tried {
+            return Err(R::NoKey);
+        }
+        if !verified {
+            return Err(R::BadSignature);
+        }
+        grant.expires_at = expires_at;
+        grant.subject = subject.map(str::to_string);
+        grant.issuer = issuer.map(str::to_string);
+        grant.legacy = legacy;
+        Ok(grant)
+    }
+}
+
+/// Decodes one base64url (unpadded) part into a JSON object.
+fn decode_object(part: &str) -> Option<Map<String, Value>> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+/// `typ` is `at+jwt`, with or without `application/`, in any case (RFC 7515 §4.1.9, RFC 9068 §4).
+fn is_access_token_type(typ: &str) -> bool {
+    const PREFIX: &str = "application/";
+    let bare = match typ.get(..PREFIX.len()) {
+        Some(prefix) if prefix.eq_ignore_ascii_case(PREFIX) => &typ[PREFIX.len()..],
+        _ => typ,
+    };
+    bare.eq_ignore_ascii_case("at+jwt")
+}
+
+/// A NumericDate claim (RFC 7519 §2: seconds, possibly fractional), truncated to whole seconds.
+fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, InvalidReason> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(secs), _) => Ok(Some(secs)),
+            (None, Some(secs)) if secs.is_finite() && secs >= 0.0 => Ok(Some(secs as u64)),
+            _ => Err(InvalidReason::BadClaim(name)),
+        },
+        Some(_) => Err(InvalidReason::BadClaim(name)),
+    }
+}
+
+/// A claim that must be a string when present.
+fn optional_string<'a>(
+    claims: &'a Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<&'a str>, InvalidReason> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(InvalidReason::BadClaim(name)),
+    }
+}
+
+/// `aud` is a string or an array of strings (RFC 7519 §4.1.3) naming one of `accepted`.
+fn check_audience(aud: Option<&Value>, accepted: &[&str]) -> Result<(), InvalidReason> {
+    let names = |s: &str| accepted.contains(&s);
+    match aud {
+        Some(Value::String(s)) if names(s) => Ok(()),
+        Some(Value::String(_)) | None => Err(InvalidReason::WrongAudience),
+        Some(Value::Array(items)) => {
+            let mut found = false;
+            for item in items {
+                match item {
+                    Value::String(s) => found |= names(s),
+                    _ => return Err(InvalidReason::BadClaim("aud")),
+                }
+            }
+            if found {
+                Ok(())
+            } else {
+                Err(InvalidReason::WrongAudience)
+            }
+        }
+        Some(_) => Err(InvalidReason::BadClaim("aud")),
+    }
+}
+
+/// A matcher value's own rules: not empty (for the current revision), at most
+/// [`MAX_PATTERN_BYTES`], no control character (spec, "Terminology": no C0, DEL or C1; format
+/// characters are left to the matcher module, which knows Unicode's categories).
+fn check_pattern(value: &str, allow_empty: bool) -> Result<(), InvalidReason> {
+    if value.is_empty() && !allow_empty {
+        return Err(InvalidReason::BadAuthorization("empty match"));
+    }
+    if value.len() > MAX_PATTERN_BYTES {
+        return Err(InvalidReason::OverLimit("pattern too long"));
+    }
+    if value.chars().any(|c| c.is_control()) {
+        return Err(InvalidReason::BadAuthorization("control character in a matcher"));
+    }
+    Ok(())
+}
+
+/// A topic matcher object `{"match": ..., "match_type": ...}` (spec, "Topic Matcher List").
+fn topic_matcher(entry: &Value) -> Result<RawMatcher, InvalidReason> {
+    use InvalidReason as R;
+    let Value::Object(entry) = entry else {
+        return Err(R::BadAuthorization("topic entry is not an object"));
+    };
+    let Some(Value::String(value)) = entry.get("match") else {
+        return Err(R::BadAuthorization("topic entry without a string match"));
+    };
+    let kind = match entry.get("match_type") {
+        None => MatcherKind::Exact,
+        Some(Value::String(t)) if t == "exact" => MatcherKind::Exact,
+        Some(Value::String(t)) if t == "urlpattern" => MatcherKind::UrlPattern,
+        Some(_) => return Err(R::BadAuthorization("unsupported match_type")),
+    };
+    check_pattern(value, false)?;
+    Ok(RawMatcher { kind, value: value.clone() })
+}
+
+/// The grant of a current-revision token's `authorization_details` (spec, "Authorization
+/// Details"): any Mercure detail that fails to parse invalidates the whole token; details of other
+/// types are skipped.
+fn details_grant(details: Option<&Value>) -> Result<Grant, InvalidReason> {
+    use InvalidReason as R;
+    let mut grant = Grant::default();
+    let details = match details {
+        None => return Ok(grant),
+        Some(Value::Array(details)) => details,
+        Some(_) => return Err(R::BadAuthorization("authorization_details is not an array")),
+    };
+    let (mut count, mut topics_total) = (0, 0);
+    for detail in details {
+        // RFC 9396 §2: every entry is an object with a string `type`.
+        let Value::Object(detail) = detail else {
+            return Err(R::BadAuthorization("detail is not an object"));
+        };
+        match detail.get("type") {
+            Some(Value::String(t)) if t == DETAIL_TYPE => {}
+            Some(Value::String(_)) => continue,
+            _ => return Err(R::BadAuthorization("detail without a string type")),
+        }
+        count += 1;
+        if count > MAX_DETAILS {
+            return Err(R::OverLimit("too many authorization details"));
+        }
+        let (mut publish, mut subscribe) = (false, false);
+        match detail.get("actions") {
+            Some(Value::Array(actions)) if !actions.is_empty() => {
+                for action in actions {
+                    match action {
+                        Value::String(a) if a == "publish" => publish = true,
+                        Value::String(a) if a == "subscribe" => subscribe = true,
+                        // An action this hub does not know grants nothing (spec).
+                        Value::String(_) => {}
+                        _ => return Err(R::BadAuthorization("non-string action")),
+                    }
+                }
+            }
+            _ => return Err(R::BadAuthorization("actions missing, empty or not an array")),
+        }
+        let topics = match detail.get("topics") {
+            Some(Value::Array(topics)) if !topics.is_empty() => topics,
+            _ => return Err(R::BadAuthorization("topics missing, empty or not an array")),
+        };
+        topics_total += topics.len();
+        if topics_total > MAX_DETAIL_TOPICS {
+            return Err(R::OverLimit("too many topic matchers"));
+        }
+        let matchers = topics.iter().map(topic_matcher).collect::<Result<Vec<_>, _>>()?;
+        let payload = match detail.get("payload") {
+            None => None,
+            Some(p @ Value::Object(_)) => Some(p.clone()),
+            Some(_) => return Err(R::BadAuthorization("payload is not an object")),
+        };
+        if publish {
+            grant.publish.extend(matchers.iter().cloned());
+        }
+        if subscribe {
+            let start = grant.subscribe.len();
+            grant.subscribe.extend(matchers);
+            grant.subscribe_details.push(SubscribeDetail { matchers: start..grant.subscribe.len(), payload });
+        }
+    }
+    Ok(grant)
+}
+
+/// The grant of a pre-standardization `mercure` claim: `publish` and `subscribe` arrays of
+/// selectors (strings, [`MatcherKind::Legacy`]; the object form `{"match", "match_type",
+/// "payload"}` that later Mercure.rocks versions also read is accepted too), and `payload`.
+fn legacy_grant(claim: &Value) -> Result<Grant, InvalidReason> {
+    use InvalidReason as R;
+    let Value::Object(claim) = claim else {
+        return Err(R::BadAuthorization("mercure claim is not an object"));
+    };
+    let mut grant = Grant {
+        fallback_payload: claim.get("payload").filter(|p| !p.is_null()).cloned(),
+        ..Grant::default()
+    };
+    for (name, subscribe) in [("publish", false), ("subscribe", true)] {
+        let selectors = match claim.get(name) {
+            // The old hub (Go) read a null like an absent array.
+            None | Some(Value::Null) => continue,
+            Some(Value::Array(selectors)) => selectors,
+            Some(_) => return Err(R::BadAuthorization("mercure selectors are not an array")),
+        };
+        if selectors.len() > MAX_LEGACY_SELECTORS {
+            return Err(R::OverLimit("too many selectors"));
+        }
+        for selector in selectors {
+            let (matcher, payload) = match selector {
+                Value::String(value) => {
+                    check_pattern(value, true)?;
+                    (RawMatcher { kind: MatcherKind::Legacy, value: value.clone() }, None)
+                }
+                Value::Object(object) => {
+                    let payload = object.get("payload").filter(|p| !p.is_null()).cloned();
+                    (topic_matcher(selector)?, payload)
+                }
+                _ => return Err(R::BadAuthorization("selector is neither a string nor an object")),
+            };
+            if subscribe {
+                let index = grant.subscribe.len();
+                grant.subscribe.push(matcher);
+                grant.subscribe_details.push(SubscribeDetail { matchers: index..index + 1, payload });
+            } else {
+                grant.publish.push(matcher);
+            }
+        }
+    }
+    Ok(grant)
+}
+
+#[cfg(test)]
+#[path = "jwt_tests.rs"]
+pub(crate) mod tests;
