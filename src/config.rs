@@ -35,6 +35,10 @@ pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default key of the Redis stream the nodes of a cluster share.
 pub const DEFAULT_REDIS_KEY: &str = "ssed:events";
+/// The algorithm of a JWT key when none is named.
+pub const DEFAULT_JWT_ALG: &str = "HS256";
+/// The hub's public URL when none is configured (the Mercure.rocks hub's development default).
+pub const DEFAULT_HUB_URL: &str = "https://localhost/.well-known/mercure";
 
 // The ceilings below keep every setting far from where arithmetic on it could overflow (a deadline
 // `now + timeout`, a jittered lifetime in milliseconds, `max_connections` plus its overflow allowance),
@@ -109,6 +113,44 @@ pub struct Config {
     /// Bind with `SO_REUSEPORT`, so several processes (one per core) share the port; cluster mode
     /// only, since each process has a log of its own.
     pub reuse_port: bool,
+    /// JWT verification key for publishers and subscribers alike (feature `mercure`): the secret
+    /// for the HS algorithms, otherwise a public key as PEM text or the path of a PEM file. Setting
+    /// any JWT key turns per-topic rights on, for `/events` too.
+    pub jwt_key: Option<String>,
+    /// The algorithm of `jwt_key`, the only one its tokens may use (`HS256`, `RS256`, `ES256`,
+    /// `EdDSA`, ...).
+    pub jwt_alg: String,
+    /// A key for publishers' tokens only, beside or instead of `jwt_key`.
+    pub publisher_jwt_key: Option<String>,
+    /// The algorithm of `publisher_jwt_key`.
+    pub publisher_jwt_alg: String,
+    /// A key for subscribers' tokens only, beside or instead of `jwt_key`.
+    pub subscriber_jwt_key: Option<String>,
+    /// The algorithm of `subscriber_jwt_key`.
+    pub subscriber_jwt_alg: String,
+    /// The `iss` values a current-revision token may carry; none given: `https://localhost`, the
+    /// Mercure.rocks hub's development default.
+    pub jwt_issuers: Vec<String>,
+    /// The `aud` values accepted (the hub's resource identifier); none given: the hub's URL under
+    /// the request's `Host`, `https://HOST/.well-known/mercure` (or `http://`).
+    pub jwt_audiences: Vec<String>,
+    /// The hub's public URL: relative topics and URL patterns are resolved against it, and topics
+    /// under its path are reserved to the hub.
+    pub hub_url: String,
+    /// Refuse subscribers that present no token (by default they get the public updates).
+    pub deny_anonymous: bool,
+    /// Refuse pre-standardization tokens (the `mercure` claim), which are accepted by default so
+    /// that applications written for older hubs work unchanged.
+    pub no_legacy_tokens: bool,
+    /// Accept a token in the `authorization` query parameter, as pre-standardization hubs did
+    /// (off by default: tokens in URLs end up in logs).
+    pub legacy_query_token: bool,
+    /// Another cookie name to take a token from, before `__Secure-mercure_access_token` and
+    /// `mercureAuthorization`.
+    pub jwt_cookie: Option<String>,
+    /// Origins whose pages may publish with a cookie token (checked against `Origin`/`Referer`
+    /// against cross-site request forgery); none: a cookie never authorizes a publish.
+    pub publish_origins: Vec<String>,
 }
 
 /// Tokens are shown as `<redacted>`, so a program that logs its configuration does not leak them.
@@ -139,6 +181,20 @@ impl std::fmt::Debug for Config {
             redis_key,
             redis_maxlen,
             reuse_port,
+            jwt_key,
+            jwt_alg,
+            publisher_jwt_key,
+            publisher_jwt_alg,
+            subscriber_jwt_key,
+            subscriber_jwt_alg,
+            jwt_issuers,
+            jwt_audiences,
+            hub_url,
+            deny_anonymous,
+            no_legacy_tokens,
+            legacy_query_token,
+            jwt_cookie,
+            publish_origins,
         } = self;
         let redact = |token: &Option<String>| token.as_ref().map(|_| "<redacted>");
         f.debug_struct("Config")
@@ -165,6 +221,21 @@ impl std::fmt::Debug for Config {
             .field("redis_key", redis_key)
             .field("redis_maxlen", redis_maxlen)
             .field("reuse_port", reuse_port)
+            // An HS secret is a secret; a public key is not, but one field cannot tell.
+            .field("jwt_key", &redact(jwt_key))
+            .field("jwt_alg", jwt_alg)
+            .field("publisher_jwt_key", &redact(publisher_jwt_key))
+            .field("publisher_jwt_alg", publisher_jwt_alg)
+            .field("subscriber_jwt_key", &redact(subscriber_jwt_key))
+            .field("subscriber_jwt_alg", subscriber_jwt_alg)
+            .field("jwt_issuers", jwt_issuers)
+            .field("jwt_audiences", jwt_audiences)
+            .field("hub_url", hub_url)
+            .field("deny_anonymous", deny_anonymous)
+            .field("no_legacy_tokens", no_legacy_tokens)
+            .field("legacy_query_token", legacy_query_token)
+            .field("jwt_cookie", jwt_cookie)
+            .field("publish_origins", publish_origins)
             .finish()
     }
 }
@@ -194,6 +265,20 @@ impl Default for Config {
             redis_key: DEFAULT_REDIS_KEY.to_string(),
             redis_maxlen: 0,
             reuse_port: false,
+            jwt_key: None,
+            jwt_alg: DEFAULT_JWT_ALG.to_string(),
+            publisher_jwt_key: None,
+            publisher_jwt_alg: DEFAULT_JWT_ALG.to_string(),
+            subscriber_jwt_key: None,
+            subscriber_jwt_alg: DEFAULT_JWT_ALG.to_string(),
+            jwt_issuers: Vec::new(),
+            jwt_audiences: Vec::new(),
+            hub_url: DEFAULT_HUB_URL.to_string(),
+            deny_anonymous: false,
+            no_legacy_tokens: false,
+            legacy_query_token: false,
+            jwt_cookie: None,
+            publish_origins: Vec::new(),
         }
     }
 }
@@ -263,6 +348,7 @@ impl Config {
                 return Err(Error::config("tokens must be non-empty printable ASCII without spaces"));
             }
         }
+        self.validate_jwt()?;
         self.validate_cluster()?;
         for origin in &self.cors_origins {
             if let Err(problem) = check_origin(origin) {
@@ -285,6 +371,28 @@ impl Config {
         } else {
             self.redis_maxlen
         }
+    }
+
+    /// Whether any JWT key is configured, which turns per-topic rights on.
+    pub fn jwt_enabled(&self) -> bool {
+        self.jwt_key.is_some() || self.publisher_jwt_key.is_some() || self.subscriber_jwt_key.is_some()
+    }
+
+    /// The JWT settings this build can act on; whether the keys themselves load is checked when
+    /// the server builds its verifier (it reads their files).
+    fn validate_jwt(&self) -> Result<(), Error> {
+        if self.jwt_enabled() && !cfg!(feature = "mercure") {
+            return Err(Error::config(
+                "--jwt-key: this ssed was built without JWT authorization (the cargo feature `mercure`)",
+            ));
+        }
+        if self.jwt_enabled() && (self.publish_token.is_some() || self.subscribe_token.is_some()) {
+            return Err(Error::config(
+                "--publish-token/--subscribe-token and JWT keys cannot be used together: with a JWT key, \
+                 tokens are JWTs and rights are per topic",
+            ));
+        }
+        Ok(())
     }
 
     /// The cluster settings: a URL this build can use, not beside `--data-dir`, and `--reuse-port`

@@ -30,6 +30,9 @@ pub mod names {
     pub const REQUESTS_REFUSED: &str = "ssed_requests_refused_total";
     /// Connections turned away at `--max-connections`.
     pub const CONNECTIONS_REJECTED: &str = "ssed_connections_rejected_total";
+    /// JWT signatures verified (a cached token costs none).
+    #[cfg(feature = "mercure")]
+    pub const JWT_SIGNATURE_CHECKS: &str = "ssed_jwt_signature_checks_total";
     /// Cluster mode: 1 while connected to Redis.
     #[cfg(feature = "cluster")]
     pub const REDIS_UP: &str = "ssed_redis_up";

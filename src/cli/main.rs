@@ -196,6 +196,91 @@ const FLAGS: &[Flag] = &[
         help: "let several processes share the port (SO_REUSEPORT), one per core; needs --redis",
         setting: Setting::Switch(|c| &mut c.reuse_port),
     },
+    Flag {
+        name: "jwt-key",
+        value: "KEY",
+        help: "JWT key for publishers and subscribers: the secret (HS*), else a public key's PEM or its \
+               file; turns per-topic rights on, for /events too",
+        setting: Setting::Text(|c| &mut c.jwt_key),
+    },
+    Flag {
+        name: "jwt-alg",
+        value: "ALG",
+        help: "the algorithm of --jwt-key: HS256, HS384, HS512, RS256, RS384, RS512, PS256, ES256, ES384 or EdDSA",
+        setting: Setting::Name(|c| &mut c.jwt_alg),
+    },
+    Flag {
+        name: "publisher-jwt-key",
+        value: "KEY",
+        help: "a JWT key for publishers only (as --jwt-key)",
+        setting: Setting::Text(|c| &mut c.publisher_jwt_key),
+    },
+    Flag {
+        name: "publisher-jwt-alg",
+        value: "ALG",
+        help: "the algorithm of --publisher-jwt-key",
+        setting: Setting::Name(|c| &mut c.publisher_jwt_alg),
+    },
+    Flag {
+        name: "subscriber-jwt-key",
+        value: "KEY",
+        help: "a JWT key for subscribers only (as --jwt-key)",
+        setting: Setting::Text(|c| &mut c.subscriber_jwt_key),
+    },
+    Flag {
+        name: "subscriber-jwt-alg",
+        value: "ALG",
+        help: "the algorithm of --subscriber-jwt-key",
+        setting: Setting::Name(|c| &mut c.subscriber_jwt_alg),
+    },
+    Flag {
+        name: "jwt-issuer",
+        value: "ISS",
+        help: "an iss a current-revision token may carry (repeat for several; none: https://localhost)",
+        setting: Setting::List(|c| &mut c.jwt_issuers),
+    },
+    Flag {
+        name: "jwt-audience",
+        value: "AUD",
+        help: "an aud accepted (repeat for several; none: the hub's URL under the request's Host)",
+        setting: Setting::List(|c| &mut c.jwt_audiences),
+    },
+    Flag {
+        name: "hub-url",
+        value: "URL",
+        help: "the Mercure hub's public URL: relative topics resolve against it, its path is reserved",
+        setting: Setting::Name(|c| &mut c.hub_url),
+    },
+    Flag {
+        name: "deny-anonymous",
+        value: "",
+        help: "refuse subscribers without a token (by default they get public updates only)",
+        setting: Setting::Switch(|c| &mut c.deny_anonymous),
+    },
+    Flag {
+        name: "no-legacy-tokens",
+        value: "",
+        help: "refuse pre-standardization Mercure tokens (the `mercure` claim)",
+        setting: Setting::Switch(|c| &mut c.no_legacy_tokens),
+    },
+    Flag {
+        name: "legacy-query-token",
+        value: "",
+        help: "accept a token in the `authorization` query parameter, as older Mercure hubs did",
+        setting: Setting::Switch(|c| &mut c.legacy_query_token),
+    },
+    Flag {
+        name: "jwt-cookie",
+        value: "NAME",
+        help: "another cookie to take a token from (besides __Secure-mercure_access_token, mercureAuthorization)",
+        setting: Setting::Text(|c| &mut c.jwt_cookie),
+    },
+    Flag {
+        name: "publish-origin",
+        value: "ORIGIN",
+        help: "an origin whose pages may publish with a cookie token (repeat for several)",
+        setting: Setting::List(|c| &mut c.publish_origins),
+    },
 ];
 
 impl Flag {
@@ -837,6 +922,20 @@ mod tests {
             redis_key,
             redis_maxlen,
             reuse_port,
+            jwt_key,
+            jwt_alg,
+            publisher_jwt_key,
+            publisher_jwt_alg,
+            subscriber_jwt_key,
+            subscriber_jwt_alg,
+            jwt_issuers,
+            jwt_audiences,
+            hub_url,
+            deny_anonymous,
+            no_legacy_tokens,
+            legacy_query_token,
+            jwt_cookie,
+            publish_origins,
         )
     }
 

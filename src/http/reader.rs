@@ -9,17 +9,21 @@ use std::time::Instant;
 use crate::config::Config;
 use crate::event::Event;
 use crate::http::chunk::ChunkedDecoder;
-use crate::http::request::{self, BodyFraming, Head};
+use crate::http::request::{self, BodyFraming, Credentials, Head};
 use crate::http::response::Refusal;
-use crate::http::route::{self, PublishTarget, Route, Subscribe};
+use crate::http::route::{self, HubSubscribe, PublishTarget, Route, Subscribe};
 
 /// A complete request, ready to carry out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Open a stream (or answer `HEAD` with its headers).
     Subscribe(Subscribe),
-    /// Store an event.
-    Publish(Event),
+    /// Store an event; with JWT keys configured, once the token it came with allows it.
+    Publish(Event, Option<Box<Credentials>>),
+    /// A Mercure subscription (the loop applies the hub's rules and checks the token).
+    HubSubscribe(Box<HubSubscribe>),
+    /// A Mercure publication: the form, and where its token may be.
+    HubPublish(Box<(Credentials, Vec<u8>)>),
     /// `GET /health`.
     Health,
     /// `GET /metrics`.
@@ -198,6 +202,7 @@ impl RequestReader {
             Route::Health => Action::Health,
             Route::Metrics => Action::Metrics,
             Route::Preflight => Action::Preflight,
+            Route::HubSubscribe(hub) => Action::HubSubscribe(hub),
         };
         if has_body {
             // GET with a body: legal but pointless; refusing is simpler than skipping it safely.
@@ -293,8 +298,13 @@ impl RequestReader {
         }
         let reading = *self.body.take().expect("checked above");
         self.finish(now);
+        if reading.target.hub {
+            let credentials = reading.target.auth.map(|c| *c).unwrap_or_default();
+            return Some(Incoming::Request(reading.meta, Action::HubPublish(Box::new((credentials, reading.body)))));
+        }
+        let auth = reading.target.auth.clone();
         Some(match route::publish_body(reading.target, reading.body) {
-            Ok(publish) => Incoming::Request(reading.meta, Action::Publish(publish)),
+            Ok(publish) => Incoming::Request(reading.meta, Action::Publish(publish, auth)),
             Err(e) => Incoming::Refused(reading.meta, e.into()),
         })
     }
@@ -341,7 +351,7 @@ mod tests {
 
     fn publish_data(incoming: &Incoming) -> &str {
         match incoming {
-            Incoming::Request(_, Action::Publish(p)) => p.data(),
+            Incoming::Request(_, Action::Publish(p, _)) => p.data(),
             other => panic!("expected a publish, got {other:?}"),
         }
     }

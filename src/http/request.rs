@@ -61,6 +61,24 @@ pub struct Head {
     pub origin: Option<String>,
     /// `Content-Type` is `application/x-www-form-urlencoded`.
     pub form: bool,
+    /// What a JWT may come in, kept raw for the hub's token rules (empty when nothing was sent).
+    pub credentials: Credentials,
+}
+
+/// The headers a JWT and its checks may use, as received: every `Authorization` and `Cookie` value
+/// (several `Authorization` headers are an error the token rules must see), `Host` (the audience a
+/// token must name when none is configured), and `Referer` (the CSRF check of a cookie token on a
+/// publish, with `Origin`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// Each `Authorization` header's value.
+    pub authorization: Vec<Vec<u8>>,
+    /// Each `Cookie` header's value.
+    pub cookies: Vec<Vec<u8>>,
+    /// The `Host` header.
+    pub host: Option<String>,
+    /// The `Referer` header.
+    pub referer: Option<Vec<u8>>,
 }
 
 /// Why a request head was refused; each maps to one status in [`crate::http::response`].
@@ -148,6 +166,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
         cookie_token: None,
         origin: None,
         form: false,
+        credentials: Credentials::default(),
     };
     let mut content_length = None;
     let mut transfer_encoding = false;
@@ -182,14 +201,20 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
         } else if name.eq_ignore_ascii_case("last-event-id") {
             head.last_event_id = Some(String::from_utf8_lossy(trim(value)).into_owned());
         } else if name.eq_ignore_ascii_case("authorization") {
+            head.credentials.authorization.push(trim(value).to_vec());
             let value = trim(value);
             if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {
                 head.bearer = Some(String::from_utf8_lossy(trim(&value[7..])).into_owned());
             }
         } else if name.eq_ignore_ascii_case("cookie") {
+            head.credentials.cookies.push(value.to_vec());
             if let Some(token) = cookie_value(value, b"ssed_token") {
                 head.cookie_token = Some(String::from_utf8_lossy(token).into_owned());
             }
+        } else if name.eq_ignore_ascii_case("host") {
+            head.credentials.host = Some(String::from_utf8_lossy(trim(value)).into_owned());
+        } else if name.eq_ignore_ascii_case("referer") {
+            head.credentials.referer = Some(trim(value).to_vec());
         } else if name.eq_ignore_ascii_case("origin") {
             head.origin = Some(String::from_utf8_lossy(trim(value)).into_owned());
         } else if name.eq_ignore_ascii_case("content-type") {

@@ -26,6 +26,19 @@ pub enum Refusal {
     /// A valid event was not stored: larger than the history may hold, or the durable history
     /// failed (disk full, I/O error).
     Publish(PublishError),
+    /// A JWT problem (401, 403, 400): the status, the `WWW-Authenticate` challenge, and the reason
+    /// (for the log; the body says only what the status says, so a client learns nothing about why
+    /// its token failed).
+    Auth {
+        /// The status.
+        status: u16,
+        /// The `WWW-Authenticate` value.
+        challenge: String,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// A request the Mercure hub's rules refuse (`400`, or `413` past a size limit), and why.
+    Hub(u16, String),
 }
 
 impl From<HeadError> for Refusal {
@@ -71,6 +84,7 @@ impl Refusal {
             Refusal::BodyTooLarge | Refusal::Publish(PublishError::TooLarge) => 413,
             Refusal::Timeout => 408,
             Refusal::Overloaded | Refusal::Publish(PublishError::Storage(_)) => 503,
+            Refusal::Auth { status, .. } | Refusal::Hub(status, _) => *status,
         }
     }
 
@@ -84,13 +98,15 @@ impl Refusal {
             Refusal::Timeout => "request not complete within --header-timeout".into(),
             Refusal::Overloaded => "server at --max-connections; retry later".into(),
             Refusal::Publish(e) => e.to_string(),
+            Refusal::Auth { reason, .. } => reason.clone(),
+            Refusal::Hub(_, reason) => reason.clone(),
         }
     }
 
     /// Whether the connection must close after the answer: when the framing of what follows is
     /// unknown (a bad head, an unread body) there is no safe place to read the next request from.
     pub fn closes(&self) -> bool {
-        !matches!(self, Refusal::Route(_) | Refusal::Publish(_))
+        !matches!(self, Refusal::Route(_) | Refusal::Publish(_) | Refusal::Auth { .. } | Refusal::Hub(..))
     }
 }
 
@@ -101,6 +117,7 @@ fn reason_phrase(status: u16) -> &'static str {
         204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -169,12 +186,19 @@ pub fn refusal(refusal: &Refusal, keep_alive: bool, head_only: bool, cors: &[u8]
             let _ = write!(extra, "Allow: {allow}\r\n");
         }
         Refusal::Route(RouteError::Unauthorized) => extra.extend_from_slice(b"WWW-Authenticate: Bearer\r\n"),
+        Refusal::Auth { challenge, .. } => {
+            let _ = write!(extra, "WWW-Authenticate: {challenge}\r\n");
+        }
         Refusal::Overloaded | Refusal::Publish(PublishError::Storage(_)) => {
             extra.extend_from_slice(b"Retry-After: 5\r\n")
         }
         _ => {}
     }
-    let body = format!("{}\n", refusal.reason());
+    let body = match refusal {
+        // Why a token failed stays in the log (the spec: do not disclose it).
+        Refusal::Auth { status, .. } => format!("{}\n", reason_phrase(*status).to_ascii_lowercase()),
+        _ => format!("{}\n", refusal.reason()),
+    };
     text(refusal.status(), &body, keep_alive && !refusal.closes(), head_only, &extra, out);
 }
 

@@ -4,7 +4,7 @@ use std::fmt;
 
 use crate::config::Config;
 use crate::event::{Draft, Event, EventError};
-use crate::http::request::{Head, Method};
+use crate::http::request::{Credentials, Head, Method};
 use crate::sse;
 use crate::topic::{self, TopicError};
 
@@ -19,8 +19,24 @@ pub enum Route {
     Health,
     /// `GET /metrics`.
     Metrics,
-    /// `OPTIONS /events`: CORS preflight.
+    /// `OPTIONS /events` or on the hub: CORS preflight.
     Preflight,
+    /// `GET /.well-known/mercure`: a Mercure subscription, checked by the loop (its token needs the
+    /// loop's verifier and cache).
+    HubSubscribe(Box<HubSubscribe>),
+}
+
+/// A subscription to the Mercure hub as the request states it; the hub's rules apply in the loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubSubscribe {
+    /// The raw query (matchers, `last_event_id`, `lastEventID`, the legacy `authorization`).
+    pub query: String,
+    /// The `Last-Event-ID` header, which wins over the query's.
+    pub last_event_id: Option<String>,
+    /// Only the headers are wanted (`HEAD`).
+    pub head_only: bool,
+    /// Where its token may be.
+    pub credentials: Credentials,
 }
 
 /// A subscribe request, validated.
@@ -32,6 +48,8 @@ pub struct Subscribe {
     pub last_event_id: Option<u64>,
     /// Only the headers are wanted (`HEAD`).
     pub head_only: bool,
+    /// With JWT keys configured: where its token may be (its topics need `subscribe` rights).
+    pub auth: Option<Box<Credentials>>,
 }
 
 /// Where a publish goes, from the query; the body decides the rest.
@@ -41,6 +59,10 @@ pub struct PublishTarget {
     pub topics: Vec<String>,
     /// `event=` from the query.
     pub event_type: Option<String>,
+    /// With JWT keys configured, or on the hub: where its token may be.
+    pub auth: Option<Box<Credentials>>,
+    /// A Mercure publication (`POST /.well-known/mercure`): the body is the hub's form.
+    pub hub: bool,
 }
 
 /// Why a request was refused after its head parsed; mapped to statuses in [`crate::http::response`].
@@ -81,6 +103,10 @@ impl From<EventError> for RouteError {
 
 /// `Allow` for `/events`.
 pub const ALLOW_EVENTS: &str = "GET, HEAD, POST, OPTIONS";
+/// The Mercure hub's path (feature `mercure`).
+pub const HUB_PATH: &str = "/.well-known/mercure";
+/// `Allow` for the hub.
+pub const ALLOW_HUB: &str = "GET, HEAD, POST, OPTIONS";
 /// `Allow` for `/health` and `/metrics`.
 pub const ALLOW_READ_ONLY: &str = "GET, HEAD";
 
@@ -88,6 +114,20 @@ pub const ALLOW_READ_ONLY: &str = "GET, HEAD";
 pub fn route(head: &Head, config: &Config) -> Result<Route, RouteError> {
     match head.path.as_str() {
         "/events" => match head.method {
+            Method::Get | Method::Head if config.jwt_enabled() => {
+                let mut route = subscribe(head)?;
+                if let Route::Subscribe(sub) = &mut route {
+                    sub.auth = Some(Box::new(head.credentials.clone()));
+                }
+                Ok(route)
+            }
+            Method::Post if config.jwt_enabled() => {
+                let mut route = publish_target(head)?;
+                if let Route::Publish(target) = &mut route {
+                    target.auth = Some(Box::new(head.credentials.clone()));
+                }
+                Ok(route)
+            }
             Method::Get | Method::Head => {
                 if let Some(token) = &config.subscribe_token {
                     let offered = [head.bearer.as_deref(), head.cookie_token.as_deref()];
@@ -107,6 +147,22 @@ pub fn route(head: &Head, config: &Config) -> Result<Route, RouteError> {
             }
             Method::Options => Ok(Route::Preflight),
             Method::Other => Err(RouteError::MethodNotAllowed(ALLOW_EVENTS)),
+        },
+        HUB_PATH if cfg!(feature = "mercure") => match head.method {
+            Method::Get | Method::Head => Ok(Route::HubSubscribe(Box::new(HubSubscribe {
+                query: head.query.clone(),
+                last_event_id: head.last_event_id.clone(),
+                head_only: head.method == Method::Head,
+                credentials: head.credentials.clone(),
+            }))),
+            Method::Post => Ok(Route::Publish(PublishTarget {
+                topics: Vec::new(),
+                event_type: None,
+                auth: Some(Box::new(head.credentials.clone())),
+                hub: true,
+            })),
+            Method::Options => Ok(Route::Preflight),
+            Method::Other => Err(RouteError::MethodNotAllowed(ALLOW_HUB)),
         },
         "/health" | "/metrics" => match head.method {
             Method::Get | Method::Head if head.path == "/health" => Ok(Route::Health),
@@ -167,11 +223,12 @@ fn subscribe(head: &Head) -> Result<Route, RouteError> {
         topics,
         last_event_id: last.and_then(|v| parse_event_id(&v)),
         head_only: head.method == Method::Head,
+        auth: None,
     }))
 }
 
 fn publish_target(head: &Head) -> Result<Route, RouteError> {
-    let mut target = PublishTarget { topics: Vec::new(), event_type: None };
+    let mut target = PublishTarget { topics: Vec::new(), event_type: None, auth: None, hub: false };
     for (key, value) in query_pairs(&head.query)? {
         match key.as_str() {
             "topic" => push_topic(&mut target.topics, value)?,
@@ -323,7 +380,8 @@ mod tests {
             Route::Subscribe(Subscribe {
                 topics: vec!["a".into(), "room/1".into()],
                 last_event_id: Some(7),
-                head_only: false
+                head_only: false,
+                auth: None,
             })
         );
         let got =
@@ -360,7 +418,7 @@ mod tests {
         assert!(matches!(refused, Err(RouteError::BadRequest(_))), "{refused:?}");
         let refused = route_raw(&format!("POST /events?{over} HTTP/1.1\r\n\r\n"), &config);
         assert!(matches!(refused, Err(RouteError::BadRequest(_))), "{refused:?}");
-        let target = PublishTarget { topics: Vec::new(), event_type: None };
+        let target = PublishTarget { topics: Vec::new(), event_type: None, auth: None, hub: false };
         assert!(publish_body(target.clone(), at_cap.into_bytes()).is_ok());
         assert!(matches!(publish_body(target, over.into_bytes()), Err(RouteError::BadRequest(_))));
     }
@@ -460,7 +518,7 @@ mod tests {
                 "{query}"
             );
         }
-        let form = PublishTarget { topics: Vec::new(), event_type: None };
+        let form = PublishTarget { topics: Vec::new(), event_type: None, auth: None, hub: false };
         for (body, field) in [
             ("topic=a&data=x&data=y", "`data`"),
             ("topic=a&data=&data=", "`data`"),
@@ -503,7 +561,7 @@ mod tests {
             route_raw("POST /events?topic=a&event=%0A HTTP/1.1\r\n\r\n", &config),
             Err(RouteError::BadRequest(_))
         ));
-        let target = PublishTarget { topics: vec!["a".into()], event_type: None };
+        let target = PublishTarget { topics: vec!["a".into()], event_type: None, auth: None, hub: false };
         assert!(matches!(publish_body(target, vec![0xff, 0xfe]), Err(RouteError::BadRequest(_))));
     }
 

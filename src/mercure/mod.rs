@@ -22,6 +22,7 @@ pub enum MatcherKind {
     Legacy,
 }
 
+pub mod hub;
 pub mod jwt;
 #[cfg(test)]
 mod test_keys;

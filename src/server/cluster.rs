@@ -37,11 +37,30 @@ impl Loop {
     pub(super) fn handle_redis(&mut self) {}
 }
 
+/// What an HTTP publisher is answered with once its append is in.
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))] // made, never read, without cluster mode
+pub(super) enum Answer {
+    /// ssed's: the numeric id and a line feed.
+    Id,
+    /// The Mercure hub's: the id subscribers see, the publisher's own if it gave one.
+    Hub(Option<String>),
+}
+
+impl Answer {
+    fn body(&self, id: u64) -> String {
+        match self {
+            Answer::Id => format!("{id}\n"),
+            Answer::Hub(Some(text)) => text.clone(),
+            Answer::Hub(None) => format!("{}{id}", broadcast::URN_PREFIX),
+        }
+    }
+}
+
 /// Who waits for an append's answer.
 #[cfg_attr(not(feature = "cluster"), allow(dead_code))] // made, never read, without cluster mode
 pub(super) enum Waiter {
     /// An HTTP publish: its answer goes in at its place in the connection's buffer.
-    Http { key: Key, keep_alive: bool, cors: Vec<u8> },
+    Http { key: Key, keep_alive: bool, cors: Vec<u8>, answer: Answer },
     /// A [`Publisher`] call.
     Handle(mpsc::SyncSender<Result<broadcast::EventId, Error>>),
 }
@@ -261,12 +280,10 @@ mod enabled {
                     // The caller may have given up waiting; the outcome stands either way.
                     let _ = reply.send(result);
                 }
-                Waiter::Http { key, keep_alive, cors } => {
+                Waiter::Http { key, keep_alive, cors, answer: form } => {
                     let mut answer = Vec::new();
                     match result {
-                        Ok(id) => {
-                            response::text(200, &format!("{id}\n"), keep_alive, false, &cors, &mut answer)
-                        }
+                        Ok(id) => response::text(200, &form.body(id), keep_alive, false, &cors, &mut answer),
                         Err(reason) => {
                             let refusal =
                                 Refusal::from(PublishError::Storage(format!("event not stored: {reason}")));

@@ -47,6 +47,7 @@ use crate::transport::{Plain, Transport};
 
 mod cluster;
 mod expiry;
+mod hub;
 mod publish;
 mod requests;
 mod streams;
@@ -111,6 +112,8 @@ pub struct Server {
     store: Option<Store>,
     /// Cluster mode (`--redis`): the bridge to the shared stream.
     cluster: Option<cluster::Cluster>,
+    /// The Mercure hub and JWT rights (feature `mercure`).
+    hub: Option<hub::HubState>,
     /// Connections allowed beyond `max_connections` to receive their "full" answer.
     overflow: usize,
 }
@@ -167,7 +170,10 @@ impl Server {
             shutdown: Arc::new(AtomicBool::new(false)),
             max_body: config.max_body,
         };
+        // Keys load now, so a missing or bad key file stops the start with its name.
+        let hub = hub::HubState::start(&config)?;
         Ok(Server {
+            hub,
             config,
             poll,
             listener,
@@ -227,6 +233,7 @@ impl Server {
             log,
             store,
             cluster,
+            hub,
             overflow,
         } = self;
         info!("ssed listening on {local_addr}");
@@ -234,6 +241,7 @@ impl Server {
             log,
             store,
             cluster,
+            hub,
             pending_acks: Vec::new(),
             held_lists: HashSet::new(),
             held: publish::HeldTurn::default(),
@@ -383,6 +391,8 @@ struct Loop {
     store: Option<Store>,
     /// Cluster mode: the bridge to the shared Redis stream, which is then the log's only source.
     cluster: Option<cluster::Cluster>,
+    /// The Mercure hub and JWT rights.
+    hub: Option<hub::HubState>,
     /// Publishes of this turn waiting for the commit.
     pending_acks: Vec<Ack>,
     /// Subscriber lists of the events held for the commit, marked once it lands (a set: a turn may

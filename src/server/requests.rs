@@ -230,6 +230,9 @@ impl Loop {
                 if let Some(cluster) = &self.cluster {
                     cluster.render_metrics(&mut body);
                 }
+                if let Some(hub) = &self.hub {
+                    hub.render_metrics(&mut body);
+                }
                 let out = answer_buffer(&mut self.conns, key, keep_alive, self.now);
                 response::text(200, &body, keep_alive, meta.head_only, &cors, out);
             }
@@ -237,21 +240,19 @@ impl Loop {
                 let out = answer_buffer(&mut self.conns, key, keep_alive, self.now);
                 response::preflight(&self.config, meta.origin.as_deref(), keep_alive, out);
             }
-            Action::Publish(event) if self.cluster.is_some() => {
-                self.cluster_publish(cluster::Waiter::Http { key, keep_alive, cors }, event)
-            }
-            Action::Publish(publish) => match self.publish(&publish) {
-                Ok(id) => {
-                    if self.defers_acks() {
-                        let conn = self.conns.get_mut(key).expect("caller holds a live key");
-                        let out_start = conn.conn.hold_answer();
-                        self.pending_acks.push(Ack::Http { key, out_start });
-                    }
-                    let out = answer_buffer(&mut self.conns, key, keep_alive, self.now);
-                    response::text(200, &format!("{id}\n"), keep_alive, false, &cors, out);
+            Action::Publish(event, Some(credentials)) => {
+                let topics: Vec<&str> = event.topics().iter().map(String::as_str).collect();
+                match self.authorize_events(&credentials, &meta, &topics, true) {
+                    Ok(_) => self.carry_out_publish(key, &meta, event, false),
+                    Err(refusal) => self.refuse(key, &meta, &refusal),
                 }
-                Err(e) => self.refuse(key, &meta, &Refusal::from(e)),
-            },
+            }
+            Action::Publish(event, None) => self.carry_out_publish(key, &meta, event, false),
+            Action::HubSubscribe(request) => self.hub_subscribe(key, &meta, &request),
+            Action::HubPublish(publish) => {
+                let (credentials, body) = *publish;
+                self.hub_publish(key, &meta, credentials, body)
+            }
             Action::Subscribe(subscribe) if subscribe.head_only => {
                 let out = answer_buffer(&mut self.conns, key, keep_alive, self.now);
                 response::stream_head(meta.http10, keep_alive, &cors, out);
@@ -260,6 +261,42 @@ impl Loop {
         }
     }
 }
+
+impl Loop {
+    /// Stores a checked event and answers its publisher with its id (through Redis in cluster
+    /// mode, after the commit with a syncing durable history). A hub publication is answered with
+    /// the id its subscribers see, as Mercure asks (`text/plain`, nothing else in the body).
+    pub(super) fn carry_out_publish(&mut self, key: Key, meta: &Meta, event: Event, hub: bool) {
+        let keep_alive = meta.keep_alive && !self.conns.get(key).is_some_and(|c| c.conn.over_capacity());
+        let cors = self.cors(meta.origin.as_deref());
+        if self.cluster.is_some() {
+            let answer = if hub { cluster::Answer::Hub(event.wire_id().map(str::to_string)) } else { cluster::Answer::Id };
+            return self.cluster_publish(cluster::Waiter::Http { key, keep_alive, cors, answer }, event);
+        }
+        match self.publish(&event) {
+            Ok(id) => {
+                if self.defers_acks() {
+                    let conn = self.conns.get_mut(key).expect("caller holds a live key");
+                    let out_start = conn.conn.hold_answer();
+                    self.pending_acks.push(Ack::Http { key, out_start });
+                }
+                let body = if hub { hub_answer(&event, id.get()) } else { format!("{id}\n") };
+                let out = answer_buffer(&mut self.conns, key, keep_alive, self.now);
+                response::text(200, &body, keep_alive, false, &cors, out);
+            }
+            Err(e) => self.refuse(key, meta, &Refusal::from(e)),
+        }
+    }
+}
+
+/// The answer to a hub publication without the hub (never called: nothing routes there).
+#[cfg(not(feature = "mercure"))]
+fn hub_answer(_: &Event, id: u64) -> String {
+    format!("{id}\n")
+}
+
+#[cfg(feature = "mercure")]
+use super::hub::hub_answer;
 
 /// The buffer a complete answer is queued in ([`Connection::answer`]).
 ///

@@ -19,32 +19,60 @@ enum Wrote {
 }
 
 impl Loop {
+    /// `GET /events`: a stream of the topics asked for (with JWT keys, once the token allows them).
     pub(super) fn subscribe(&mut self, key: Key, meta: &Meta, subscribe: &Subscribe, cors: &[u8]) {
         let names: Vec<&str> = subscribe.topics.iter().map(String::as_str).collect();
+        let (rights, deadline) = match &subscribe.auth {
+            Some(credentials) => match self.authorize_events(credentials, meta, &names, false) {
+                Ok(granted) => granted,
+                Err(refusal) => return self.refuse(key, meta, &refusal),
+            },
+            None => (broadcast::Rights::Public, None),
+        };
         let selection = self.log.acquire(&names);
         let resume = self.log.resume(&selection, subscribe.last_event_id);
-        let framing = Framing::for_http10(meta.http10);
+        let subscription =
+            Subscription::new(selection, Framing::for_http10(meta.http10), &resume).with_rights(rights);
+        self.start_subscription(key, meta, subscription, resume.gap, deadline, cors);
+        debug!("conn={} subscribed to {:?} from {:?}", key.slot, subscribe.topics, subscribe.last_event_id);
+    }
+
+    /// Starts a stream of `subscription` on `key`: registered on its topics' lists, its head (with
+    /// `headers`), prelude and gap notice queued, its lifetime drawn and cut at `deadline` (a
+    /// token's end), and its first write this turn.
+    pub(super) fn start_subscription(
+        &mut self,
+        key: Key,
+        meta: &Meta,
+        subscription: Subscription,
+        gap: Option<(u64, u64)>,
+        deadline: Option<Instant>,
+        headers: &[u8],
+    ) {
         let rng = &mut self.rng;
-        let ends_at = lifetime_end(self.now, self.config.max_lifetime, |low, high| rng.between(low, high));
-        let mut stream = Stream::new(Subscription::new(selection, framing, &resume), ends_at);
+        let lifetime = lifetime_end(self.now, self.config.max_lifetime, |low, high| rng.between(low, high));
+        let ends_at = match (lifetime, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut stream = Stream::new(subscription, ends_at);
         let positions: Vec<u32> = stream.lists().map(|list| self.registry.add(list, key)).collect();
         for (index, position) in positions.into_iter().enumerate() {
             stream.set_position(index, position);
         }
         let mut body = Vec::new();
         sse::encode_prelude(self.config.retry.as_millis() as u64, &mut body);
-        if let Some((last, oldest)) = resume.gap {
+        if let Some((last, oldest)) = gap {
             self.metrics.resume_gaps += 1;
             sse::encode_gap(last, oldest, &mut body);
         }
         let conn = self.conns.get_mut(key).expect("caller holds a live key");
-        conn.conn.start_stream(stream, meta, cors, &body, self.now);
+        conn.conn.start_stream(stream, meta, headers, &body, self.now);
         self.subscribers += 1;
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push_back(key);
         }
-        debug!("conn={} subscribed to {:?} from {:?}", key.slot, subscribe.topics, subscribe.last_event_id);
     }
 
     /// At capacity, a subscriber is told to come back later (see [`Connection::turn_away`]), after a

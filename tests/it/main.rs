@@ -15,6 +15,8 @@ mod fuzz_regressions;
 mod held;
 mod injection;
 mod lag;
+#[cfg(feature = "mercure")]
+mod mercure;
 mod regressions;
 mod service;
 mod soak;

@@ -1,0 +1,245 @@
+//! The hub's decisions, without sockets: who a request's token says it is, what it may read and
+//! publish, which matchers a subscription routes by. The loop (`server/hub.rs`) carries them out on
+//! the log and the connections.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use url::Url;
+
+use super::jwt::{host_audiences, Grant, KeySpec, RawMatcher, Role, TokenError, Verifier};
+use super::matcher::{Matcher, MatcherError};
+use super::token::{self, Presented, TokenCache, TokenOptions};
+use super::MatcherKind;
+use crate::broadcast::TopicFilter;
+use crate::config::Config;
+use crate::error::Error;
+use crate::http::request::{Credentials, Method};
+
+/// Compiled rights kept at most; past it the table starts over (a reconnect storm of 10,000
+/// subscribers shares a few hundred distinct grants).
+const MAX_COMPILED: usize = 4096;
+
+/// The hub's state: its URL, its verifier and the caches in front of it.
+pub struct Hub {
+    base: Url,
+    verifier: Option<Verifier>,
+    cache: TokenCache,
+    tokens: TokenOptions,
+    anonymous: bool,
+    /// Compiled matcher lists of grants, by [`key_of`] of their raw matchers.
+    compiled: HashMap<String, Arc<Rights>>,
+}
+
+/// A set of compiled matchers a topic passes if any of them takes it: a grant's rights, or a
+/// subscription's routing matchers.
+pub struct Rights {
+    matchers: Vec<Matcher>,
+    any: bool,
+    key: String,
+}
+
+impl Rights {
+    /// Compiles `raw` against the hub's URL; an invalid matcher is the whole list's error.
+    pub fn compile<'a>(
+        raw: impl IntoIterator<Item = (MatcherKind, &'a str)> + Clone,
+        base: &Url,
+    ) -> Result<Rights, MatcherError> {
+        let key = key_of(raw.clone());
+        let matchers = raw.into_iter().map(|(kind, value)| Matcher::new(kind, value, base)).collect::<Result<Vec<_>, _>>()?;
+        let any = matchers.iter().any(Matcher::is_any);
+        Ok(Rights { matchers, any, key })
+    }
+
+    /// Whether one of the matchers takes `topic`.
+    pub fn allows(&self, topic: &str) -> bool {
+        self.any || self.matchers.iter().any(|m| m.matches(topic))
+    }
+
+    /// Whether a matcher is the wildcard `*`.
+    pub fn is_any(&self) -> bool {
+        self.any
+    }
+
+    /// Whether there is no matcher at all.
+    pub fn is_empty(&self) -> bool {
+        self.matchers.is_empty()
+    }
+
+    /// The topics of the exact matchers, if every matcher is exact (a subscription that needs no
+    /// derived topic).
+    pub fn exact_topics(&self) -> Option<Vec<&str>> {
+        self.matchers.iter().map(Matcher::as_exact).collect()
+    }
+
+    /// A canonical description, the same for the same matchers in any order: the key of the
+    /// derived topic these rights or routes share.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// A [`Rights`] shared with the log as the filter of a derived topic.
+pub struct SharedRights(pub Arc<Rights>);
+
+impl TopicFilter for SharedRights {
+    fn matches(&self, topic: &str) -> bool {
+        self.0.allows(topic)
+    }
+}
+
+/// The canonical key of a matcher list: sorted, deduplicated, each as kind and value.
+pub fn key_of<'a>(raw: impl IntoIterator<Item = (MatcherKind, &'a str)>) -> String {
+    let mut items: Vec<(u8, &str)> = raw
+        .into_iter()
+        .map(|(kind, value)| {
+            let tag = match kind {
+                MatcherKind::Exact => b'e',
+                MatcherKind::UrlPattern => b'u',
+                MatcherKind::Legacy => b'l',
+            };
+            (tag, value)
+        })
+        .collect();
+    items.sort_unstable();
+    items.dedup();
+    let mut key = String::new();
+    for (tag, value) in items {
+        key.push(char::from(tag));
+        key.push_str(value);
+        // Values hold no control character (the hub's rules), so a line feed separates them.
+        key.push('\n');
+    }
+    key
+}
+
+/// Who a request is, once its token (if any) checked out.
+pub struct Access {
+    /// The grant, `None` for an anonymous request.
+    pub grant: Option<Arc<Grant>>,
+}
+
+impl Hub {
+    /// The hub of `config`: its URL parsed, its keys loaded (an error names the flag and the file).
+    pub fn new(config: &Config) -> Result<Hub, Error> {
+        let base = Url::parse(&config.hub_url)
+            .map_err(|e| Error::config(format!("--hub-url {:?} is not a URL: {e}", config.hub_url)))?;
+        let verifier = if config.jwt_enabled() {
+            let key = |flag: &str, value: &Option<String>, alg: &str| -> Result<Option<KeySpec>, Error> {
+                value
+                    .as_deref()
+                    .map(|v| KeySpec::parse(alg, v).map_err(|e| Error::config(format!("--{flag}: {e}"))))
+                    .transpose()
+            };
+            let shared = key("jwt-key", &config.jwt_key, &config.jwt_alg)?;
+            let publisher = key("publisher-jwt-key", &config.publisher_jwt_key, &config.publisher_jwt_alg)?;
+            let subscriber = key("subscriber-jwt-key", &config.subscriber_jwt_key, &config.subscriber_jwt_alg)?;
+            let publisher_keys: Vec<KeySpec> = publisher.into_iter().chain(shared.clone()).collect();
+            let subscriber_keys: Vec<KeySpec> = subscriber.into_iter().chain(shared).collect();
+            let issuers = if config.jwt_issuers.is_empty() {
+                vec!["https://localhost".to_string()]
+            } else {
+                config.jwt_issuers.clone()
+            };
+            Some(
+                Verifier::new(publisher_keys, subscriber_keys)
+                    .issuers(issuers)
+                    .audiences(config.jwt_audiences.clone())
+                    .legacy(!config.no_legacy_tokens),
+            )
+        } else {
+            None
+        };
+        let mut tokens = TokenOptions {
+            legacy_query: config.legacy_query_token,
+            publish_origins: config.publish_origins.clone(),
+            ..TokenOptions::default()
+        };
+        if let Some(name) = &config.jwt_cookie {
+            tokens = tokens.with_cookie_name(name.clone());
+        }
+        Ok(Hub {
+            base,
+            verifier,
+            cache: TokenCache::default(),
+            tokens,
+            anonymous: !config.deny_anonymous,
+            compiled: HashMap::new(),
+        })
+    }
+
+    /// The hub's URL, which relative topics and patterns resolve against.
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// Whether tokens are checked at all (a JWT key is configured).
+    pub fn verifies(&self) -> bool {
+        self.verifier.is_some()
+    }
+
+    /// Signature checks done so far (the cache's effect shows here).
+    pub fn signature_checks(&self) -> u64 {
+        self.verifier.as_ref().map_or(0, Verifier::signature_checks)
+    }
+
+    /// Checks the token `credentials` carry for `role` at `now_secs`: `Ok` with the grant, or
+    /// with none for an anonymous request that may go on as one (a subscriber, when anonymous
+    /// subscribers are allowed); the refusal otherwise.
+    pub fn authorize(
+        &mut self,
+        credentials: &Credentials,
+        method: Method,
+        origin: Option<&str>,
+        query_authorization: &[&str],
+        role: Role,
+        now_secs: u64,
+    ) -> Result<Access, TokenError> {
+        let Some(verifier) = &self.verifier else {
+            return Ok(Access { grant: None });
+        };
+        let authorization: Vec<&[u8]> = credentials.authorization.iter().map(Vec::as_slice).collect();
+        let cookies: Vec<&[u8]> = credentials.cookies.iter().map(Vec::as_slice).collect();
+        let presented = Presented {
+            method,
+            authorization: &authorization,
+            cookies: &cookies,
+            query_authorization,
+            origin: origin.map(str::as_bytes),
+            referer: credentials.referer.as_deref(),
+        };
+        let Some(presentation) = token::extract(&presented, &self.tokens)? else {
+            return match role {
+                Role::Subscriber if self.anonymous => Ok(Access { grant: None }),
+                _ => Err(TokenError::Missing),
+            };
+        };
+        let host = credentials.host.as_deref().unwrap_or("localhost");
+        let derived = host_audiences(host);
+        let audiences: Vec<&str> = if verifier.configured_audiences().is_empty() {
+            derived.iter().map(String::as_str).collect()
+        } else {
+            Vec::new()
+        };
+        let grant = self.cache.verify(verifier, presentation.token, role, &audiences, now_secs)?;
+        Ok(Access { grant: Some(grant) })
+    }
+
+    /// The compiled form of a grant's `raw` matchers, shared by every request with the same ones;
+    /// a matcher that does not compile makes the token invalid.
+    pub fn rights(&mut self, raw: &[RawMatcher]) -> Result<Arc<Rights>, TokenError> {
+        let pairs = raw.iter().map(|m| (m.kind, m.value.as_str()));
+        let key = key_of(pairs.clone());
+        if let Some(rights) = self.compiled.get(&key) {
+            return Ok(Arc::clone(rights));
+        }
+        let rights = Arc::new(
+            Rights::compile(pairs, &self.base).map_err(|_| TokenError::Invalid(super::jwt::InvalidReason::BadClaim("a topic matcher does not compile")))?,
+        );
+        if self.compiled.len() >= MAX_COMPILED {
+            self.compiled.clear();
+        }
+        self.compiled.insert(key, Arc::clone(&rights));
+        Ok(rights)
+    }
+}
