@@ -176,6 +176,13 @@ impl Matcher {
 /// that does not start with `/` with the base's directory even when the pattern has its own
 /// protocol, so `urn:*` would become `urn:/.well-known/*` and never match `urn:uuid:...`.
 fn compile_url_pattern(value: &str, base: &Url) -> Result<UrlPattern, MatcherError> {
+    if has_bare_bracket(value) {
+        return Err(MatcherError::UrlPattern(
+            "'[' and ']' are only accepted inside a regexp group (IPv6 literal hosts are not \
+             supported)"
+                .to_owned(),
+        ));
+    }
     let init = match UrlPatternInit::parse_constructor_string::<Regex>(value, None) {
         Err(urlpattern::Error::BaseUrlRequired) => {
             UrlPatternInit::parse_constructor_string::<Regex>(value, Some(base.clone()))
@@ -186,6 +193,66 @@ fn compile_url_pattern(value: &str, base: &Url) -> Result<UrlPattern, MatcherErr
     // `ignore_case: false` spelled out: the spec forbids `ignoreCase`.
     let options = UrlPatternOptions { ignore_case: false, ..UrlPatternOptions::default() };
     UrlPattern::parse(init, options).map_err(|e| MatcherError::UrlPattern(e.to_string()))
+}
+
+/// Whether the URL pattern holds a `[` or `]`, escaped or not, outside a regexp group.
+///
+/// urlpattern 0.6.0's constructor-string parser counts such brackets (escaped ones too) in the
+/// hostname with an unsigned depth and decrements it on a `]` that closes no `[`: a panic in
+/// builds with overflow checks (our tests, debug builds), a wrapped counter otherwise. Where a
+/// bracket sits depends on the parser's state machine, so every such bracket is refused; this
+/// costs IPv6 literal hosts and literal brackets in paths. Regexp groups are found as the
+/// tokenizer finds them; a group it would reject is scanned as plain characters, which errs
+/// towards refusing.
+fn has_bare_bracket(pattern: &str) -> bool {
+    let bytes = pattern.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if matches!(bytes.get(i + 1), Some(b'[' | b']')) => return true,
+            b'\\' => i += 2,
+            b'[' | b']' => return true,
+            b'(' => i = regexp_group_end(bytes, i + 1).unwrap_or(i + 1),
+            _ => i += 1,
+        }
+    }
+    false
+}
+
+/// Where the regexp group whose body starts at `start` ends (after its `)`), by the URL Pattern
+/// tokenizer's rules (ASCII only, no leading `?`, nested groups must start with `?`, non-empty);
+/// `None` when the tokenizer would refuse it.
+fn regexp_group_end(bytes: &[u8], start: usize) -> Option<usize> {
+    if bytes.get(start) == Some(&b'?') {
+        return None;
+    }
+    let mut depth = 1;
+    let mut i = start;
+    while let Some(&b) = bytes.get(i) {
+        if !b.is_ascii() {
+            return None;
+        }
+        match b {
+            b'\\' => {
+                if !bytes.get(i + 1)?.is_ascii() {
+                    return None;
+                }
+                i += 2;
+                continue;
+            }
+            b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return (i > start).then_some(i + 1);
+                }
+            }
+            b'(' if bytes.get(i + 1) != Some(&b'?') => return None,
+            b'(' => depth += 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// An RFC 6570 operator, with how its expansion looks.
@@ -592,6 +659,39 @@ mod tests {
         }
         // The same values are fine exact matchers.
         assert!(Matcher::new(MatcherKind::Exact, "https://example.com/:id(", &base()).is_ok());
+    }
+
+    #[test]
+    fn url_pattern_bare_brackets_are_refused_before_the_parser_sees_them() {
+        // ":a:!]" made urlpattern 0.6.0 panic (an unsigned bracket depth going below zero).
+        // "://(\\]" too: the parser counts escaped brackets.
+        for bad in [
+            ":a:!]",
+            "://(\\]",
+            "https://]/",
+            "https://[::1]/x",
+            "/a]b",
+            "/a[b",
+            "/a\\]b",
+            "(?x)]",
+            "(é)]",
+            "(a(b))]",
+            "()]",
+        ] {
+            let err = Matcher::new(MatcherKind::UrlPattern, bad, &base()).unwrap_err();
+            assert!(
+                err.to_string().contains("'[' and ']' are only accepted inside a regexp group"),
+                "{bad}: {err}"
+            );
+        }
+        // Inside a regexp group they are the regexp's business.
+        let class = m(MatcherKind::UrlPattern, "https://example.com/books/:id([0-9]+)");
+        assert!(class.matches("https://example.com/books/12"));
+        assert!(!class.matches("https://example.com/books/1a"));
+        assert!(Matcher::new(MatcherKind::UrlPattern, "/:x((?:[a-z])+)", &base()).is_ok());
+        assert!(Matcher::new(MatcherKind::UrlPattern, "/:x(\\])", &base()).is_ok());
+        // Other kinds do not care.
+        assert!(m(MatcherKind::Exact, "https://[::1]/").matches("https://[::1]/"));
     }
 
     #[test]
