@@ -18,6 +18,7 @@ pub enum MatcherKind {
     Legacy,
 }
 
+pub mod grant;
 pub mod jwt;
 #[cfg(test)]
 mod test_keys;
