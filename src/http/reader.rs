@@ -300,7 +300,10 @@ impl RequestReader {
         self.finish(now);
         if reading.target.hub {
             let credentials = reading.target.auth.map(|c| *c).unwrap_or_default();
-            return Some(Incoming::Request(reading.meta, Action::HubPublish(Box::new((credentials, reading.body)))));
+            return Some(Incoming::Request(
+                reading.meta,
+                Action::HubPublish(Box::new((credentials, reading.body))),
+            ));
         }
         let auth = reading.target.auth.clone();
         Some(match route::publish_body(reading.target, reading.body) {

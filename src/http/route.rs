@@ -528,7 +528,8 @@ mod tests {
             let refused = publish_body(form.clone(), body.as_bytes().to_vec());
             assert_eq!(refused, Err(RouteError::BadRequest(format!("{field} given twice"))), "{body}");
         }
-        let typed = PublishTarget { topics: Vec::new(), event_type: Some("q".into()) };
+        let typed =
+            PublishTarget { topics: Vec::new(), event_type: Some("q".into()), auth: None, hub: false };
         assert!(matches!(
             publish_body(typed.clone(), b"topic=a&type=f".to_vec()),
             Err(RouteError::BadRequest(_))

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use url::Url;
 
-use super::jwt::{host_audiences, Grant, KeySpec, RawMatcher, Role, TokenError, Verifier};
+use super::grant::{Grant, RawMatcher};
+use super::jwt::{host_audiences, KeySpec, Role, TokenError, Verifier};
 use super::matcher::{Matcher, MatcherError};
 use super::token::{self, Presented, TokenCache, TokenOptions};
 use super::MatcherKind;
@@ -46,7 +47,10 @@ impl Rights {
         base: &Url,
     ) -> Result<Rights, MatcherError> {
         let key = key_of(raw.clone());
-        let matchers = raw.into_iter().map(|(kind, value)| Matcher::new(kind, value, base)).collect::<Result<Vec<_>, _>>()?;
+        let matchers = raw
+            .into_iter()
+            .map(|(kind, value)| Matcher::new(kind, value, base))
+            .collect::<Result<Vec<_>, _>>()?;
         let any = matchers.iter().any(Matcher::is_any);
         Ok(Rights { matchers, any, key })
     }
@@ -133,7 +137,8 @@ impl Hub {
             };
             let shared = key("jwt-key", &config.jwt_key, &config.jwt_alg)?;
             let publisher = key("publisher-jwt-key", &config.publisher_jwt_key, &config.publisher_jwt_alg)?;
-            let subscriber = key("subscriber-jwt-key", &config.subscriber_jwt_key, &config.subscriber_jwt_alg)?;
+            let subscriber =
+                key("subscriber-jwt-key", &config.subscriber_jwt_key, &config.subscriber_jwt_alg)?;
             let publisher_keys: Vec<KeySpec> = publisher.into_iter().chain(shared.clone()).collect();
             let subscriber_keys: Vec<KeySpec> = subscriber.into_iter().chain(shared).collect();
             let issuers = if config.jwt_issuers.is_empty() {
@@ -233,9 +238,9 @@ impl Hub {
         if let Some(rights) = self.compiled.get(&key) {
             return Ok(Arc::clone(rights));
         }
-        let rights = Arc::new(
-            Rights::compile(pairs, &self.base).map_err(|_| TokenError::Invalid(super::jwt::InvalidReason::BadClaim("a topic matcher does not compile")))?,
-        );
+        let rights = Arc::new(Rights::compile(pairs, &self.base).map_err(|_| {
+            TokenError::Invalid(super::jwt::InvalidReason::BadClaim("a topic matcher does not compile"))
+        })?);
         if self.compiled.len() >= MAX_COMPILED {
             self.compiled.clear();
         }

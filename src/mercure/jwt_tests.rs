@@ -2,7 +2,9 @@
 //! not write, its `crypto::sign`), with the keys of `test_keys.rs`.
 
 use super::*;
+use crate::mercure::grant::*;
 use crate::mercure::test_keys::*;
+use crate::mercure::MatcherKind;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
 
@@ -157,6 +159,19 @@ fn every_algorithm_verifies_with_its_own_key() {
             assert_eq!(refused(&verifier, &rs, Role::Publisher), InvalidReason::AlgorithmNotAllowed);
         }
     }
+}
+
+#[test]
+fn a_key_checks_only_tokens_of_its_own_algorithm() {
+    // Same family, two algorithms: the HS512 secret must not verify an HS256 token.
+    let hs512_secret = "the HS512 secret, which is sixty-four bytes long, give or take a few";
+    let verifier =
+        Verifier::new(vec![hs256(SECRET), KeySpec::parse("HS512", hs512_secret).expect("HS512")], vec![]);
+    let token = sign_with(Algorithm::HS256, hs512_secret, None, &claims(&["publish"]));
+    assert_eq!(refused(&verifier, &token, Role::Publisher), InvalidReason::BadSignature);
+    assert_eq!(verifier.signature_checks(), 1, "only the HS256 key was tried");
+    let token = sign_with(Algorithm::HS512, hs512_secret, None, &claims(&["publish"]));
+    assert!(verify(&verifier, &token, Role::Publisher).is_ok());
 }
 
 #[test]

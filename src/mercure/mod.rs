@@ -22,6 +22,7 @@ pub enum MatcherKind {
     Legacy,
 }
 
+pub mod grant;
 pub mod hub;
 pub mod jwt;
 #[cfg(test)]

@@ -9,7 +9,8 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use super::jwt::{Grant, RequestProblem, Role, TokenError, Verifier};
+use super::grant::Grant;
+use super::jwt::{RequestProblem, Role, TokenError, Verifier};
 use crate::http::request::Method;
 
 /// The cookie name the spec recommends (spec, "Cookie"): the `__Secure-` prefix makes browsers

@@ -112,10 +112,12 @@ mod enabled {
             let hub = self.hub.as_mut().expect("routed here only with a hub");
             let method = if role == Role::Publisher { Method::Post } else { Method::Get };
             let tokens: Vec<&str> = query_tokens.iter().map(String::as_str).collect();
-            hub.authorize(credentials, method, meta.origin.as_deref(), &tokens, role, unix_secs()).map_err(|e| {
-                debug!("token refused: {e}");
-                token_refusal(&e)
-            })
+            hub.authorize(credentials, method, meta.origin.as_deref(), &tokens, role, unix_secs()).map_err(
+                |e| {
+                    debug!("token refused: {e}");
+                    token_refusal(&e)
+                },
+            )
         }
 
         /// The private events `access` may read, held in the log (release with the stream).
@@ -158,7 +160,8 @@ mod enabled {
             let raw = if publish { &grant.publish } else { &grant.subscribe };
             let hub = self.hub.as_mut().expect("routed here only with a hub");
             let rights = hub.rights(raw).map_err(|e| token_refusal(&e))?;
-            let allowed = if topics.is_empty() { rights.is_any() } else { topics.iter().all(|t| rights.allows(t)) };
+            let allowed =
+                if topics.is_empty() { rights.is_any() } else { topics.iter().all(|t| rights.allows(t)) };
             if !allowed {
                 return Err(token_refusal(&TokenError::InsufficientScope));
             }
@@ -170,18 +173,32 @@ mod enabled {
         }
 
         /// `GET /.well-known/mercure`.
-        pub(in crate::server) fn hub_subscribe(&mut self, key: Key, meta: &Meta, request: &route::HubSubscribe) {
+        pub(in crate::server) fn hub_subscribe(
+            &mut self,
+            key: Key,
+            meta: &Meta,
+            request: &route::HubSubscribe,
+        ) {
             let query = match HubQuery::parse(request.query.as_bytes()) {
                 Ok(query) => query,
                 Err(e) => return self.refuse(key, meta, &Refusal::Hub(e.status(), e.message().to_string())),
             };
             let base = self.hub.as_ref().expect("routed here only with a hub").base().clone();
-            let routes =
-                match Rights::compile(query.matchers.iter().map(|(kind, value)| (*kind, value.as_str())), &base) {
-                    Ok(routes) => routes,
-                    Err(e) => return self.refuse(key, meta, &Refusal::Hub(400, format!("bad topic matcher: {e}"))),
-                };
-            let access = match self.access(&request.credentials, meta, &query_tokens(&request.query), Role::Subscriber) {
+            let routes = match Rights::compile(
+                query.matchers.iter().map(|(kind, value)| (*kind, value.as_str())),
+                &base,
+            ) {
+                Ok(routes) => routes,
+                Err(e) => {
+                    return self.refuse(key, meta, &Refusal::Hub(400, format!("bad topic matcher: {e}")))
+                }
+            };
+            let access = match self.access(
+                &request.credentials,
+                meta,
+                &query_tokens(&request.query),
+                Role::Subscriber,
+            ) {
                 Ok(access) => access,
                 Err(refusal) => return self.refuse(key, meta, &refusal),
             };
@@ -221,11 +238,15 @@ mod enabled {
                         _ => "earliest",
                     };
                     // The current revision's field, and the one older hubs sent.
-                    let _ = write!(headers, "Mercure-Last-Event-ID: {preceding}\r\nLast-Event-ID: {preceding}\r\n");
+                    let _ = write!(
+                        headers,
+                        "Mercure-Last-Event-ID: {preceding}\r\nLast-Event-ID: {preceding}\r\n"
+                    );
                     resume
                 }
             };
-            let subscription = Subscription::new(selection, Framing::for_http10(meta.http10), &resume).with_rights(rights);
+            let subscription =
+                Subscription::new(selection, Framing::for_http10(meta.http10), &resume).with_rights(rights);
             let deadline = self.token_deadline(&access);
             debug!(
                 "conn={} hub subscription {:?} from {last:?}, anonymous: {}",
@@ -238,7 +259,13 @@ mod enabled {
         }
 
         /// `POST /.well-known/mercure`.
-        pub(in crate::server) fn hub_publish(&mut self, key: Key, meta: &Meta, credentials: Credentials, body: Vec<u8>) {
+        pub(in crate::server) fn hub_publish(
+            &mut self,
+            key: Key,
+            meta: &Meta,
+            credentials: Credentials,
+            body: Vec<u8>,
+        ) {
             let hub = self.hub.as_ref().expect("routed here only with a hub");
             let limits = UpdateLimits { max_data_bytes: self.config.max_body, ..UpdateLimits::default() };
             let update = match Update::parse(&body, hub.base(), &limits) {

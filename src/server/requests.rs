@@ -270,7 +270,11 @@ impl Loop {
         let keep_alive = meta.keep_alive && !self.conns.get(key).is_some_and(|c| c.conn.over_capacity());
         let cors = self.cors(meta.origin.as_deref());
         if self.cluster.is_some() {
-            let answer = if hub { cluster::Answer::Hub(event.wire_id().map(str::to_string)) } else { cluster::Answer::Id };
+            let answer = if hub {
+                cluster::Answer::Hub(event.wire_id().map(str::to_string))
+            } else {
+                cluster::Answer::Id
+            };
             return self.cluster_publish(cluster::Waiter::Http { key, keep_alive, cors, answer }, event);
         }
         match self.publish(&event) {

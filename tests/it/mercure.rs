@@ -96,7 +96,8 @@ fn exact_and_url_pattern_subscribers_get_updates_with_the_publishers_id() {
         Subscriber::open(server.addr, &hub_url(&[("match_urlpattern", "https://example.com/books/:id")]), "");
     let mut elsewhere =
         Subscriber::open(server.addr, &hub_url(&[("match_urlpattern", "https://example.com/bar/:id")]), "");
-    let id = hub_publish(server.addr, &[("topic", topic), ("data", "line 1\nline 2"), ("id", "urn:uuid:book-1")]);
+    let id =
+        hub_publish(server.addr, &[("topic", topic), ("data", "line 1\nline 2"), ("id", "urn:uuid:book-1")]);
     assert_eq!(id, "urn:uuid:book-1", "the answer is the publisher's id");
     for sub in [&mut exact, &mut pattern] {
         let event = sub.next_event();
@@ -115,8 +116,10 @@ fn exact_and_url_pattern_subscribers_get_updates_with_the_publishers_id() {
 fn private_updates_reach_only_subscribers_whose_token_covers_one_of_their_topics() {
     let server = TestServer::start(hub_config());
     let books = hub_url(&[("match_urlpattern", "https://example.com/books/:id")]);
-    let own = token(&claims(vec![detail(&["subscribe"], &[("https://example.com/users/42/*", "urlpattern")])]));
-    let other = token(&claims(vec![detail(&["subscribe"], &[("https://example.com/users/41/*", "urlpattern")])]));
+    let own =
+        token(&claims(vec![detail(&["subscribe"], &[("https://example.com/users/42/*", "urlpattern")])]));
+    let other =
+        token(&claims(vec![detail(&["subscribe"], &[("https://example.com/users/41/*", "urlpattern")])]));
     let mut anonymous = Subscriber::open(server.addr, &books, "");
     let mut owner = Subscriber::open(server.addr, &books, &bearer(&own));
     let mut stranger = Subscriber::open(server.addr, &books, &bearer(&other));
@@ -129,9 +132,15 @@ fn private_updates_reach_only_subscribers_whose_token_covers_one_of_their_topics
     ];
     hub_publish(server.addr, &secret);
     let event = owner.next_event();
-    assert_eq!((event.id.as_deref(), event.data.as_str()), (Some("s1"), "secret"), "granted by the alternate topic");
+    assert_eq!(
+        (event.id.as_deref(), event.data.as_str()),
+        (Some("s1"), "secret"),
+        "granted by the alternate topic"
+    );
     let marker = hub_publish(server.addr, &[("topic", "https://example.com/books/2"), ("data", "marker")]);
-    for (sub, what) in [(&mut anonymous, "anonymous: public only"), (&mut stranger, "rights on another topic")] {
+    for (sub, what) in
+        [(&mut anonymous, "anonymous: public only"), (&mut stranger, "rights on another topic")]
+    {
         assert_eq!(sub.next_event().id.as_deref(), Some(marker.as_str()), "{what}");
     }
 
@@ -222,8 +231,12 @@ fn token_attacks_are_refused_with_the_right_status_and_nothing_is_delivered() {
     });
     let good_claims = claims(vec![detail(&["publish", "subscribe"], &[("*", "exact")])]);
     let rs256 = |claims: &Value, header: Header| {
-        jsonwebtoken::encode(&header, claims, &EncodingKey::from_rsa_pem(keys::RSA_PRIVATE.as_bytes()).unwrap())
-            .unwrap()
+        jsonwebtoken::encode(
+            &header,
+            claims,
+            &EncodingKey::from_rsa_pem(keys::RSA_PRIVATE.as_bytes()).unwrap(),
+        )
+        .unwrap()
     };
     let at_jwt = || Header { typ: Some("at+jwt".into()), ..Header::new(Algorithm::RS256) };
     let good = rs256(&good_claims, at_jwt());
@@ -236,13 +249,24 @@ fn token_attacks_are_refused_with_the_right_status_and_nothing_is_delivered() {
     let attacks: Vec<(String, u16, &str)> = vec![
         (hand_token(&json!({"alg": "none", "typ": "at+jwt"}), &good_claims, None), 401, "alg none"),
         (
-            hand_token(&json!({"alg": "HS256", "typ": "at+jwt"}), &good_claims, Some(keys::RSA_PUBLIC.as_bytes())),
+            hand_token(
+                &json!({"alg": "HS256", "typ": "at+jwt"}),
+                &good_claims,
+                Some(keys::RSA_PUBLIC.as_bytes()),
+            ),
             401,
             "HS256 signed with the RSA public key",
         ),
         (rs256(&with(&|c| drop(c.insert("exp".into(), json!(now() - 10)))), at_jwt()), 401, "expired"),
         (rs256(&with(&|c| drop(c.insert("nbf".into(), json!(now() + 600)))), at_jwt()), 401, "not yet valid"),
-        (rs256(&with(&|c| drop(c.insert("aud".into(), json!("https://evil/.well-known/mercure")))), at_jwt()), 401, "wrong aud"),
+        (
+            rs256(
+                &with(&|c| drop(c.insert("aud".into(), json!("https://evil/.well-known/mercure")))),
+                at_jwt(),
+            ),
+            401,
+            "wrong aud",
+        ),
         (rs256(&with(&|c| drop(c.insert("iss".into(), json!("https://evil")))), at_jwt()), 401, "wrong iss"),
         (rs256(&good_claims, Header::new(Algorithm::RS256)), 401, "no typ on the current revision"),
         (
@@ -285,7 +309,8 @@ fn pre_standardization_clients_work_unchanged() {
     )
     .unwrap();
     let template = hub_url(&[("topic", "https://example.com/books/{id}")]);
-    let mut cookie = Subscriber::open(server.addr, &template, &format!("Cookie: mercureAuthorization={old}\r\n"));
+    let mut cookie =
+        Subscriber::open(server.addr, &template, &format!("Cookie: mercureAuthorization={old}\r\n"));
     let with_query = format!("{template}&authorization={old}");
     let mut query = Subscriber::open(server.addr, &with_query, "");
     let pairs = [
