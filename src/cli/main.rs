@@ -997,4 +997,16 @@ mod tests {
         set.sort_unstable();
         assert_eq!(set, every, "fields without a flag");
     }
+
+    /// The README's configuration table names every flag and its variable, so the documentation
+    /// cannot drift from the flag table.
+    #[test]
+    fn the_readme_documents_every_flag_and_variable() {
+        let readme = include_str!("../../README.md");
+        for flag in FLAGS {
+            assert!(readme.contains(&format!("`--{}", flag.name)), "README: no `--{}", flag.name);
+            let env = flag.env();
+            assert!(readme.contains(&format!("`{env}`")), "README: no {env}");
+        }
+    }
 }
