@@ -67,6 +67,9 @@ pub struct LoadConfig {
     pub duration: Duration,
     /// Print progress lines on stderr.
     pub progress: bool,
+    /// Extra header lines of each stream request, connection `n` taking `headers[n % len]` (one
+    /// token per group of subscribers); empty: none.
+    pub headers: Vec<String>,
 }
 
 /// Everything a run measured, for the report.
@@ -460,11 +463,11 @@ fn target_of(n: usize, targets: usize) -> usize {
     n % targets.max(1)
 }
 
-/// The request that opens a stream on `target`.
-fn stream_request(target: &Target) -> Vec<u8> {
+/// The request that opens a stream on `target`, with the `extra` header lines (CRLF-ended).
+fn stream_request(target: &Target, extra: &str) -> Vec<u8> {
     format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\
-         User-Agent: ssed-bench/{}\r\n\r\n",
+         {extra}User-Agent: ssed-bench/{}\r\n\r\n",
         target.path,
         target.host,
         env!("CARGO_PKG_VERSION")
@@ -486,7 +489,14 @@ impl Bench {
                 ..Stats::default()
             },
             buf: vec![0; READ_BUFFER_BYTES],
-            requests: config.targets.iter().map(stream_request).collect(),
+            requests: {
+                let extras: Vec<String> = if config.headers.is_empty() {
+                    vec![String::new()]
+                } else {
+                    config.headers.iter().map(|h| format!("{}\r\n", h.trim_end())).collect()
+                };
+                config.targets.iter().flat_map(|t| extras.iter().map(move |e| stream_request(t, e))).collect()
+            },
             ramp_stopped: None,
             file_limit,
             poll: Poll::new().map_err(|e| format!("creating the event loop: {e}"))?,
@@ -583,7 +593,8 @@ impl Bench {
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                 Err(e) => return self.close(n, format!("connect: {}", reason_of(&e))),
             }
-            let request = &self.requests[target_of(n, self.requests.len())];
+            let groups = self.config.headers.len().max(1);
+            let request = &self.requests[target_of(n, self.config.targets.len()) * groups + n % groups];
             while *sent < request.len() {
                 match stream.write(&request[*sent..]) {
                     Ok(written) => *sent += written,
@@ -859,10 +870,12 @@ mod tests {
             drain: Duration::ZERO,
             duration: Duration::from_secs(5),
             progress: false,
+            headers: vec!["Authorization: Bearer a".into(), "Authorization: Bearer b".into()],
         };
         let mut bench = Bench::new(config, None).unwrap();
         bench.open_due(Duration::ZERO);
         assert_eq!(bench.subs.len(), 7);
+        let mut tokens = Vec::new();
         // Each connection writes its request once its connect has completed.
         let deadline = Instant::now() + Duration::from_secs(5);
         while (0..7).any(|n| matches!(bench.subs[n].state, SubState::Connecting { .. })) {
@@ -888,8 +901,13 @@ mod tests {
             for request in requests {
                 assert!(request.starts_with(&format!("GET /events?topic=t{i} HTTP/1.1\r\n")), "{request}");
                 assert!(request.contains(&format!("\r\nHost: {}\r\n", target.host)), "{request}");
+                let token = request.split("Authorization: Bearer ").nth(1).map(|r| r[..1].to_string());
+                tokens.push(token.unwrap_or_else(|| panic!("no header line in {request}")));
             }
         }
+        // Connection n sends header line n mod 2: 0, 2, 4, 6 the first, 1, 3, 5 the second.
+        tokens.sort();
+        assert_eq!(tokens, ["a", "a", "a", "a", "b", "b", "b"]);
     }
 
     #[test]

@@ -61,6 +61,10 @@ const LOAD_FLAGS: &[Flag] = &[
     flag("settle", "SECS", "2", "wait after the last connection before sampling memory"),
     flag("drain", "SECS", "10", "wait after the last publish for late deliveries"),
     flag("duration", "SECS", "60", "stop after this long whatever happens"),
+    flag("header-file", "FILE", "none", "extra header lines for the streams: connection n sends line n mod L (e.g. one JWT per group)"),
+    flag("publish-header", "LINE", "none", "an extra header line for each publish (e.g. Authorization: Bearer ...); repeatable"),
+    flag("publish-form", "TOPIC", "none", "publish Mercure hub forms (topic=TOPIC&data=...) to --publish-url instead of raw bodies"),
+    flag("private-every", "N", "0", "with --publish-form: every Nth event is private (0: none)"),
     flag("allow-remote", "", "", "allow a URL outside 127.0.0.0/8 and ::1"),
     flag("json", "", "", "print one JSON line on stdout (the table goes to stderr)"),
     flag("quiet", "", "", "no progress lines"),
@@ -151,6 +155,10 @@ struct LoadFlags {
     allow_remote: bool,
     json: bool,
     quiet: bool,
+    header_file: Option<String>,
+    publish_headers: Vec<String>,
+    publish_form: Option<String>,
+    private_every: u32,
 }
 
 impl Default for LoadFlags {
@@ -174,6 +182,10 @@ impl Default for LoadFlags {
             allow_remote: false,
             json: false,
             quiet: false,
+            header_file: None,
+            publish_headers: Vec::new(),
+            publish_form: None,
+            private_every: 0,
         }
     }
 }
@@ -238,7 +250,15 @@ impl LoadFlags {
                          received events would take more than 256 MiB"
                     ));
                 }
-                Some(PublishConfig { target, events: self.events, pace, body_size: self.body_size })
+                Some(PublishConfig {
+                    target,
+                    events: self.events,
+                    pace,
+                    body_size: self.body_size,
+                    headers: self.publish_headers.clone(),
+                    form_topic: self.publish_form.clone(),
+                    private_every: self.private_every,
+                })
             }
         };
         let config = LoadConfig {
@@ -253,6 +273,15 @@ impl LoadFlags {
             drain: self.drain,
             duration: self.duration,
             progress: !self.quiet,
+            headers: match &self.header_file {
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|e| format!("--header-file {path}: {e}"))?
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                None => Vec::new(),
+            },
         };
         Ok(Command::Load { config: Box::new(config), json: self.json })
     }
@@ -289,6 +318,12 @@ fn parse_load(mut parser: lexopt::Parser) -> Result<Command, String> {
             Long("allow-remote") => flags.allow_remote = true,
             Long("json") => flags.json = true,
             Long("quiet") => flags.quiet = true,
+            Long("header-file") => flags.header_file = Some(value(&mut parser, "header-file")?),
+            Long("publish-header") => flags.publish_headers.push(value(&mut parser, "publish-header")?),
+            Long("publish-form") => flags.publish_form = Some(value(&mut parser, "publish-form")?),
+            Long("private-every") => {
+                flags.private_every = number("private-every", &value(&mut parser, "private-every")?)?
+            }
             Long(name) => return Err(format!("unknown option --{name} (see --help)")),
             other => return Err(other.unexpected().to_string()),
         }

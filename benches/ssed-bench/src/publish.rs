@@ -14,7 +14,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::sse::{self, parse_decimal, ChunkDecoder, Framing};
+use crate::sse::{self, parse_decimal, parse_event_id, ChunkDecoder, Framing};
 use crate::target::Target;
 use crate::wall_nanos;
 
@@ -49,6 +49,12 @@ pub struct PublishConfig {
     pub pace: Pace,
     /// Bytes of each body.
     pub body_size: usize,
+    /// Extra header lines of each publish request (a token).
+    pub headers: Vec<String>,
+    /// Publish as a Mercure hub form to this topic (`topic=…&data=…`) rather than a raw body.
+    pub form_topic: Option<String>,
+    /// With `form_topic`: every Nth event (the 1st, the N+1th, ...) is `private`; 0: none.
+    pub private_every: u32,
 }
 
 /// Counters the subscribers' loop reads while the publisher runs.
@@ -104,6 +110,19 @@ pub fn encode_body(seq: u32, stamp_ns: u64, size: usize, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(format!("{stamp_ns:019} {seq:010} ").as_bytes());
     out.resize(start + size.max(MIN_BODY_BYTES), b'x');
+}
+
+/// Percent-encodes `text` for a form value: everything but unreserved ASCII.
+fn form_escape(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Reads the timestamp and sequence number back from the start of a body.
@@ -211,17 +230,39 @@ impl Publisher {
     /// Appends the request for event `seq`, stamped now, to `out`; returns the stamp.
     fn push_request(&self, seq: u32, out: &mut Vec<u8>) -> u64 {
         let target = &self.config.target;
+        let stamp = wall_nanos();
+        let mut body = Vec::with_capacity(self.config.body_size + 64);
+        encode_body(seq, stamp, self.config.body_size, &mut body);
+        let content_type = match &self.config.form_topic {
+            Some(topic) => {
+                // The body's bytes are digits, spaces and `x`: only the spaces need encoding.
+                let data: Vec<u8> = body.iter().map(|&b| if b == b' ' { b'+' } else { b }).collect();
+                let mut form = format!("topic={}&data=", form_escape(topic)).into_bytes();
+                form.extend_from_slice(&data);
+                let every = self.config.private_every;
+                if every > 0 && seq % every == 0 {
+                    form.extend_from_slice(b"&private=on");
+                }
+                body = form;
+                "application/x-www-form-urlencoded"
+            }
+            None => "text/plain",
+        };
+        let mut extra = String::new();
+        for header in &self.config.headers {
+            extra.push_str(header.trim_end());
+            extra.push_str("\r\n");
+        }
         out.extend_from_slice(
             format!(
-                "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+                "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\n{extra}Content-Length: {}\r\n\r\n",
                 target.path,
                 target.host,
-                self.config.body_size.max(MIN_BODY_BYTES)
+                body.len()
             )
             .as_bytes(),
         );
-        let stamp = wall_nanos();
-        encode_body(seq, stamp, self.config.body_size, out);
+        out.extend_from_slice(&body);
         stamp
     }
 
@@ -238,7 +279,7 @@ impl Publisher {
         self.report.last_answer_ns = wall_nanos();
         if (200..300).contains(&answer.status) {
             self.report.accepted[seq as usize] = true;
-            self.report.ids[seq as usize] = parse_decimal(trim(&answer.body));
+            self.report.ids[seq as usize] = parse_event_id(trim(&answer.body));
             self.progress.ok.fetch_add(1, Ordering::Release);
         } else {
             self.fail(format!("status {}", answer.status));
@@ -383,6 +424,38 @@ fn complete_answer(input: &[u8]) -> io::Result<Option<(Answer, usize)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hub_forms_carry_the_topic_the_stamped_data_the_token_and_every_nth_private() {
+        let config = PublishConfig {
+            target: crate::target::parse("http://127.0.0.1:1/.well-known/mercure", false).unwrap(),
+            events: 3,
+            pace: Pace::Burst,
+            body_size: 40,
+            headers: vec!["Authorization: Bearer t".into()],
+            form_topic: Some("https://example.com/books/1".into()),
+            private_every: 2,
+        };
+        let publisher = Publisher::new(config, Arc::new(Progress::default()), Instant::now());
+        let request = |seq| {
+            let mut out = Vec::new();
+            let stamp = publisher.push_request(seq, &mut out);
+            (String::from_utf8(out).unwrap(), stamp)
+        };
+        let (first, stamp) = request(0);
+        let (head, body) = first.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("\r\nContent-Type: application/x-www-form-urlencoded\r\n"), "{head}");
+        assert!(head.contains("\r\nAuthorization: Bearer t\r\n"), "{head}");
+        assert!(head.ends_with(&format!("Content-Length: {}", body.len())), "{head}");
+        let data = format!("{stamp:019}+{:010}+", 0);
+        assert!(
+            body.starts_with(&format!("topic=https%3A%2F%2Fexample.com%2Fbooks%2F1&data={data}")),
+            "{body}"
+        );
+        assert!(body.ends_with("&private=on"), "event 0 of every 2 is private: {body}");
+        assert!(!request(1).0.contains("private"), "event 1 is public");
+        assert!(request(2).0.ends_with("&private=on"));
+    }
 
     #[test]
     fn body_round_trip() {

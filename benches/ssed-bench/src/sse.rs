@@ -296,10 +296,15 @@ impl EventParser {
                 self.data_len = take as u8;
             }
             b"data" => {}
-            b"id" => self.id = parse_decimal(value),
+            b"id" => self.id = parse_event_id(value),
             _ => {} // event:, retry: and unknown fields do not matter to the bench
         }
     }
+}
+
+/// An event id: a decimal `u64`, or the `urn:ssed:N` form ssed's Mercure hub gives its events.
+pub fn parse_event_id(text: &[u8]) -> Option<u64> {
+    parse_decimal(text.strip_prefix(b"urn:ssed:").unwrap_or(text))
 }
 
 /// A decimal `u64` with nothing around it.
@@ -352,6 +357,14 @@ impl BodyParser {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn event_ids_are_decimal_or_the_hubs_urn_form() {
+        assert_eq!(super::parse_event_id(b"42"), Some(42));
+        assert_eq!(super::parse_event_id(b"urn:ssed:42"), Some(42));
+        assert_eq!(super::parse_event_id(b"urn:uuid:42"), None);
+        assert_eq!(super::parse_event_id(b"urn:ssed:"), None);
+    }
+
     use super::*;
 
     /// What a parser dispatched, owned so that runs can be compared.
