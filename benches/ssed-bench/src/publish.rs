@@ -240,7 +240,7 @@ impl Publisher {
                 let mut form = format!("topic={}&data=", form_escape(topic)).into_bytes();
                 form.extend_from_slice(&data);
                 let every = self.config.private_every;
-                if every > 0 && seq % every == 0 {
+                if every > 0 && seq.is_multiple_of(every) {
                     form.extend_from_slice(b"&private=on");
                 }
                 body = form;
