@@ -1584,6 +1584,15 @@ mod tests {
     }
 
     #[test]
+    fn an_events_event_has_no_wire_id_of_its_own() {
+        let mut log = log(BIG);
+        let plain = publish(&mut log, &["t"], "numeric");
+        assert_eq!(log.wire_id_of(plain), None, "it goes out as its number");
+        assert_eq!(log.resolve_id(&plain.to_string()), Some(plain));
+        assert!(log.custom_ids.is_empty());
+    }
+
+    #[test]
     fn custom_ids_go_out_as_given_and_resolve_to_the_earliest_retained_event() {
         let mut log = log(Limits { events: 3, bytes: 1 << 30 });
         let first = publish_hub(&mut log, &["t"], "a", Some("urn:uuid:1"), false);
