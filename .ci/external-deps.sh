@@ -34,7 +34,7 @@ fi
 apt-get update
 apt-get install -y --no-install-recommends "${apt_packages[@]}"
 
-# Python: httpx + httpx-sse and sseclient-py, every version pinned.
+# Python: httpx + httpx-sse and sseclient-py, pymercure and PyJWT (the Mercure hub), every version pinned.
 if [ ! -x target/pyenv/bin/python ]; then
     rm -rf target/pyenv
     python3 -m venv target/pyenv

@@ -1,7 +1,9 @@
 // Subscribes to an ssed stream with the npm `eventsource` package (pinned in package.json) and prints
 // what it sees, one JSON object per line, so the Rust test (tests/it/external) can follow along.
 //
-// Usage: node client.mjs URL
+// Usage: node client.mjs URL [TOKEN]
+//   With TOKEN, every request carries `Authorization: Bearer TOKEN` (the package has no headers
+//   option: a fetch wrapper is how its users add one).
 //   {"type":"connect","lastEventId":null|"N"}  each time the library starts a request, with the
 //                                               Last-Event-ID header it sends (seen through its fetch hook)
 //   {"type":"open"}                            each time a response was accepted
@@ -12,8 +14,9 @@
 import { EventSource } from 'eventsource';
 
 const url = process.argv[2];
+const token = process.argv[3];
 if (!url) {
-  console.error('usage: node client.mjs URL');
+  console.error('usage: node client.mjs URL [TOKEN]');
   process.exit(2);
 }
 
@@ -33,6 +36,9 @@ function headerOf(headers, name) {
 const source = new EventSource(url, {
   fetch: (input, init) => {
     emit({ type: 'connect', lastEventId: headerOf(init && init.headers, 'last-event-id') ?? null });
+    if (token) {
+      return fetch(input, { ...init, headers: { ...init.headers, Authorization: `Bearer ${token}` } });
+    }
     return fetch(input, init);
   },
 });

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -16,21 +17,27 @@ use super::{program, repo_path, Proc, Record, SteadyPublisher, CLIENT_DEADLINE};
 use crate::support::{TempDir, TestServer};
 
 /// Serves `GET /page.html` and takes `POST /report` bodies into a channel, one thread per connection.
-struct PageServer {
-    addr: SocketAddr,
-    reports: Receiver<String>,
+pub(super) struct PageServer {
+    pub(super) addr: SocketAddr,
+    pub(super) reports: Receiver<String>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl PageServer {
     fn start(page: String) -> PageServer {
+        PageServer::start_with_headers(page, String::new())
+    }
+
+    /// Like [`PageServer::start`], with header lines (each ending in CRLF) added to the page's
+    /// response: a `Set-Cookie`, say.
+    pub(super) fn start_with_headers(page: String, page_headers: String) -> PageServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let addr = listener.local_addr().unwrap();
         let (tx, reports) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
-        let page = Arc::new(page);
+        let page = Arc::new((page, page_headers));
         let thread = std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if flag.load(Ordering::Acquire) {
@@ -57,7 +64,7 @@ impl Drop for PageServer {
 }
 
 /// Answers one request on `stream` (every answer closes the connection).
-fn serve(mut stream: TcpStream, page: &str, reports: &Sender<String>) {
+fn serve(mut stream: TcpStream, (page, page_headers): &(String, String), reports: &Sender<String>) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut buf = Vec::new();
     let head_end = loop {
@@ -92,7 +99,7 @@ fn serve(mut stream: TcpStream, page: &str, reports: &Sender<String>) {
     let response = match (method, path) {
         ("GET", "/page.html") => format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nCache-Control: no-store\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{page}",
+             {page_headers}Content-Length: {}\r\nConnection: close\r\n\r\n{page}",
             page.len()
         ),
         ("POST", "/report") => {
@@ -105,9 +112,30 @@ fn serve(mut stream: TcpStream, page: &str, reports: &Sender<String>) {
 }
 
 /// The reports the page sent so far, for failure messages.
-fn describe(reports: &[Record], browser: &Proc) -> String {
+pub(super) fn describe(reports: &[Record], browser: &Proc) -> String {
     let lines: Vec<String> = reports.iter().map(|r| format!("{:?}", r.0)).collect();
     format!("reports:\n{}\n{}", lines.join("\n"), browser.report())
+}
+
+/// Headless Chromium with a profile of its own in `profile`, opening `url`.
+pub(super) fn headless(chromium: &Path, profile: &TempDir, url: &str) -> Command {
+    let mut command = Command::new(chromium);
+    command
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--disable-breakpad",
+        ])
+        .arg(format!("--user-data-dir={}", profile.0.display()))
+        .arg(url);
+    command
 }
 
 #[test]
@@ -138,23 +166,7 @@ fn chromium_eventsource_receives_in_order_and_resumes() {
         old[0],
         old[old.len() - 1]
     );
-    let mut command = Command::new(chromium);
-    command
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--disable-breakpad",
-        ])
-        .arg(format!("--user-data-dir={}", profile.0.display()))
-        .arg(&url);
-    let mut browser = Proc::spawn("chromium", command, None);
+    let mut browser = Proc::spawn("chromium", headless(&chromium, &profile, &url), None);
     let deadline = Instant::now() + CLIENT_DEADLINE;
 
     let mut reports: Vec<Record> = Vec::new();

@@ -1,5 +1,6 @@
 //! ssed spoken to by real clients it did not write: curl, Python's httpx-sse and sseclient-py, Node's
-//! `eventsource` package, headless Chromium, and nginx as a reverse proxy.
+//! `eventsource` package, headless Chromium, and nginx as a reverse proxy; with the `mercure` feature,
+//! Chromium, pymercure and `eventsource` on the Mercure hub too.
 //!
 //! Every test here is `#[ignore]`d, so a plain `cargo test` needs nothing but the Rust toolchain;
 //! `.ci/external-deps.sh` installs the programs and `.ci/run` runs them with `--include-ignored`.
@@ -9,6 +10,8 @@
 
 mod chromium;
 mod curl;
+#[cfg(feature = "mercure")]
+mod mercure;
 mod nginx;
 mod node;
 mod python;

@@ -10,7 +10,7 @@ use ssed::{Config, Event};
 use super::{repo_path, Proc, CLIENT_DEADLINE};
 use crate::support::{publish, Subscriber, TestServer};
 
-fn venv_python() -> PathBuf {
+pub(super) fn venv_python() -> PathBuf {
     let python = repo_path("target/pyenv/bin/python");
     assert!(python.is_file(), "needs {}: run .ci/external-deps.sh", python.display());
     python
