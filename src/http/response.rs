@@ -29,6 +29,7 @@ pub enum Refusal {
     /// A JWT problem (401, 403, 400): the status, the `WWW-Authenticate` challenge, and the reason
     /// (for the log; the body says only what the status says, so a client learns nothing about why
     /// its token failed).
+    #[cfg_attr(not(feature = "mercure"), allow(dead_code))] // only the hub makes them
     Auth {
         /// The status.
         status: u16,
@@ -38,6 +39,7 @@ pub enum Refusal {
         reason: String,
     },
     /// A request the Mercure hub's rules refuse (`400`, or `413` past a size limit), and why.
+    #[cfg_attr(not(feature = "mercure"), allow(dead_code))] // only the hub makes them
     Hub(u16, String),
 }
 

@@ -47,6 +47,7 @@ pub(super) enum Answer {
 }
 
 impl Answer {
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))] // Redis answers only in cluster mode
     fn body(&self, id: u64) -> String {
         match self {
             Answer::Id => format!("{id}\n"),

@@ -325,7 +325,9 @@ mod enabled {
 #[cfg(feature = "mercure")]
 pub(super) use enabled::hub_answer;
 
-use std::io::Write as _;
-
-use crate::http::request::{Credentials, Method};
+use crate::http::request::Credentials;
+#[cfg(feature = "mercure")]
+use crate::http::request::Method;
 use crate::http::route;
+#[cfg(feature = "mercure")]
+use std::io::Write as _;
