@@ -1528,9 +1528,39 @@ mod tests {
     }
 
     #[test]
+    fn a_derived_topic_made_after_evictions_indexes_the_retained_events_with_their_sizes_and_no_charge() {
+        let mut log = log(Limits { events: 3, bytes: 1 << 30 });
+        for data in ["a0", "b1", "a2", "a3-longer", "b4"] {
+            publish(&mut log, &[&data[..1]], data);
+        }
+        assert!(log.first_seq > 0, "events were evicted");
+        let before = log.index_bytes();
+        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = Arc::clone(&counter);
+        let d = log.acquire_derived("a*", false, || Box::new(Prefix("a", c)));
+        // Its retained events (a0 left), at their own sequence numbers, with their sizes.
+        let selection = Selection::One(d);
+        assert_eq!(data_in(&from_start(&log, &selection, Rights::Public)), ["a2", "a3-longer"]);
+        let named = log.acquire(&["a"]);
+        let start = Cursor { seq: 0, offset: 0 };
+        let backlog = |sel: &Selection| log.backlog(&at(sel, &start, Framing::Chunked));
+        assert_eq!(backlog(&selection), backlog(&named), "the same bytes as the named topic it took in");
+        assert!(backlog(&selection) > 0);
+        assert_eq!(
+            log.index_bytes(),
+            before + 2 * INDEX_ENTRY_BYTES - topic_charge("a"),
+            "two index entries; a held topic is its subscriber's cost, not the history's"
+        );
+        log.release(&named);
+        log.release(&selection);
+        assert_eq!(log.index_bytes(), before, "all of it given back");
+    }
+
+    #[test]
     fn private_events_reach_only_the_rights_that_cover_one_of_their_topics_live_and_on_replay() {
         let mut log = log(BIG);
         publish_hub(&mut log, &["books/1"], "public", None, false);
+        publish_hub(&mut log, &["books/9", "users/42/books/9"], "public-alt", None, false);
         publish_hub(&mut log, &["books/1", "users/42/books/1"], "private-alt", None, true);
         publish_hub(&mut log, &["books/2"], "private-other", None, true);
         let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1555,7 +1585,10 @@ mod tests {
             data_in(&from_start(&log, &books, rights)),
             ["public", "private-alt", "live-alt", "live-public"]
         );
-        assert_eq!(data_in(&from_start(&log, &Selection::All, Rights::Public)), ["public", "live-public"]);
+        assert_eq!(
+            data_in(&from_start(&log, &Selection::All, Rights::Public)),
+            ["public", "public-alt", "live-public"]
+        );
         let private_index = log.topic(match rights {
             Rights::Matching(d) => d,
             _ => unreachable!(),
