@@ -784,6 +784,11 @@ mod tests {
         assert!(!path.matches("https://example.com/x/y/z"), "two variables, at most two segments");
         let exploded = m(MatcherKind::Legacy, "https://example.com{/list*}");
         assert!(exploded.matches("https://example.com/x/y/z"));
+        assert!(exploded.matches("https://example.com/k=v/x"), "an exploded map's pairs");
+        // `=` is allowed in the first value only when the first variable explodes (Go's rule).
+        let second = m(MatcherKind::Legacy, "https://example.com{/a,list*}");
+        assert!(second.matches("https://example.com/x/k=v"));
+        assert!(!second.matches("https://example.com/k=v/x"));
         let params = m(MatcherKind::Legacy, "/map{;x,y}");
         assert!(params.matches("/map;x=1;y=2"));
         assert!(params.matches("/map;x"));
