@@ -190,7 +190,8 @@ fn compile_url_pattern(value: &str, base: &Url) -> Result<UrlPattern, MatcherErr
         other => other,
     }
     .map_err(|e| MatcherError::UrlPattern(e.to_string()))?;
-    // `ignore_case: false` spelled out: the spec forbids `ignoreCase`.
+    // `ignore_case: false` spelled out: the spec forbids `ignoreCase`. (urlpattern's `regex` backend
+    // drops the flags it is given, so case-insensitivity could not sneak in through it either.)
     let options = UrlPatternOptions { ignore_case: false, ..UrlPatternOptions::default() };
     UrlPattern::parse(init, options).map_err(|e| MatcherError::UrlPattern(e.to_string()))
 }
