@@ -190,7 +190,8 @@ fn compile_url_pattern(value: &str, base: &Url) -> Result<UrlPattern, MatcherErr
         other => other,
     }
     .map_err(|e| MatcherError::UrlPattern(e.to_string()))?;
-    // `ignore_case: false` spelled out: the spec forbids `ignoreCase`.
+    // `ignore_case: false` spelled out: the spec forbids `ignoreCase`. (urlpattern's `regex` backend
+    // drops the flags it is given, so case-insensitivity could not sneak in through it either.)
     let options = UrlPatternOptions { ignore_case: false, ..UrlPatternOptions::default() };
     UrlPattern::parse(init, options).map_err(|e| MatcherError::UrlPattern(e.to_string()))
 }
@@ -784,6 +785,11 @@ mod tests {
         assert!(!path.matches("https://example.com/x/y/z"), "two variables, at most two segments");
         let exploded = m(MatcherKind::Legacy, "https://example.com{/list*}");
         assert!(exploded.matches("https://example.com/x/y/z"));
+        assert!(exploded.matches("https://example.com/k=v/x"), "an exploded map's pairs");
+        // `=` is allowed in the first value only when the first variable explodes (Go's rule).
+        let second = m(MatcherKind::Legacy, "https://example.com{/a,list*}");
+        assert!(second.matches("https://example.com/x/k=v"));
+        assert!(!second.matches("https://example.com/k=v/x"));
         let params = m(MatcherKind::Legacy, "/map{;x,y}");
         assert!(params.matches("/map;x=1;y=2"));
         assert!(params.matches("/map;x"));
