@@ -1522,6 +1522,7 @@ mod tests {
         log.release(&Selection::One(again));
         log.release(&selection);
         assert!(log.names.keys().all(|n| !n.starts_with('\0')), "taken apart once nobody holds it");
+        assert!(log.derived.is_empty(), "and off the list every new topic is offered to");
         assert!(log.ring.iter().all(|e| !e.topics.contains(d)), "and out of every event");
         publish(&mut log, &["books/3"], "b3");
         assert_eq!(evaluations(&counter), 4, "a dismantled filter is never asked again");
