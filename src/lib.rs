@@ -63,6 +63,8 @@ mod store;
 pub mod systemd;
 mod timer;
 mod topic;
+#[cfg(feature = "tls")]
+mod tls;
 mod transport;
 
 /// Internals exposed for the criterion benches in `benches/`; not a stable API.
