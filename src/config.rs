@@ -109,6 +109,13 @@ pub struct Config {
     /// Bind with `SO_REUSEPORT`, so several processes (one per core) share the port; cluster mode
     /// only, since each process has a log of its own.
     pub reuse_port: bool,
+    /// TLS (feature `tls`): the PEM certificate chain, leaf first. With it, the listener serves TLS,
+    /// or, with `tls_listen`, a second listener does. Read again on reload (`SIGHUP`).
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert` (PKCS#8, RSA or EC).
+    pub tls_key: Option<PathBuf>,
+    /// A second address to serve TLS on, beside the plain `listen`; unset: `listen` serves TLS.
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// Tokens are shown as `<redacted>`, so a program that logs its configuration does not leak them.
@@ -139,6 +146,9 @@ impl std::fmt::Debug for Config {
             redis_key,
             redis_maxlen,
             reuse_port,
+            tls_cert,
+            tls_key,
+            tls_listen,
         } = self;
         let redact = |token: &Option<String>| token.as_ref().map(|_| "<redacted>");
         f.debug_struct("Config")
@@ -165,6 +175,9 @@ impl std::fmt::Debug for Config {
             .field("redis_key", redis_key)
             .field("redis_maxlen", redis_maxlen)
             .field("reuse_port", reuse_port)
+            .field("tls_cert", tls_cert)
+            .field("tls_key", tls_key)
+            .field("tls_listen", tls_listen)
             .finish()
     }
 }
@@ -194,6 +207,9 @@ impl Default for Config {
             redis_key: DEFAULT_REDIS_KEY.to_string(),
             redis_maxlen: 0,
             reuse_port: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_listen: None,
         }
     }
 }
@@ -264,6 +280,7 @@ impl Config {
             }
         }
         self.validate_cluster()?;
+        self.validate_tls()?;
         for origin in &self.cors_origins {
             if let Err(problem) = check_origin(origin) {
                 return Err(Error::config(format!(
@@ -285,6 +302,29 @@ impl Config {
         } else {
             self.redis_maxlen
         }
+    }
+
+    /// The TLS settings: a certificate and its key together, a TLS listener only with them, and a
+    /// build that has TLS. The files themselves are read when the server starts.
+    fn validate_tls(&self) -> Result<(), Error> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(Error::config("--tls-cert needs --tls-key (the certificate's private key)")),
+            (None, Some(_)) => return Err(Error::config("--tls-key needs --tls-cert (the certificate chain)")),
+            (None, None) if self.tls_listen.is_some() => {
+                return Err(Error::config("--tls-listen needs --tls-cert and --tls-key"))
+            }
+            (None, None) => return Ok(()),
+            (Some(_), Some(_)) => {}
+        }
+        if self.tls_listen == Some(self.listen) {
+            return Err(Error::config(
+                "--tls-listen must differ from --listen (leave --tls-listen unset to serve TLS on --listen)",
+            ));
+        }
+        if !cfg!(feature = "tls") {
+            return Err(Error::config("--tls-cert: this ssed was built without TLS (the cargo feature `tls`)"));
+        }
+        Ok(())
     }
 
     /// The cluster settings: a URL this build can use, not beside `--data-dir`, and `--reuse-port`
@@ -441,6 +481,18 @@ mod tests {
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
         };
         refused(Config { reuse_port: true, ..Config::default() }, "--reuse-port needs --redis");
+        let cert = Some(PathBuf::from("cert.pem"));
+        let key = Some(PathBuf::from("key.pem"));
+        refused(Config { tls_cert: cert.clone(), ..Config::default() }, "--tls-cert needs --tls-key");
+        refused(Config { tls_key: key.clone(), ..Config::default() }, "--tls-key needs --tls-cert");
+        refused(Config { tls_listen: Some(DEFAULT_LISTEN), ..Config::default() }, "--tls-listen needs --tls-cert");
+        let tls = Config { tls_cert: cert, tls_key: key, ..Config::default() };
+        refused(Config { tls_listen: Some(DEFAULT_LISTEN), ..tls.clone() }, "--tls-listen must differ");
+        if cfg!(feature = "tls") {
+            tls.validate().unwrap();
+        } else {
+            refused(tls, "built without TLS");
+        }
         let cluster = Config { redis: Some("redis://127.0.0.1:6379/0".into()), ..Config::default() };
         refused(Config { data_dir: Some("d".into()), ..cluster.clone() }, "--data-dir and --redis cannot");
         refused(Config { redis: Some("http://:secret@x".into()), ..cluster.clone() }, "is not a Redis URL");

@@ -6,6 +6,11 @@
 //! treats resets and `WouldBlock` alike. A write's `Done(n)` is the bytes the transport *accepted*
 //! from the slices: the loop advances its own buffer and the stream's cursor by exactly that, and its
 //! lag check counts only what the transport has not accepted.
+//!
+//! [`Plain`] is TCP as it is; `Tls` (feature `tls`) runs rustls' `ServerConnection` over the
+//! socket: a read decrypts (and answers the handshake), a write encrypts the slices it is given
+//! straight into TLS records (the shared frame is never copied or re-encoded first) and holds what
+//! the socket did not take. [`Link`] is the one the loop holds: either of them, without a vtable.
 
 use std::io::{self, IoSlice, Read, Write};
 
@@ -40,6 +45,12 @@ pub trait Transport {
 
     /// The socket, to register and deregister with the loop's `Poll`.
     fn source(&mut self) -> &mut Self::Source;
+
+    /// Whether the connection is still in its TLS handshake: its reads cost the loop public-key
+    /// operations, which the loop rations per turn. Plain TCP never is.
+    fn handshaking(&self) -> bool {
+        false
+    }
 }
 
 /// Plain TCP: bytes go to the socket as they are; nothing is ever held back.
@@ -80,6 +91,235 @@ impl Transport for Plain {
 
     fn source(&mut self) -> &mut TcpStream {
         &mut self.0
+    }
+}
+
+/// The transport a connection of the loop uses: plain TCP, or TLS over it.
+///
+/// TLS is boxed: its rustls state is a few hundred bytes inline, and a plain connection should not
+/// pay for it in every slab slot.
+#[derive(Debug)]
+pub enum Link {
+    /// Plain TCP.
+    Plain(Plain),
+    /// TLS over TCP.
+    #[cfg(feature = "tls")]
+    Tls(Box<Tls>),
+}
+
+impl Transport for Link {
+    type Source = TcpStream;
+
+    fn read(&mut self, buf: &mut [u8]) -> Outcome {
+        match self {
+            Link::Plain(t) => t.read(buf),
+            #[cfg(feature = "tls")]
+            Link::Tls(t) => t.read(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, slices: &[IoSlice<'_>]) -> Outcome {
+        match self {
+            Link::Plain(t) => t.write_vectored(slices),
+            #[cfg(feature = "tls")]
+            Link::Tls(t) => t.write_vectored(slices),
+        }
+    }
+
+    fn wants_write(&self) -> bool {
+        match self {
+            Link::Plain(t) => t.wants_write(),
+            #[cfg(feature = "tls")]
+            Link::Tls(t) => t.wants_write(),
+        }
+    }
+
+    fn close_write(&mut self) -> io::Result<()> {
+        match self {
+            Link::Plain(t) => t.close_write(),
+            #[cfg(feature = "tls")]
+            Link::Tls(t) => t.close_write(),
+        }
+    }
+
+    fn source(&mut self) -> &mut TcpStream {
+        match self {
+            Link::Plain(t) => t.source(),
+            #[cfg(feature = "tls")]
+            Link::Tls(t) => t.source(),
+        }
+    }
+
+    fn handshaking(&self) -> bool {
+        match self {
+            Link::Plain(t) => t.handshaking(),
+            #[cfg(feature = "tls")]
+            Link::Tls(t) => t.handshaking(),
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+pub use self::tls::Tls;
+
+#[cfg(feature = "tls")]
+mod tls {
+    use super::*;
+    use std::sync::Arc;
+
+    use rustls::{ServerConfig, ServerConnection};
+
+    /// Ciphertext rustls may hold for the socket: what one write of the loop makes, so a slow
+    /// client's backlog stays in the shared log (where `--max-lag` counts it) and not here.
+    const HELD_CIPHERTEXT: usize = 64 * 1024;
+
+    /// TLS over a socket (a `TcpStream` in the loop; anything `Read + Write` for the fuzz target
+    /// and the tests).
+    ///
+    /// Reads feed the socket's records to rustls and return the plaintext; handshake messages and
+    /// alerts rustls answers with go out at once. Writes encrypt the slices into records and push
+    /// them out; the ciphertext the socket did not take is held (one write's worth at most:
+    /// nothing more is accepted until it is out) and each record's buffer is freed as soon as it
+    /// is written, so an idle connection holds none.
+    pub struct Tls<S = TcpStream> {
+        conn: ServerConnection,
+        socket: S,
+        /// `close_notify` is queued.
+        closing: bool,
+        /// The socket's write side is shut (after `close_notify` went out).
+        shut: bool,
+    }
+
+    impl<S> std::fmt::Debug for Tls<S> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Tls").field("handshaking", &self.conn.is_handshaking()).finish_non_exhaustive()
+        }
+    }
+
+    impl<S: Read + Write> Tls<S> {
+        /// A server-side TLS connection over `socket`, starting from `config`.
+        pub fn new(socket: S, config: Arc<ServerConfig>) -> Result<Tls<S>, rustls::Error> {
+            let mut conn = ServerConnection::new(config)?;
+            conn.set_buffer_limit(Some(HELD_CIPHERTEXT));
+            Ok(Tls { conn, socket, closing: false, shut: false })
+        }
+
+        /// The socket underneath.
+        pub fn socket(&mut self) -> &mut S {
+            &mut self.socket
+        }
+
+        /// Pushes held ciphertext to the socket: `Done(0)` once none is held.
+        fn push(&mut self) -> Outcome {
+            while self.conn.wants_write() {
+                match self.conn.write_tls(&mut self.socket) {
+                    Ok(0) => return Outcome::Closed,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return net::classify(Err(e), false),
+                }
+            }
+            Outcome::Done(0)
+        }
+
+        /// Plaintext into `buf`: what rustls has decrypted already, else the socket's records
+        /// until a record yields some, the socket would block, or the peer is gone.
+        pub fn read_plain(&mut self, buf: &mut [u8]) -> Outcome {
+            loop {
+                match self.conn.reader().read(buf) {
+                    // A clean `close_notify` (or an empty `buf`, which the loop never passes).
+                    Ok(0) => return Outcome::Closed,
+                    Ok(n) => return Outcome::Done(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // End of stream without `close_notify`: the peer is gone all the same.
+                    Err(e) => return net::classify(Err(e), true),
+                }
+                match self.conn.read_tls(&mut self.socket) {
+                    Ok(0) => return Outcome::Closed,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return net::classify(Err(e), true),
+                }
+                if let Err(e) = self.conn.process_new_packets() {
+                    // rustls queued the alert that tells the peer why; it goes out if it can.
+                    let _ = self.push();
+                    return Outcome::Failed(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+                match self.push() {
+                    Outcome::Done(_) | Outcome::WouldBlock => {}
+                    gone => return gone,
+                }
+            }
+        }
+
+        /// Encrypts a prefix of `slices` (all of them, up to `HELD_CIPHERTEXT`) once what was held
+        /// is out, and pushes it: `Done(n)` is the plaintext accepted, whether or not its records
+        /// all reached the socket.
+        pub fn write_plain(&mut self, slices: &[IoSlice<'_>]) -> Outcome {
+            match self.push() {
+                Outcome::Done(_) => {}
+                other => return other,
+            }
+            if slices.iter().all(|s| s.is_empty()) {
+                return Outcome::Done(0);
+            }
+            let accepted = match self.conn.writer().write_vectored(slices) {
+                Ok(n) => n,
+                Err(e) => return Outcome::Failed(e),
+            };
+            match self.push() {
+                Outcome::Done(_) | Outcome::WouldBlock => Outcome::Done(accepted),
+                gone => gone,
+            }
+        }
+
+        /// Queues `close_notify` (once) and pushes it; true once nothing is held.
+        fn notify_close(&mut self) -> io::Result<bool> {
+            if !self.closing {
+                self.closing = true;
+                self.conn.send_close_notify();
+            }
+            match self.push() {
+                Outcome::Done(_) => Ok(true),
+                Outcome::WouldBlock => Ok(false),
+                Outcome::Closed => Err(io::ErrorKind::BrokenPipe.into()),
+                Outcome::Failed(e) => Err(e),
+            }
+        }
+    }
+
+    impl Transport for Tls<TcpStream> {
+        type Source = TcpStream;
+
+        fn read(&mut self, buf: &mut [u8]) -> Outcome {
+            self.read_plain(buf)
+        }
+
+        fn write_vectored(&mut self, slices: &[IoSlice<'_>]) -> Outcome {
+            self.write_plain(slices)
+        }
+
+        fn wants_write(&self) -> bool {
+            self.conn.wants_write()
+        }
+
+        /// Sends `close_notify`, then shuts the socket's write side once it is out. If the socket
+        /// is full, `wants_write` stays true: the loop flushes and calls this again.
+        fn close_write(&mut self) -> io::Result<()> {
+            if self.notify_close()? && !self.shut {
+                self.shut = true;
+                self.socket.shutdown(std::net::Shutdown::Write)?;
+            }
+            Ok(())
+        }
+
+        fn source(&mut self) -> &mut TcpStream {
+            &mut self.socket
+        }
+
+        fn handshaking(&self) -> bool {
+            self.conn.is_handshaking()
+        }
     }
 }
 
