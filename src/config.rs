@@ -316,7 +316,7 @@ impl Config {
             (None, None) => return Ok(()),
             (Some(_), Some(_)) => {}
         }
-        if self.tls_listen == Some(self.listen) {
+        if self.tls_listen == Some(self.listen) && self.listen.port() != 0 {
             return Err(Error::config(
                 "--tls-listen must differ from --listen (leave --tls-listen unset to serve TLS on --listen)",
             ));

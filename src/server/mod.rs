@@ -322,9 +322,10 @@ impl Server {
             overflow,
             tls,
         } = self;
+        // The line ends with the main listener's address: scripts and tests read it from there.
         match (tls.addr, tls.main) {
-            (Some(addr), true) => info!("ssed listening on {addr} (TLS)"),
-            (Some(addr), false) => info!("ssed listening on {local_addr} and on {addr} (TLS)"),
+            (Some(_), true) => info!("ssed serving TLS, listening on {local_addr}"),
+            (Some(addr), false) => info!("ssed serving TLS on {addr}, plain HTTP listening on {local_addr}"),
             (None, _) => info!("ssed listening on {local_addr}"),
         }
         let mut event_loop = Loop {

@@ -18,3 +18,5 @@ mod lag;
 mod regressions;
 mod service;
 mod soak;
+#[cfg(feature = "tls")]
+mod tls;
