@@ -22,6 +22,8 @@ use ssed::{Config, Event, Publisher, Reload, Server, Shutdown};
 use crate::child::{base_command, Proc};
 use crate::support::{get, TempDir, DEADLINE};
 
+mod external;
+
 
 
 /// A test CA and a certificate for `localhost` (and 127.0.0.1) signed by it, made now.
