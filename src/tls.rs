@@ -31,9 +31,24 @@ const RESUMPTION_CACHE: usize = 4096;
 /// no key (PKCS#8, PKCS#1 RSA or SEC1 EC), a key that does not belong to the first certificate, or
 /// a first certificate that has expired (or is not yet valid) at `now`.
 pub(crate) fn load(cert: &Path, key: &Path, now: SystemTime) -> Result<Arc<ServerConfig>, Error> {
-    let chain = read_chain(cert)?;
-    let key_der = read_key(key)?;
-    check_validity(cert, &chain[0], now)?;
+    let read = |path: &Path, what: &str| {
+        std::fs::read(path).map_err(|e| Error::io(format!("reading TLS {what} {}", path.display()), e))
+    };
+    let (cert_pem, key_pem) = (read(cert, "certificate")?, read(key, "key")?);
+    from_pem(&cert_pem, &cert.display().to_string(), &key_pem, &key.display().to_string(), now)
+}
+
+/// [`load`] from the files' contents; `cert_name` and `key_name` are what messages call them.
+pub(crate) fn from_pem(
+    cert_pem: &[u8],
+    cert_name: &str,
+    key_pem: &[u8],
+    key_name: &str,
+    now: SystemTime,
+) -> Result<Arc<ServerConfig>, Error> {
+    let chain = read_chain(cert_pem, cert_name)?;
+    let key_der = read_key(key_pem, key_name)?;
+    check_validity(cert_name, &chain[0], now)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -42,16 +57,10 @@ pub(crate) fn load(cert: &Path, key: &Path, now: SystemTime) -> Result<Arc<Serve
     // rustls checks that the key is the certificate's own (`keys_match`), so a renewal that replaced
     // one file and not the other is refused here instead of failing every handshake.
     let certified = rustls::sign::CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => Error::config(format!(
-            "TLS key {} does not belong to certificate {}",
-            key.display(),
-            cert.display()
-        )),
-        e => Error::config(format!(
-            "TLS key {} cannot be used with certificate {}: {e}",
-            key.display(),
-            cert.display()
-        )),
+        rustls::Error::InconsistentKeys(_) => {
+            Error::config(format!("TLS key {key_name} does not belong to certificate {cert_name}"))
+        }
+        e => Error::config(format!("TLS key {key_name} cannot be used with certificate {cert_name}: {e}")),
     })?;
     let mut config = builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
@@ -59,30 +68,24 @@ pub(crate) fn load(cert: &Path, key: &Path, now: SystemTime) -> Result<Arc<Serve
     Ok(Arc::new(config))
 }
 
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let what = || format!("TLS certificate {}", path.display());
-    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", what()), e))?;
-    let chain = CertificateDer::pem_slice_iter(&bytes)
+fn read_chain(bytes: &[u8], name: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let chain = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::config(format!("{}: {}", what(), pem_problem(&e))))?;
+        .map_err(|e| Error::config(format!("TLS certificate {name}: {}", pem_problem(&e))))?;
     if chain.is_empty() {
         return Err(Error::config(format!(
-            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-            what()
+            "TLS certificate {name} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
         )));
     }
     Ok(chain)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
-    let what = || format!("TLS key {}", path.display());
-    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", what()), e))?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+fn read_key(bytes: &[u8], name: &str) -> Result<PrivateKeyDer<'static>, Error> {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| match e {
         pem::Error::NoItemsFound => Error::config(format!(
-            "{} holds no PEM private key (PKCS#8, RSA or EC: -----BEGIN PRIVATE KEY-----)",
-            what()
+            "TLS key {name} holds no PEM private key (PKCS#8, RSA or EC: -----BEGIN PRIVATE KEY-----)"
         )),
-        e => Error::config(format!("{}: {}", what(), pem_problem(&e))),
+        e => Error::config(format!("TLS key {name}: {}", pem_problem(&e))),
     })
 }
 
@@ -94,24 +97,24 @@ fn pem_problem(e: &pem::Error) -> String {
 }
 
 /// Refuses a certificate outside its validity period at `now`, naming the file and the date.
-fn check_validity(path: &Path, cert: &CertificateDer<'_>, now: SystemTime) -> Result<(), Error> {
+fn check_validity(path: &str, cert: &CertificateDer<'_>, now: SystemTime) -> Result<(), Error> {
     let Some((not_before, not_after)) = validity(cert) else {
         return Err(Error::config(format!(
             "TLS certificate {}: its first certificate is not a readable X.509 certificate",
-            path.display()
+            path
         )));
     };
     if now > not_after {
         return Err(Error::config(format!(
             "TLS certificate {} expired on {} (renew it, then start ssed or reload it with SIGHUP)",
-            path.display(),
+            path,
             utc(not_after)
         )));
     }
     if now < not_before {
         return Err(Error::config(format!(
             "TLS certificate {} is not valid before {}",
-            path.display(),
+            path,
             utc(not_before)
         )));
     }

@@ -161,6 +161,8 @@ impl Transport for Link {
 
 #[cfg(feature = "tls")]
 pub use self::tls::Tls;
+#[cfg(all(feature = "tls", any(test, feature = "fuzzing")))]
+pub use self::tls::{feed, Fed, Pipe};
 
 #[cfg(feature = "tls")]
 mod tls {
@@ -205,6 +207,7 @@ mod tls {
         }
 
         /// The socket underneath.
+        #[cfg(any(test, feature = "fuzzing"))]
         pub fn socket(&mut self) -> &mut S {
             &mut self.socket
         }
@@ -273,6 +276,16 @@ mod tls {
             }
         }
 
+        /// Whether the handshake is still going on.
+        pub fn is_handshaking(&self) -> bool {
+            self.conn.is_handshaking()
+        }
+
+        /// Whether ciphertext waits for the socket.
+        pub fn holds_ciphertext(&self) -> bool {
+            self.conn.wants_write()
+        }
+
         /// Queues `close_notify` (once) and pushes it; true once nothing is held.
         fn notify_close(&mut self) -> io::Result<bool> {
             if !self.closing {
@@ -300,7 +313,7 @@ mod tls {
         }
 
         fn wants_write(&self) -> bool {
-            self.conn.wants_write()
+            self.holds_ciphertext()
         }
 
         /// Sends `close_notify`, then shuts the socket's write side once it is out. If the socket
@@ -318,7 +331,87 @@ mod tls {
         }
 
         fn handshaking(&self) -> bool {
-            self.conn.is_handshaking()
+            self.is_handshaking()
+        }
+    }
+
+    /// A socket in memory for the fuzz target and the tests: what "arrives" is read until it runs
+    /// out (then `WouldBlock`, or the end of stream once `eof`), and what is written is kept.
+    #[cfg(any(test, feature = "fuzzing"))]
+    #[derive(Debug, Default)]
+    pub struct Pipe {
+        /// What has arrived and not been read yet.
+        pub arrived: std::collections::VecDeque<u8>,
+        /// The peer has closed: reads return 0 once `arrived` is empty.
+        pub eof: bool,
+        /// Everything the server wrote.
+        pub sent: Vec<u8>,
+    }
+
+    #[cfg(any(test, feature = "fuzzing"))]
+    impl Read for Pipe {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.arrived.is_empty() {
+                return if self.eof { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
+            }
+            let n = buf.len().min(self.arrived.len());
+            for (slot, byte) in buf.iter_mut().zip(self.arrived.drain(..n)) {
+                *slot = byte;
+            }
+            Ok(n)
+        }
+    }
+
+    #[cfg(any(test, feature = "fuzzing"))]
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.sent.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// How the TLS read path ended for one input ([`feed`]).
+    #[cfg(any(test, feature = "fuzzing"))]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Fed {
+        /// Refused (a fatal alert was due).
+        Refused,
+        /// The peer's end of stream, with or without `close_notify`.
+        Closed,
+    }
+
+    /// Feeds `input` to a fresh server-side TLS connection in pieces of at most `piece` bytes (each
+    /// read until `WouldBlock`, as the loop does), then the peer's end of stream. Panics if the
+    /// read path misbehaves: plaintext from bytes that cannot have completed a handshake (nobody
+    /// here knows the server's keys), a read larger than its buffer, or going on after a refusal.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn feed(config: &Arc<ServerConfig>, input: &[u8], piece: usize) -> Fed {
+        let mut tls = Tls::new(Pipe::default(), config.clone()).expect("a server connection");
+        let mut buf = [0u8; 1024];
+        let mut pieces = input.chunks(piece.max(1)).peekable();
+        loop {
+            match pieces.next() {
+                Some(bytes) => tls.socket().arrived.extend(bytes),
+                None => tls.socket().eof = true,
+            }
+            loop {
+                match tls.read_plain(&mut buf) {
+                    Outcome::Done(n) => panic!("{n} bytes of plaintext without a handshake"),
+                    Outcome::WouldBlock => break,
+                    Outcome::Closed => return Fed::Closed,
+                    Outcome::Failed(_) => {
+                        // Nothing more is taken after a refusal.
+                        let before = tls.socket().sent.len();
+                        assert!(!matches!(tls.read_plain(&mut buf), Outcome::Done(_)));
+                        assert_eq!(tls.socket().sent.len(), before, "nothing sent after the alert");
+                        return Fed::Refused;
+                    }
+                }
+            }
+            assert!(pieces.peek().is_some() || !tls.socket().eof, "the end of stream was not noticed");
         }
     }
 }
@@ -418,5 +511,128 @@ mod tests {
             }
         }
         assert_eq!(read, b"late");
+    }
+}
+
+#[cfg(all(test, feature = "tls"))]
+mod tls_tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+
+    fn server_config() -> (Arc<rustls::ServerConfig>, String) {
+        let (ca, cert, key) = crate::tls::tests::ca_and_server(None);
+        let config = crate::tls::from_pem(cert.as_bytes(), "cert", key.as_bytes(), "key", std::time::SystemTime::now())
+            .expect("config");
+        (config, ca)
+    }
+
+    fn client_hello(ca: &str) -> Vec<u8> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut client =
+            rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap();
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).unwrap();
+        hello
+    }
+
+    /// What the fuzz target checks, on inputs made here: refused or closed, the same in every split.
+    #[test]
+    fn the_tls_read_path_gives_the_same_verdict_in_any_split() {
+        let (config, ca) = server_config();
+        let hello = client_hello(&ca);
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut inputs: Vec<(Vec<u8>, Option<Fed>)> = vec![
+            (Vec::new(), Some(Fed::Closed)),
+            (hello.clone(), Some(Fed::Closed)),
+            (hello[..hello.len() / 2].to_vec(), Some(Fed::Closed)),
+            (b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), Some(Fed::Refused)),
+            ([&hello[..], b"\x17\x03\x03\x00\x05hello"].concat(), Some(Fed::Refused)),
+            (vec![0x16, 0x03, 0x01, 0xFF, 0xFF], Some(Fed::Refused)),
+        ];
+        for _ in 0..300 {
+            let mut mutated = hello.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % mutated.len();
+                mutated[at] ^= 1 << (next() % 8);
+            }
+            inputs.push((mutated, None));
+            let garbage: Vec<u8> = (0..next() % 600).map(|_| next() as u8).collect();
+            inputs.push((garbage, None));
+        }
+        for (input, expected) in &inputs {
+            let whole = feed(&config, input, input.len());
+            if let Some(expected) = expected {
+                assert_eq!(whole, *expected, "{input:?}");
+            }
+            for piece in [1, 2, 3, 7, 16, 61, 256] {
+                assert_eq!(feed(&config, input, piece), whole, "pieces of {piece}: {input:?}");
+            }
+        }
+    }
+
+    /// A write encrypts the slices (a frame and its framing) as they are, and holds nothing once the
+    /// socket took it all.
+    #[test]
+    fn writes_encrypt_the_slices_into_records_the_client_reads_whole() {
+        let (config, ca) = server_config();
+        let mut tls = Tls::new(Pipe::default(), config).unwrap();
+        // A handshake in memory: the client's flights arrive in the server's pipe and back.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
+        let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut client =
+            rustls::ClientConnection::new(Arc::new(client_config), ServerName::try_from("localhost").unwrap()).unwrap();
+        let mut buf = [0u8; 256];
+        for _ in 0..10 {
+            let mut to_server = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut to_server).unwrap();
+            }
+            tls.socket().arrived.extend(to_server);
+            assert!(matches!(tls.read_plain(&mut buf), Outcome::WouldBlock));
+            let from_server = std::mem::take(&mut tls.socket().sent);
+            client.read_tls(&mut &from_server[..]).unwrap();
+            client.process_new_packets().unwrap();
+            if !client.is_handshaking() && !tls.is_handshaking() {
+                break;
+            }
+        }
+        assert!(!tls.is_handshaking(), "handshake done");
+        let frame = vec![b'x'; 40_000];
+        let slices = [IoSlice::new(b"id: 1\ndata: "), IoSlice::new(&frame), IoSlice::new(b"\n\n")];
+        match tls.write_plain(&slices) {
+            Outcome::Done(n) => assert_eq!(n, 12 + 40_000 + 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(!tls.holds_ciphertext(), "the pipe took everything");
+        let sent = std::mem::take(&mut tls.socket().sent);
+        let mut records = &sent[..];
+        let mut plain = Vec::new();
+        while !records.is_empty() {
+            client.read_tls(&mut records).unwrap();
+            client.process_new_packets().unwrap();
+            let _ = client.reader().read_to_end(&mut plain);
+        }
+        assert_eq!(plain.len(), 40_014);
+        assert!(plain.starts_with(b"id: 1\ndata: xxx") && plain.ends_with(b"x\n\n"));
     }
 }
