@@ -547,3 +547,34 @@ fn sighup_reloads_the_certificate_in_the_binary() {
     assert!(line.contains("key.pem holds no PEM private key") && line.contains("kept"), "{line}");
     TlsClient::connect(addr, client_config(&second.ca_pem, BOTH), "localhost").expect("still the second");
 }
+
+/// Under systemd: the socket named `ssed` stays plain and the one named `ssed-tls` serves TLS, as
+/// ssed.socket and ssed-tls.socket pass them.
+#[test]
+#[ignore = "needs systemd-socket-activate (Debian package systemd): run by .ci/run"]
+fn serves_tls_on_the_socket_named_ssed_tls() {
+    let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (plain, tls) = (port(), port());
+    let dir = TempDir::new("tls-socket");
+    let pki = Pki::new();
+    let (cert, key) = pki.write(&dir);
+    let mut command = std::process::Command::new("systemd-socket-activate");
+    command
+        .args(["-l", &format!("127.0.0.1:{plain}"), "-l", &format!("127.0.0.1:{tls}")])
+        .args(["--fdname=ssed:ssed-tls", "-E", "RUST_LOG=info", crate::child::BIN])
+        .args(["--listen", "127.0.0.1:1", "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let proc = Proc::spawn(command);
+    proc.wait_for_line("Listening on");
+    let (plain, tls): (SocketAddr, SocketAddr) =
+        (format!("127.0.0.1:{plain}").parse().unwrap(), format!("127.0.0.1:{tls}").parse().unwrap());
+    // The first connection makes systemd-socket-activate exec ssed with both sockets.
+    let mut client = TlsClient::open(tls, &pki);
+    let line = proc.wait_for_line("passed by systemd");
+    assert!(line.contains(&format!("TLS on {tls}")), "{line}");
+    client.send(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let (answer, ended) = client.read_to_end();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(ended.is_ok(), "{ended:?}");
+    assert_eq!(get(plain, "/health", "").status, 200, "the socket named ssed stays plain");
+    proc.signal("TERM");
+}
