@@ -185,12 +185,12 @@ impl TlsClient {
                 let got = std::mem::replace(&mut self.seen, rest);
                 return String::from_utf8_lossy(&got).into_owned();
             }
-            assert!(Instant::now() < deadline, "no {needle:?} in {:?}", String::from_utf8_lossy(&self.seen));
+            assert!(Instant::now() < deadline, "no {needle:?} in {:?}", tail(&self.seen));
             let mut buf = [0u8; 16 * 1024];
             match self.tls.read(&mut buf) {
-                Ok(0) => panic!("stream ended before {needle:?}: {:?}", String::from_utf8_lossy(&self.seen)),
+                Ok(0) => panic!("stream ended before {needle:?}: {:?}", tail(&self.seen)),
                 Ok(n) => self.seen.extend_from_slice(&buf[..n]),
-                Err(e) => panic!("read failed before {needle:?} ({e}): {:?}", String::from_utf8_lossy(&self.seen)),
+                Err(e) => panic!("read failed before {needle:?} ({e}): {:?}", tail(&self.seen)),
             }
         }
     }
@@ -207,6 +207,11 @@ impl TlsClient {
         };
         (String::from_utf8_lossy(&std::mem::take(&mut self.seen)).into_owned(), result)
     }
+}
+
+/// The last 300 bytes received, for failure messages.
+fn tail(seen: &[u8]) -> String {
+    String::from_utf8_lossy(&seen[seen.len().saturating_sub(300)..]).into_owned()
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -577,4 +582,27 @@ fn serves_tls_on_the_socket_named_ssed_tls() {
     assert!(ended.is_ok(), "{ended:?}");
     assert_eq!(get(plain, "/health", "").status, 200, "the socket named ssed stays plain");
     proc.signal("TERM");
+}
+
+/// `--max-lag` over TLS: a subscriber that stops reading is dropped once it is that far behind,
+/// counted on the plaintext the transport accepted (the ciphertext it holds is at most one write).
+#[test]
+fn a_tls_subscriber_that_stops_reading_is_dropped_at_max_lag() {
+    let pki = Pki::new();
+    let server =
+        TlsServer::start(&pki, Config { max_body: 16 * 1024, max_lag: 64 * 1024, ..Config::default() });
+    let mut slow = subscribe(server.addr, &pki, "topic=flood", "");
+    let body = "y".repeat(16 * 1024 - 64);
+    // Far more than the socket buffers on both sides and the lag allow.
+    let mut last = 0;
+    for _ in 0..1000 {
+        last = server.publisher.publish(Event::new(body.clone()).topic("flood")).unwrap().get();
+    }
+    // The stream ends (dropped) before the last event, and the server counts it as a lag drop.
+    let (text, _) = slow.read_to_end();
+    assert!(!text.contains(&format!("id: {last}\n")), "the slow subscriber was never dropped");
+    let mut metrics = TlsClient::open(server.addr, &pki);
+    metrics.send(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let (metrics, _) = metrics.read_to_end();
+    assert!(metrics.contains("ssed_subscribers_dropped_total{reason=\"lag\"} 1\n"), "{metrics}");
 }
