@@ -308,8 +308,12 @@ impl Config {
     /// build that has TLS. The files themselves are read when the server starts.
     fn validate_tls(&self) -> Result<(), Error> {
         match (&self.tls_cert, &self.tls_key) {
-            (Some(_), None) => return Err(Error::config("--tls-cert needs --tls-key (the certificate's private key)")),
-            (None, Some(_)) => return Err(Error::config("--tls-key needs --tls-cert (the certificate chain)")),
+            (Some(_), None) => {
+                return Err(Error::config("--tls-cert needs --tls-key (the certificate's private key)"))
+            }
+            (None, Some(_)) => {
+                return Err(Error::config("--tls-key needs --tls-cert (the certificate chain)"))
+            }
             (None, None) if self.tls_listen.is_some() => {
                 return Err(Error::config("--tls-listen needs --tls-cert and --tls-key"))
             }
@@ -322,7 +326,9 @@ impl Config {
             ));
         }
         if !cfg!(feature = "tls") {
-            return Err(Error::config("--tls-cert: this ssed was built without TLS (the cargo feature `tls`)"));
+            return Err(Error::config(
+                "--tls-cert: this ssed was built without TLS (the cargo feature `tls`)",
+            ));
         }
         Ok(())
     }
@@ -485,7 +491,10 @@ mod tests {
         let key = Some(PathBuf::from("key.pem"));
         refused(Config { tls_cert: cert.clone(), ..Config::default() }, "--tls-cert needs --tls-key");
         refused(Config { tls_key: key.clone(), ..Config::default() }, "--tls-key needs --tls-cert");
-        refused(Config { tls_listen: Some(DEFAULT_LISTEN), ..Config::default() }, "--tls-listen needs --tls-cert");
+        refused(
+            Config { tls_listen: Some(DEFAULT_LISTEN), ..Config::default() },
+            "--tls-listen needs --tls-cert",
+        );
         let tls = Config { tls_cert: cert, tls_key: key, ..Config::default() };
         refused(Config { tls_listen: Some(DEFAULT_LISTEN), ..tls.clone() }, "--tls-listen must differ");
         if cfg!(feature = "tls") {

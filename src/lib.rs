@@ -62,9 +62,9 @@ mod sse;
 mod store;
 pub mod systemd;
 mod timer;
-mod topic;
 #[cfg(feature = "tls")]
 mod tls;
+mod topic;
 mod transport;
 
 /// Internals exposed for the criterion benches in `benches/`; not a stable API.

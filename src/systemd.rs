@@ -58,7 +58,9 @@ pub fn take_listeners() -> Result<Option<Inherited>, Error> {
         return Err(Error::config("LISTEN_FDNAMES names more sockets than LISTEN_FDS"));
     }
     if tls == Some(main) {
-        return Err(Error::config("systemd passed only the socket named ssed-tls; ssed needs a main socket too"));
+        return Err(Error::config(
+            "systemd passed only the socket named ssed-tls; ssed needs a main socket too",
+        ));
     }
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         std::env::remove_var(var);

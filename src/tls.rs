@@ -295,8 +295,8 @@ pub(crate) mod tests {
     fn a_good_pair_loads_with_alpn_http11() {
         let files = Files::new("good");
         let (_, cert, key) = ca_and_server(None);
-        let config =
-            load(&files.write("c.pem", &cert), &files.write("k.pem", &key), SystemTime::now()).expect("loads");
+        let config = load(&files.write("c.pem", &cert), &files.write("k.pem", &key), SystemTime::now())
+            .expect("loads");
         assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
     }
 
@@ -321,7 +321,10 @@ pub(crate) mod tests {
 
         let other = files.write("other.pem", &other_key);
         let err = load_err(&cert_path, &other);
-        assert!(err.contains("other.pem does not belong to certificate") && err.contains("cert.pem"), "{err}");
+        assert!(
+            err.contains("other.pem does not belong to certificate") && err.contains("cert.pem"),
+            "{err}"
+        );
 
         let (_, old, old_key) = ca_and_server(Some((2021, 6, 30)));
         let err = load_err(&files.write("old.pem", &old), &files.write("old-key.pem", &old_key));

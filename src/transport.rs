@@ -524,21 +524,29 @@ mod tls_tests {
 
     fn server_config() -> (Arc<rustls::ServerConfig>, String) {
         let (ca, cert, key) = crate::tls::tests::ca_and_server(None);
-        let config = crate::tls::from_pem(cert.as_bytes(), "cert", key.as_bytes(), "key", std::time::SystemTime::now())
-            .expect("config");
+        let config = crate::tls::from_pem(
+            cert.as_bytes(),
+            "cert",
+            key.as_bytes(),
+            "key",
+            std::time::SystemTime::now(),
+        )
+        .expect("config");
         (config, ca)
     }
 
     fn client_hello(ca: &str) -> Vec<u8> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         let mut client =
-            rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap();
+            rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
+                .unwrap();
         let mut hello = Vec::new();
         client.write_tls(&mut hello).unwrap();
         hello
@@ -594,13 +602,17 @@ mod tls_tests {
         // A handshake in memory: the client's flights arrive in the server's pipe and back.
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
-        let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut client =
-            rustls::ClientConnection::new(Arc::new(client_config), ServerName::try_from("localhost").unwrap()).unwrap();
+        let client_config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let mut client = rustls::ClientConnection::new(
+            Arc::new(client_config),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
         let mut buf = [0u8; 256];
         for _ in 0..10 {
             let mut to_server = Vec::new();

@@ -214,7 +214,8 @@ const FLAGS: &[Flag] = &[
     Flag {
         name: "tls-listen",
         value: "ADDR",
-        help: "serve TLS on this address too, --listen staying plain (under systemd: the socket named ssed-tls)",
+        help:
+            "serve TLS on this address too, --listen staying plain (under systemd: the socket named ssed-tls)",
         setting: Setting::OptAddr(|c| &mut c.tls_listen),
     },
 ];
@@ -407,9 +408,12 @@ fn apply(config: &mut Config, flag: &Flag, value: &str) -> Result<(), String> {
             })?
         }
         Setting::OptAddr(field) => {
-            *field(config) = Some(value.trim().parse().map_err(|_| {
-                format!("--{}: {value:?} is not an address like 0.0.0.0:8443", flag.name)
-            })?)
+            *field(config) = Some(
+                value
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("--{}: {value:?} is not an address like 0.0.0.0:8443", flag.name))?,
+            )
         }
         Setting::Text(field) => *field(config) = Some(value.to_string()),
         Setting::Path(field) => *field(config) = Some(value.into()),
@@ -551,7 +555,11 @@ fn run() -> Result<(), String> {
                 "serving on the socket{} passed by systemd ({}{}); --listen{} ignored",
                 if tls_socket { "s" } else { "" },
                 server.local_addr(),
-                server.tls_local_addr().filter(|_| tls_socket).map(|a| format!(", TLS on {a}")).unwrap_or_default(),
+                server
+                    .tls_local_addr()
+                    .filter(|_| tls_socket)
+                    .map(|a| format!(", TLS on {a}"))
+                    .unwrap_or_default(),
                 if tls_socket { " and --tls-listen are" } else { " is" },
             );
             server

@@ -212,7 +212,9 @@ impl Server {
                 std_listener
                     .set_nonblocking(true)
                     .map_err(|e| Error::io("making the TLS listener non-blocking", e))?;
-                let addr = std_listener.local_addr().map_err(|e| Error::io("reading the TLS listener's address", e))?;
+                let addr = std_listener
+                    .local_addr()
+                    .map_err(|e| Error::io("reading the TLS listener's address", e))?;
                 let mut tls_listener = TcpListener::from_std(std_listener);
                 poll.registry()
                     .register(&mut tls_listener, TLS_LISTENER, Interest::READABLE)

@@ -5,8 +5,6 @@
 //!
 //! The clients from outside (curl, Python, Node, Chromium) are in `external.rs` beside this.
 
-
-
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -23,8 +21,6 @@ use crate::child::{base_command, Proc};
 use crate::support::{get, TempDir, DEADLINE};
 
 mod external;
-
-
 
 /// A test CA and a certificate for `localhost` (and 127.0.0.1) signed by it, made now.
 pub struct Pki {
@@ -49,8 +45,9 @@ impl Pki {
         ca.distinguished_name.push(rcgen::DnType::CommonName, format!("ssed test CA {n}"));
         let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
         let key = rcgen::KeyPair::generate().expect("server key");
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .expect("server params");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("server params");
         if let Some((y, m, d)) = not_after {
             params.not_before = rcgen::date_time_ymd(y - 1, m, d);
             params.not_after = rcgen::date_time_ymd(y, m, d);
@@ -100,7 +97,8 @@ impl TlsServer {
         let server = Server::bind(config).expect("server starts");
         let addr = server.local_addr();
         let tls_addr = server.tls_local_addr().expect("serves TLS");
-        let (publisher, shutdown, reload) = (server.publisher(), server.shutdown_handle(), server.reload_handle());
+        let (publisher, shutdown, reload) =
+            (server.publisher(), server.shutdown_handle(), server.reload_handle());
         let thread = Some(std::thread::spawn(move || server.run()));
         TlsServer { addr, tls_addr, publisher, shutdown, reload, thread, dir }
     }
@@ -131,7 +129,10 @@ impl Drop for TlsServer {
 }
 
 /// A client configuration trusting `ca_pem` only, offering ALPN `http/1.1` and the given versions.
-pub fn client_config(ca_pem: &str, versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
+pub fn client_config(
+    ca_pem: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA PEM")).expect("CA root");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -268,7 +269,8 @@ fn tls10_client_hello() -> Vec<u8> {
 #[test]
 fn a_tls_stream_carries_events_heartbeats_and_resume_and_ends_with_close_notify() {
     let pki = Pki::new();
-    let server = TlsServer::start(&pki, Config { heartbeat: Duration::from_millis(300), ..Config::default() });
+    let server =
+        TlsServer::start(&pki, Config { heartbeat: Duration::from_millis(300), ..Config::default() });
     assert_eq!(server.addr, server.tls_addr, "--tls-cert alone: the listener serves TLS");
 
     let mut sub = subscribe(server.addr, &pki, "topic=chat", "");
@@ -296,7 +298,10 @@ fn a_tls_stream_carries_events_heartbeats_and_resume_and_ends_with_close_notify(
     // Resume after the first event: the rest, nothing before.
     let mut resumed = subscribe(server.addr, &pki, "topic=chat", &format!("Last-Event-ID: {}\r\n", ids[0]));
     let text = resumed.read_until("data: four\n\n");
-    assert!(!text.contains("data: one\n") && text.contains("data: two\n") && text.contains("data: three\n"), "{text}");
+    assert!(
+        !text.contains("data: one\n") && text.contains("data: two\n") && text.contains("data: three\n"),
+        "{text}"
+    );
 
     // Shutdown: the terminating chunk, then close_notify (a clean end, not a truncation).
     server.stop();
@@ -311,9 +316,10 @@ fn a_tls_stream_carries_events_heartbeats_and_resume_and_ends_with_close_notify(
 fn tls_12_and_13_are_served_and_large_events_cross_many_records() {
     let pki = Pki::new();
     let server = TlsServer::start(&pki, Config::default());
-    for (version, expected) in
-        [(&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2), (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3)]
-    {
+    for (version, expected) in [
+        (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
+        (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
+    ] {
         let config = client_config(&pki.ca_pem, &[version]);
         let mut client = TlsClient::connect(server.addr, config, "localhost").expect("handshake");
         assert_eq!(client.tls.conn.protocol_version(), Some(expected));
@@ -335,8 +341,10 @@ fn tls_12_and_13_are_served_and_large_events_cross_many_records() {
 #[test]
 fn plain_and_tls_listeners_serve_side_by_side() {
     let pki = Pki::new();
-    let server =
-        TlsServer::start(&pki, Config { tls_listen: Some("127.0.0.1:0".parse().unwrap()), ..Config::default() });
+    let server = TlsServer::start(
+        &pki,
+        Config { tls_listen: Some("127.0.0.1:0".parse().unwrap()), ..Config::default() },
+    );
     assert_ne!(server.addr, server.tls_addr);
     // Plain HTTP on --listen.
     assert_eq!(get(server.addr, "/health", "").status, 200);
@@ -485,7 +493,8 @@ fn a_reload_serves_the_new_certificate_to_new_handshakes_only() {
     std::fs::write(server.dir.0.join("cert.pem"), "-----BEGIN CERTIFICATE-----\nnot base64!\n").unwrap();
     let err = server.reload.reload().expect_err("a broken file is refused").to_string();
     assert!(err.contains("cert.pem"), "{err}");
-    TlsClient::connect(server.addr, client_config(&second.ca_pem, BOTH), "localhost").expect("still the second");
+    TlsClient::connect(server.addr, client_config(&second.ca_pem, BOTH), "localhost")
+        .expect("still the second");
 }
 
 fn start_up_error(args: &[&str]) -> String {
@@ -567,7 +576,14 @@ fn serves_tls_on_the_socket_named_ssed_tls() {
     command
         .args(["-l", &format!("127.0.0.1:{plain}"), "-l", &format!("127.0.0.1:{tls}")])
         .args(["--fdname=ssed:ssed-tls", "-E", "RUST_LOG=info", crate::child::BIN])
-        .args(["--listen", "127.0.0.1:1", "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+        .args([
+            "--listen",
+            "127.0.0.1:1",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ]);
     let proc = Proc::spawn(command);
     proc.wait_for_line("Listening on");
     let (plain, tls): (SocketAddr, SocketAddr) =

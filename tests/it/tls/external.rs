@@ -99,7 +99,11 @@ fn node_eventsource_resumes_over_tls() {
     // Streams end after about a second; the client comes back with Last-Event-ID over a new handshake.
     let server = TlsServer::start(
         &pki,
-        Config { max_lifetime: Duration::from_secs(1), retry: Duration::from_millis(100), ..Config::default() },
+        Config {
+            max_lifetime: Duration::from_secs(1),
+            retry: Duration::from_millis(100),
+            ..Config::default()
+        },
     );
     let ca = pki.write_ca(&server.dir);
     let mut command = Command::new(program("node"));
@@ -152,8 +156,9 @@ fn chromium_eventsource_over_tls_with_the_test_ca_trusted() {
     let origin = format!("http://{}", page.addr);
     let server = TlsServer::start(&pki, Config { cors_origins: vec![origin.clone()], ..Config::default() });
     let ca = pki.write_ca(&server.dir);
-    let old: Vec<u64> =
-        (0..3).map(|n| server.publisher.publish(Event::new(format!("old {n}")).topic("old")).unwrap().get()).collect();
+    let old: Vec<u64> = (0..3)
+        .map(|n| server.publisher.publish(Event::new(format!("old {n}")).topic("old")).unwrap().get())
+        .collect();
 
     // Chromium on Linux trusts what the NSS database in $HOME/.pki/nssdb trusts.
     let home = TempDir::new("chromium-tls");
@@ -200,7 +205,10 @@ fn chromium_eventsource_over_tls_with_the_test_ca_trusted() {
     loop {
         let record = next();
         if record.kind() == "message" && record.str("stream") == Some("chat") {
-            assert_eq!((record.str("id"), record.str("data")), (Some(id.to_string().as_str()), Some("live over tls")));
+            assert_eq!(
+                (record.str("id"), record.str("data")),
+                (Some(id.to_string().as_str()), Some("live over tls"))
+            );
             break;
         }
     }
