@@ -150,6 +150,8 @@ impl std::fmt::Debug for Shutdown {
 /// that does not load changes nothing.
 #[derive(Clone)]
 pub struct Reload {
+    // Without TLS there is nothing to send the loop.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) mailbox: Mailbox,
     /// The certificate and key files, when the server serves TLS.
     pub(crate) tls: Option<(std::path::PathBuf, std::path::PathBuf)>,

@@ -397,18 +397,17 @@ mod tls {
                 Some(bytes) => tls.socket().arrived.extend(bytes),
                 None => tls.socket().eof = true,
             }
-            loop {
-                match tls.read_plain(&mut buf) {
-                    Outcome::Done(n) => panic!("{n} bytes of plaintext without a handshake"),
-                    Outcome::WouldBlock => break,
-                    Outcome::Closed => return Fed::Closed,
-                    Outcome::Failed(_) => {
-                        // Nothing more is taken after a refusal.
-                        let before = tls.socket().sent.len();
-                        assert!(!matches!(tls.read_plain(&mut buf), Outcome::Done(_)));
-                        assert_eq!(tls.socket().sent.len(), before, "nothing sent after the alert");
-                        return Fed::Refused;
-                    }
+            // `read_plain` reads until the pipe runs dry, as the loop's reads go until `WouldBlock`.
+            match tls.read_plain(&mut buf) {
+                Outcome::Done(n) => panic!("{n} bytes of plaintext without a handshake"),
+                Outcome::WouldBlock => {}
+                Outcome::Closed => return Fed::Closed,
+                Outcome::Failed(_) => {
+                    // Nothing more is taken after a refusal.
+                    let before = tls.socket().sent.len();
+                    assert!(!matches!(tls.read_plain(&mut buf), Outcome::Done(_)));
+                    assert_eq!(tls.socket().sent.len(), before, "nothing sent after the alert");
+                    return Fed::Refused;
                 }
             }
             assert!(pieces.peek().is_some() || !tls.socket().eof, "the end of stream was not noticed");

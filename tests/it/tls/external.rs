@@ -180,7 +180,7 @@ fn chromium_eventsource_over_tls_with_the_test_ca_trusted() {
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
         .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
         .args(["--disable-dev-shm-usage", "--disable-breakpad"])
-        .arg(format!("--host-resolver-rules=MAP localhost 127.0.0.1"))
+        .arg("--host-resolver-rules=MAP localhost 127.0.0.1")
         .arg(format!("--user-data-dir={}", home.0.join("profile").display()))
         .arg(&url);
     let mut browser = Proc::spawn("chromium", command, None);
