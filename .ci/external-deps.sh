@@ -23,7 +23,8 @@ cleanup() {
 trap cleanup EXIT
 
 # redis-server: cluster mode's tests start their own (tests/it/cluster/, src/cluster/bridge.rs).
-apt_packages=(ca-certificates curl nginx chromium redis-server)
+# libnss3-tools: certutil, which makes Chromium trust the TLS tests' CA (tests/it/tls/external.rs).
+apt_packages=(ca-certificates curl nginx chromium redis-server libnss3-tools)
 # The Python and Node clients need an interpreter; use the machine's own when it has one.
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt_packages+=(python3 python3-venv)
@@ -49,5 +50,6 @@ echo "external test dependencies installed:" \
     "$(curl --version | head -n 1 | cut -d' ' -f1-2)," \
     "$(nginx -v 2>&1)," \
     "$(chromium --version 2>/dev/null)," \
+    "certutil $(command -v certutil)," \
     "$(target/pyenv/bin/python --version)," \
     "node $(node --version)"

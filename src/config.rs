@@ -151,6 +151,13 @@ pub struct Config {
     /// Origins whose pages may publish with a cookie token (checked against `Origin`/`Referer`
     /// against cross-site request forgery); none: a cookie never authorizes a publish.
     pub publish_origins: Vec<String>,
+    /// TLS (feature `tls`): the PEM certificate chain, leaf first. With it, the listener serves TLS,
+    /// or, with `tls_listen`, a second listener does. Read again on reload (`SIGHUP`).
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert` (PKCS#8, RSA or EC).
+    pub tls_key: Option<PathBuf>,
+    /// A second address to serve TLS on, beside the plain `listen`; unset: `listen` serves TLS.
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// Tokens are shown as `<redacted>`, so a program that logs its configuration does not leak them.
@@ -195,6 +202,9 @@ impl std::fmt::Debug for Config {
             legacy_query_token,
             jwt_cookie,
             publish_origins,
+            tls_cert,
+            tls_key,
+            tls_listen,
         } = self;
         let redact = |token: &Option<String>| token.as_ref().map(|_| "<redacted>");
         f.debug_struct("Config")
@@ -236,6 +246,9 @@ impl std::fmt::Debug for Config {
             .field("legacy_query_token", legacy_query_token)
             .field("jwt_cookie", jwt_cookie)
             .field("publish_origins", publish_origins)
+            .field("tls_cert", tls_cert)
+            .field("tls_key", tls_key)
+            .field("tls_listen", tls_listen)
             .finish()
     }
 }
@@ -279,6 +292,9 @@ impl Default for Config {
             legacy_query_token: false,
             jwt_cookie: None,
             publish_origins: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_listen: None,
         }
     }
 }
@@ -350,6 +366,7 @@ impl Config {
         }
         self.validate_jwt()?;
         self.validate_cluster()?;
+        self.validate_tls()?;
         for origin in &self.cors_origins {
             if let Err(problem) = check_origin(origin) {
                 return Err(Error::config(format!(
@@ -390,6 +407,35 @@ impl Config {
             return Err(Error::config(
                 "--publish-token/--subscribe-token and JWT keys cannot be used together: with a JWT key, \
                  tokens are JWTs and rights are per topic",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The TLS settings: a certificate and its key together, a TLS listener only with them, and a
+    /// build that has TLS. The files themselves are read when the server starts.
+    fn validate_tls(&self) -> Result<(), Error> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(Error::config("--tls-cert needs --tls-key (the certificate's private key)"))
+            }
+            (None, Some(_)) => {
+                return Err(Error::config("--tls-key needs --tls-cert (the certificate chain)"))
+            }
+            (None, None) if self.tls_listen.is_some() => {
+                return Err(Error::config("--tls-listen needs --tls-cert and --tls-key"))
+            }
+            (None, None) => return Ok(()),
+            (Some(_), Some(_)) => {}
+        }
+        if self.tls_listen == Some(self.listen) && self.listen.port() != 0 {
+            return Err(Error::config(
+                "--tls-listen must differ from --listen (leave --tls-listen unset to serve TLS on --listen)",
+            ));
+        }
+        if !cfg!(feature = "tls") {
+            return Err(Error::config(
+                "--tls-cert: this ssed was built without TLS (the cargo feature `tls`)",
             ));
         }
         Ok(())
@@ -549,6 +595,21 @@ mod tests {
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
         };
         refused(Config { reuse_port: true, ..Config::default() }, "--reuse-port needs --redis");
+        let cert = Some(PathBuf::from("cert.pem"));
+        let key = Some(PathBuf::from("key.pem"));
+        refused(Config { tls_cert: cert.clone(), ..Config::default() }, "--tls-cert needs --tls-key");
+        refused(Config { tls_key: key.clone(), ..Config::default() }, "--tls-key needs --tls-cert");
+        refused(
+            Config { tls_listen: Some(DEFAULT_LISTEN), ..Config::default() },
+            "--tls-listen needs --tls-cert",
+        );
+        let tls = Config { tls_cert: cert, tls_key: key, ..Config::default() };
+        refused(Config { tls_listen: Some(DEFAULT_LISTEN), ..tls.clone() }, "--tls-listen must differ");
+        if cfg!(feature = "tls") {
+            tls.validate().unwrap();
+        } else {
+            refused(tls, "built without TLS");
+        }
         let cluster = Config { redis: Some("redis://127.0.0.1:6379/0".into()), ..Config::default() };
         refused(Config { data_dir: Some("d".into()), ..cluster.clone() }, "--data-dir and --redis cannot");
         refused(Config { redis: Some("http://:secret@x".into()), ..cluster.clone() }, "is not a Redis URL");

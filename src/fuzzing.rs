@@ -576,3 +576,37 @@ mod tests {
         }
     }
 }
+
+// ----- the TLS read path -----
+
+/// The TLS read path (`transport::Tls::read_plain`, what the loop calls on a TLS connection) under
+/// arbitrary records: built once from a certificate and key (the fuzz target makes them), then fed
+/// each input whole and in pieces.
+#[cfg(feature = "tls")]
+pub struct TlsReadPath(std::sync::Arc<rustls::ServerConfig>);
+
+#[cfg(feature = "tls")]
+impl TlsReadPath {
+    /// From a PEM certificate and key; panics if they do not load (a broken harness).
+    pub fn new(cert_pem: &str, key_pem: &str) -> TlsReadPath {
+        let config = crate::tls::from_pem(
+            cert_pem.as_bytes(),
+            "cert",
+            key_pem.as_bytes(),
+            "key",
+            std::time::SystemTime::now(),
+        )
+        .expect("the fuzz target's certificate loads");
+        TlsReadPath(config)
+    }
+
+    /// Feeds `data` after its selector byte whole and in pieces of `PIECE_SIZES[selector & 7]`.
+    /// Checked: no panic, no plaintext without a handshake, nothing read or sent after a refusal, the
+    /// end of stream noticed, and the same verdict (refused or closed) whatever the split.
+    pub fn run(&self, data: &[u8]) {
+        let Some((&selector, input)) = data.split_first() else { return };
+        let whole = crate::transport::feed(&self.0, input, input.len().max(1));
+        let split = crate::transport::feed(&self.0, input, PIECE_SIZES[usize::from(selector & 7)]);
+        assert_eq!(whole, split, "the verdict depends on how the records were split");
+    }
+}

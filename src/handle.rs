@@ -1,4 +1,5 @@
-//! Handles that let other threads talk to a running server: [`Publisher`] and [`Shutdown`].
+//! Handles that let other threads talk to a running server: [`Publisher`], [`Shutdown`] and
+//! [`Reload`].
 //!
 //! Both are a channel into the event loop plus a [`mio::Waker`] to wake it, so the loop stays the only
 //! owner of the broadcast log and the sockets.
@@ -66,6 +67,9 @@ impl Event {
 /// A message from a handle to the event loop.
 pub(crate) enum Command {
     Publish(event::Event, mpsc::SyncSender<Result<EventId, Error>>),
+    /// A TLS configuration read again from the files: new handshakes start from it.
+    #[cfg(feature = "tls")]
+    Tls(std::sync::Arc<rustls::ServerConfig>),
 }
 
 /// The sending half shared by every handle of one server.
@@ -136,5 +140,45 @@ impl Shutdown {
 impl std::fmt::Debug for Shutdown {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shutdown").finish_non_exhaustive()
+    }
+}
+
+/// Reads the TLS certificate and key again (what `SIGHUP` does in the `ssed` binary); cheap to
+/// clone, usable from any thread.
+///
+/// The files are read and checked on the caller's thread, so the event loop never waits on the
+/// disk: new handshakes use the new certificate, connections already open keep theirs, and a file
+/// that does not load changes nothing.
+#[derive(Clone)]
+pub struct Reload {
+    // Without TLS there is nothing to send the loop.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) mailbox: Mailbox,
+    /// The certificate and key files, when the server serves TLS.
+    pub(crate) tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl Reload {
+    /// Reloads the certificate and key: `Ok(false)` when the server serves no TLS (nothing to do),
+    /// `Ok(true)` once the loop has the new ones, and the reason when a file does not load (the old
+    /// certificate stays in use).
+    pub fn reload(&self) -> Result<bool, Error> {
+        let Some((_cert, _key)) = &self.tls else { return Ok(false) };
+        #[cfg(feature = "tls")]
+        {
+            let config = crate::tls::load(_cert, _key, std::time::SystemTime::now())?;
+            if self.mailbox.shutdown.load(Ordering::Acquire) {
+                return Err(Error::stopped());
+            }
+            self.mailbox.commands.send(Command::Tls(config)).map_err(|_| Error::stopped())?;
+            self.mailbox.wake()?;
+        }
+        Ok(true)
+    }
+}
+
+impl std::fmt::Debug for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reload").field("tls", &self.tls).finish_non_exhaustive()
     }
 }

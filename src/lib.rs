@@ -62,6 +62,8 @@ mod sse;
 mod store;
 pub mod systemd;
 mod timer;
+#[cfg(feature = "tls")]
+mod tls;
 mod topic;
 mod transport;
 
@@ -75,7 +77,7 @@ pub mod __bench {
 pub use broadcast::EventId;
 pub use config::*;
 pub use error::{Error, ErrorKind};
-pub use handle::{Event, Publisher, Shutdown};
+pub use handle::{Event, Publisher, Reload, Shutdown};
 pub use net::raise_descriptor_limit;
 pub use server::Server;
 pub use store::Fsync;

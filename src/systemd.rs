@@ -19,6 +19,23 @@ const LISTEN_FDS_START: i32 = 3;
 /// `FileDescriptorName=`), else the first. The variables are removed so a child process does not
 /// mistake the sockets for its own.
 pub fn take_listener() -> Result<Option<std::net::TcpListener>, Error> {
+    Ok(take_listeners()?.map(|inherited| inherited.main))
+}
+
+/// The sockets systemd passed: the main one, and one for TLS.
+#[derive(Debug)]
+pub struct Inherited {
+    /// The socket named `ssed`, else the first one not named `ssed-tls`.
+    pub main: std::net::TcpListener,
+    /// The socket named `ssed-tls` (a second `ListenStream=` socket unit with
+    /// `FileDescriptorName=ssed-tls`), which serves TLS beside the main one.
+    pub tls: Option<std::net::TcpListener>,
+}
+
+/// Takes the sockets systemd passed, if the variables say they were passed to this process: the
+/// main one as [`take_listener`] picks it, and the one named `ssed-tls`, if any. The variables are
+/// removed so a child process does not mistake the sockets for its own.
+pub fn take_listeners() -> Result<Option<Inherited>, Error> {
     let Ok(pid) = std::env::var("LISTEN_PID") else { return Ok(None) };
     if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
         return Ok(None);
@@ -31,16 +48,26 @@ pub fn take_listener() -> Result<Option<std::net::TcpListener>, Error> {
         return Ok(None);
     }
     let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
-    let index = names.split(':').position(|n| n == "ssed").unwrap_or(0) as i32;
-    if index >= count {
+    let names: Vec<&str> = names.split(':').collect();
+    let tls = names.iter().position(|n| *n == "ssed-tls").map(|i| i as i32);
+    let main = match names.iter().position(|n| *n == "ssed") {
+        Some(index) => index as i32,
+        None => (0..count).find(|i| Some(*i) != tls).unwrap_or(0),
+    };
+    if main >= count || tls.is_some_and(|i| i >= count) {
         return Err(Error::config("LISTEN_FDNAMES names more sockets than LISTEN_FDS"));
+    }
+    if tls == Some(main) {
+        return Err(Error::config(
+            "systemd passed only the socket named ssed-tls; ssed needs a main socket too",
+        ));
     }
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         std::env::remove_var(var);
     }
-    let fd = LISTEN_FDS_START + index;
-    let listener = adopt_listener(fd)?;
-    Ok(Some(listener))
+    let main = adopt_listener(LISTEN_FDS_START + main)?;
+    let tls = tls.map(|i| adopt_listener(LISTEN_FDS_START + i)).transpose()?;
+    Ok(Some(Inherited { main, tls }))
 }
 
 /// Wraps an inherited descriptor after checking it really is a listening stream socket.

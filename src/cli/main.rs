@@ -34,6 +34,8 @@ enum Setting {
     Millis { field: fn(&mut Config) -> &mut Duration, min: u64, max: u64 },
     /// A socket address.
     Addr(fn(&mut Config) -> &mut SocketAddr),
+    /// A socket address that may be unset.
+    OptAddr(fn(&mut Config) -> &mut Option<SocketAddr>),
     /// Text taken as written (a token).
     Text(fn(&mut Config) -> &mut Option<String>),
     /// A path.
@@ -281,6 +283,26 @@ const FLAGS: &[Flag] = &[
         help: "an origin whose pages may publish with a cookie token (repeat for several)",
         setting: Setting::List(|c| &mut c.publish_origins),
     },
+    Flag {
+        name: "tls-cert",
+        value: "FILE",
+        help: "serve TLS with this PEM certificate chain (leaf first), on --listen or on --tls-listen; \
+               read again on SIGHUP (systemctl reload)",
+        setting: Setting::Path(|c| &mut c.tls_cert),
+    },
+    Flag {
+        name: "tls-key",
+        value: "FILE",
+        help: "the certificate's PEM private key (PKCS#8, RSA or EC)",
+        setting: Setting::Path(|c| &mut c.tls_key),
+    },
+    Flag {
+        name: "tls-listen",
+        value: "ADDR",
+        help:
+            "serve TLS on this address too, --listen staying plain (under systemd: the socket named ssed-tls)",
+        setting: Setting::OptAddr(|c| &mut c.tls_listen),
+    },
 ];
 
 impl Flag {
@@ -298,6 +320,7 @@ impl Flag {
             | Setting::Millis { min, max, .. } => Some((min, max, false)),
             Setting::Bytes { min, max, .. } => Some((min, max, true)),
             Setting::Addr(_)
+            | Setting::OptAddr(_)
             | Setting::Text(_)
             | Setting::Path(_)
             | Setting::List(_)
@@ -319,6 +342,7 @@ impl Flag {
             Setting::Secs { field, .. } => field(config).as_secs().to_string(),
             Setting::Millis { field, .. } => field(config).as_millis().to_string(),
             Setting::Addr(field) => field(config).to_string(),
+            Setting::OptAddr(field) => field(config).map_or_else(unset, |a| a.to_string()),
             Setting::Text(field) => field(config).clone().unwrap_or_else(unset),
             Setting::Path(field) => field(config).as_ref().map_or_else(unset, |p| p.display().to_string()),
             Setting::List(field) if field(config).is_empty() => unset(),
@@ -468,6 +492,14 @@ fn apply(config: &mut Config, flag: &Flag, value: &str) -> Result<(), String> {
                 format!("--{}: {value:?} is not an address like {}", flag.name, flag.default_shown())
             })?
         }
+        Setting::OptAddr(field) => {
+            *field(config) = Some(
+                value
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("--{}: {value:?} is not an address like 0.0.0.0:8443", flag.name))?,
+            )
+        }
         Setting::Text(field) => *field(config) = Some(value.to_string()),
         Setting::Path(field) => *field(config) = Some(value.into()),
         Setting::List(field) => field(config).push(value.to_string()),
@@ -599,12 +631,21 @@ fn run() -> Result<(), String> {
         Ok(_) => {}
         Err(e) => log::warn!("could not raise the open-file limit: {e}"),
     }
-    let server = match systemd::take_listener().map_err(|e| e.to_string())? {
-        Some(listener) => {
-            let server = Server::from_listener(config, listener).map_err(|e| e.to_string())?;
+    let server = match systemd::take_listeners().map_err(|e| e.to_string())? {
+        Some(inherited) => {
+            let tls_socket = inherited.tls.is_some();
+            let server =
+                Server::from_listeners(config, inherited.main, inherited.tls).map_err(|e| e.to_string())?;
             log::info!(
-                "serving on the socket passed by systemd ({}); --listen is ignored",
-                server.local_addr()
+                "serving on the socket{} passed by systemd ({}{}); --listen{} ignored",
+                if tls_socket { "s" } else { "" },
+                server.local_addr(),
+                server
+                    .tls_local_addr()
+                    .filter(|_| tls_socket)
+                    .map(|a| format!(", TLS on {a}"))
+                    .unwrap_or_default(),
+                if tls_socket { " and --tls-listen are" } else { " is" },
             );
             server
         }
@@ -614,23 +655,33 @@ fn run() -> Result<(), String> {
         Some(notifier) => server.with_notifier(notifier),
         None => server,
     };
-    watch_signals(server.shutdown_handle())?;
+    watch_signals(server.shutdown_handle(), server.reload_handle())?;
     server.run().map_err(|e| e.to_string())
 }
 
-/// SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
+/// SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once. SIGHUP (`systemctl
+/// reload`) reads the TLS certificate and key again; a file that does not load is logged and the
+/// certificate in use kept.
 ///
 /// A thread that only waits for signals keeps the library free of process-wide signal state; the
 /// event loop still does all the serving.
-fn watch_signals(shutdown: ssed::Shutdown) -> Result<(), String> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+fn watch_signals(shutdown: ssed::Shutdown, reload: ssed::Reload) -> Result<(), String> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("installing signal handlers: {e}"))?;
     std::thread::Builder::new()
         .name("ssed-signals".into())
         .spawn(move || {
             let mut seen = 0;
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    match reload.reload() {
+                        Ok(true) => log::info!("SIGHUP: TLS certificate and key read again"),
+                        Ok(false) => log::info!("SIGHUP: nothing to reload (no --tls-cert)"),
+                        Err(e) => log::error!("SIGHUP: reload failed, the certificate in use is kept: {e}"),
+                    }
+                    continue;
+                }
                 seen += 1;
                 if seen == 1 {
                     log::info!("signal {signal}: shutting down gracefully (send it again to exit at once)");
@@ -936,6 +987,9 @@ mod tests {
             legacy_query_token,
             jwt_cookie,
             publish_origins,
+            tls_cert,
+            tls_key,
+            tls_listen,
         )
     }
 
@@ -947,7 +1001,7 @@ mod tests {
                 let default = parse_size(&shown, true).expect("a numeric default parses");
                 if default == max { min } else { max }.to_string()
             }
-            (Setting::Addr(_), _) => "127.0.0.2:1".into(),
+            (Setting::Addr(_) | Setting::OptAddr(_), _) => "127.0.0.2:1".into(),
             (Setting::Text(_), _) => "t0ken".into(),
             (Setting::Path(_), _) => "/var/lib/elsewhere".into(),
             (Setting::List(_), _) => "https://other.example".into(),

@@ -31,7 +31,7 @@ use crate::connection::{
 use crate::error::Error;
 use crate::event::{Event, PublishError};
 use crate::fanout::{List, Registry};
-use crate::handle::{Command, Mailbox, Publisher, Shutdown};
+use crate::handle::{Command, Mailbox, Publisher, Reload, Shutdown};
 use crate::http::reader::{Action, Incoming, Meta};
 use crate::http::response::{self, Refusal};
 use crate::http::route::Subscribe;
@@ -43,7 +43,7 @@ use crate::sse;
 use crate::store::{Fsync, Record, Replayed, Store};
 use crate::systemd::Notifier;
 use crate::timer::deadline_after;
-use crate::transport::{Plain, Transport};
+use crate::transport::{Link, Plain, Transport};
 
 mod cluster;
 mod expiry;
@@ -54,6 +54,18 @@ mod streams;
 
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
+/// The second listener, serving TLS beside a plain one (`--tls-listen`, or systemd's `ssed-tls`).
+const TLS_LISTENER: Token = Token(usize::MAX - 2);
+
+/// Connections taken from one listener per loop turn; the rest wait in the backlog for the next
+/// turn (which polls without sleeping), so a connection flood of thousands cannot hold up the
+/// delivery to streams already open for the whole of its accepting.
+const ACCEPTS_PER_TURN: usize = 256;
+/// TLS handshake steps (reads of a connection still in its handshake) per loop turn. The first
+/// costs a key exchange and a signature (about 0.1 ms with ECDSA P-256, ten times that with RSA
+/// 2048); more connections in their handshake wait for the next turn, after the turn's fan-out, so a
+/// handshake flood delays delivery to open streams by a few milliseconds a turn, not by the flood.
+const HANDSHAKES_PER_TURN: usize = 32;
 
 /// Descriptors kept back from `--max-connections` for the listener, epoll, the waker and logging.
 const RESERVED_DESCRIPTORS: u64 = 64;
@@ -116,6 +128,21 @@ pub struct Server {
     hub: Option<hub::HubState>,
     /// Connections allowed beyond `max_connections` to receive their "full" answer.
     overflow: usize,
+    /// Who serves TLS, and with what.
+    tls: TlsSide,
+}
+
+/// Where TLS is served: on the main listener, on a second one, or nowhere.
+struct TlsSide {
+    /// The main listener's connections are TLS (`--tls-cert` without `--tls-listen`).
+    main: bool,
+    /// A second listener, for TLS beside the plain one.
+    listener: Option<TcpListener>,
+    /// The address TLS is served on.
+    addr: Option<SocketAddr>,
+    /// What new handshakes start from; replaced on reload.
+    #[cfg(feature = "tls")]
+    config: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// How often `STATUS=` is refreshed for `systemctl status` when a notifier is set.
@@ -130,9 +157,37 @@ impl Server {
     }
 
     /// Validates `config` and serves on a listener bound elsewhere (a test's port 0, an inherited
-    /// socket); `config.listen` is then ignored.
-    pub fn from_listener(mut config: Config, listener: std::net::TcpListener) -> Result<Server, Error> {
+    /// socket); `config.listen` is then ignored. With `--tls-cert` it serves TLS, unless
+    /// `--tls-listen` names a second address for that.
+    pub fn from_listener(config: Config, listener: std::net::TcpListener) -> Result<Server, Error> {
+        Server::from_listeners(config, listener, None)
+    }
+
+    /// [`Server::from_listener`] with a second listener bound elsewhere for TLS (systemd's socket
+    /// named `ssed-tls`), which `--tls-listen` then does not bind. The certificate and key are read
+    /// and checked here: a bad file is a start-up error that names it.
+    pub fn from_listeners(
+        mut config: Config,
+        listener: std::net::TcpListener,
+        tls_listener: Option<std::net::TcpListener>,
+    ) -> Result<Server, Error> {
         config.validate()?;
+        #[cfg(feature = "tls")]
+        let tls_config = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::load(cert, key, SystemTime::now())?),
+            _ => None,
+        };
+        let serves_tls = config.tls_cert.is_some();
+        if tls_listener.is_some() && !serves_tls {
+            return Err(Error::config(
+                "a TLS socket (ssed-tls) was passed but --tls-cert and --tls-key are not set",
+            ));
+        }
+        let tls_listener = match (tls_listener, config.tls_listen) {
+            (Some(listener), _) => Some(listener),
+            (None, Some(addr)) if serves_tls => Some(net::bind(addr, config.reuse_port)?),
+            (None, _) => None,
+        };
         listener.set_nonblocking(true).map_err(|e| Error::io("making the listener non-blocking", e))?;
         let local_addr = listener.local_addr().map_err(|e| Error::io("reading the listener's address", e))?;
         let mut overflow = overflow_allowance(config.max_connections as u64);
@@ -155,6 +210,32 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(|e| Error::io("registering the listener", e))?;
+        let tls_listener = match tls_listener {
+            Some(std_listener) => {
+                std_listener
+                    .set_nonblocking(true)
+                    .map_err(|e| Error::io("making the TLS listener non-blocking", e))?;
+                let addr = std_listener
+                    .local_addr()
+                    .map_err(|e| Error::io("reading the TLS listener's address", e))?;
+                let mut tls_listener = TcpListener::from_std(std_listener);
+                poll.registry()
+                    .register(&mut tls_listener, TLS_LISTENER, Interest::READABLE)
+                    .map_err(|e| Error::io("registering the TLS listener", e))?;
+                Some((tls_listener, addr))
+            }
+            None => None,
+        };
+        let tls = TlsSide {
+            main: serves_tls && tls_listener.is_none(),
+            addr: match &tls_listener {
+                Some((_, addr)) => Some(*addr),
+                None => serves_tls.then_some(local_addr),
+            },
+            listener: tls_listener.map(|(listener, _)| listener),
+            #[cfg(feature = "tls")]
+            config: tls_config,
+        };
         // In cluster mode the history is the shared stream's tail, loaded before the first answer.
         let (log, store, cluster) = if config.redis.is_some() {
             let (cluster, log) = cluster::Cluster::start(&config, &waker)?;
@@ -185,6 +266,7 @@ impl Server {
             store,
             cluster,
             overflow,
+            tls,
         })
     }
 
@@ -199,6 +281,18 @@ impl Server {
     /// The address the server accepts on (useful after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address TLS is served on, if it is: the listener's own with `--tls-cert` alone, else
+    /// the second listener's.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls.addr
+    }
+
+    /// A handle that reads the TLS certificate and key again from any thread (`SIGHUP`).
+    pub fn reload_handle(&self) -> Reload {
+        let tls = self.config.tls_cert.clone().zip(self.config.tls_key.clone());
+        Reload { mailbox: self.mailbox.clone(), tls }
     }
 
     /// The settings in force, after start-up adjustments such as the descriptor cap.
@@ -235,8 +329,14 @@ impl Server {
             cluster,
             hub,
             overflow,
+            tls,
         } = self;
-        info!("ssed listening on {local_addr}");
+        // The line ends with the main listener's address: scripts and tests read it from there.
+        match (tls.addr, tls.main) {
+            (Some(_), true) => info!("ssed serving TLS, listening on {local_addr}"),
+            (Some(addr), false) => info!("ssed serving TLS on {addr}, plain HTTP listening on {local_addr}"),
+            (None, _) => info!("ssed listening on {local_addr}"),
+        }
         let mut event_loop = Loop {
             log,
             store,
@@ -250,6 +350,13 @@ impl Server {
             config,
             poll,
             listener: Some(listener),
+            tls_listener: tls.listener,
+            main_is_tls: tls.main,
+            #[cfg(feature = "tls")]
+            tls: tls.config,
+            accept_more: [false; 2],
+            handshakes_left: HANDSHAKES_PER_TURN,
+            handshakes_deferred: VecDeque::new(),
             conns: Slab::new(),
             registry: Registry::new(),
             timers: crate::timer::Timers::new(),
@@ -367,7 +474,7 @@ impl Rng {
 /// that decides what they are, and the loop's own bookkeeping.
 struct Conn {
     /// The connection's bytes; the loop reads, writes, shuts and registers only through this seam.
-    transport: Plain,
+    transport: Link,
     conn: Connection,
     /// The deadline this connection has in the timer heap, if any.
     scheduled: Option<Instant>,
@@ -375,6 +482,8 @@ struct Conn {
     dirty: bool,
     /// On `resume_after_commit`: its requests wait for room in a later turn.
     queued_for_commit: bool,
+    /// On `handshakes_deferred`: its TLS handshake goes on in a later turn.
+    handshake_deferred: bool,
 }
 
 /// A publish whose answer waits for the durable history's commit.
@@ -407,6 +516,19 @@ struct Loop {
     overflow: usize,
     poll: Poll,
     listener: Option<TcpListener>,
+    /// The second listener, whose connections are TLS.
+    tls_listener: Option<TcpListener>,
+    /// The main listener's connections are TLS too.
+    main_is_tls: bool,
+    /// What new TLS connections start from (replaced by a reload).
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// A listener (main, TLS) that stopped at `ACCEPTS_PER_TURN` with connections perhaps waiting.
+    accept_more: [bool; 2],
+    /// TLS handshake steps this turn may still take (`HANDSHAKES_PER_TURN`).
+    handshakes_left: usize,
+    /// Connections whose readable handshake waits for the next turn's budget, oldest first.
+    handshakes_deferred: VecDeque<Key>,
     conns: Slab<Conn>,
     log: Broadcast,
     registry: Registry,
@@ -486,9 +608,11 @@ impl Loop {
                 return Err(Error::io("waiting for events", e));
             }
             self.now = Instant::now();
+            self.continue_deferred();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(false),
+                    TLS_LISTENER => self.accept(true),
                     WAKER => {
                         self.handle_commands();
                         self.handle_redis();
@@ -506,7 +630,8 @@ impl Loop {
             }
             if self.accept_paused_until.is_some_and(|t| t <= self.now) {
                 self.accept_paused_until = None;
-                self.accept();
+                self.accept(false);
+                self.accept(true);
             }
             if self.shutdown.load(Ordering::Acquire) && self.stopping_by.is_none() {
                 self.begin_shutdown();
@@ -540,9 +665,14 @@ impl Loop {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.pending_acks.is_empty() || !self.dirty.is_empty() {
+        if !self.pending_acks.is_empty()
+            || !self.dirty.is_empty()
+            || !self.handshakes_deferred.is_empty()
+            || self.accept_more.contains(&true)
+        {
             // Answers released by the last commit let buffered requests run, and their publishes
-            // wait for a commit of their own: take another turn at once.
+            // wait for a commit of their own (or connections and handshakes wait for this turn's
+            // budget): take another turn at once.
             return Some(Duration::ZERO);
         }
         let now = Instant::now();

@@ -117,6 +117,11 @@ impl Loop {
                         let _ = reply.send(result.map_err(Error::from));
                     }
                 },
+                #[cfg(feature = "tls")]
+                Command::Tls(config) => {
+                    self.tls = Some(config);
+                    info!("TLS certificate reloaded: new handshakes use it, open connections keep theirs");
+                }
             }
         }
     }

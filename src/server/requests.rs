@@ -3,9 +3,19 @@
 use super::*;
 
 impl Loop {
-    pub(super) fn accept(&mut self) {
+    /// Accepts from the main listener or (`tls`) the second one, up to `ACCEPTS_PER_TURN`.
+    pub(super) fn accept(&mut self, tls: bool) {
+        let side = usize::from(tls);
+        let mut budget = ACCEPTS_PER_TURN;
         while self.accept_paused_until.is_none() {
-            let Some(listener) = &self.listener else { return };
+            let listener = if tls { &self.tls_listener } else { &self.listener };
+            let Some(listener) = listener else { return };
+            if budget == 0 {
+                // Edge-triggered: no new event announces the rest of the backlog. Next turn.
+                self.accept_more[side] = true;
+                return;
+            }
+            budget -= 1;
             let (stream, peer) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
@@ -39,12 +49,14 @@ impl Loop {
             }
             self.metrics.connections_accepted += 1;
             net::tune_stream(&stream);
+            let Some(transport) = self.link(stream, tls || self.main_is_tls) else { continue };
             let conn = Conn {
-                transport: Plain::new(stream),
+                transport,
                 conn: Connection::new(self.now, over_capacity),
                 scheduled: None,
                 dirty: false,
                 queued_for_commit: false,
+                handshake_deferred: false,
             };
             let key = self.conns.insert(conn);
             let conn = self.conns.get_mut(key).expect("just inserted");
@@ -66,10 +78,65 @@ impl Loop {
         }
     }
 
+    /// Listeners that stopped at their budget last turn accept again, and handshakes deferred for
+    /// want of budget go on (oldest first), before this turn's readiness events.
+    pub(super) fn continue_deferred(&mut self) {
+        let more = std::mem::take(&mut self.accept_more);
+        for (side, more) in more.into_iter().enumerate() {
+            if more {
+                self.accept(side == 1);
+            }
+        }
+        self.handshakes_left = HANDSHAKES_PER_TURN;
+        for _ in 0..self.handshakes_deferred.len() {
+            if self.handshakes_left == 0 {
+                break;
+            }
+            let Some(key) = self.handshakes_deferred.pop_front() else { break };
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            conn.handshake_deferred = false;
+            self.handle_readable(key);
+        }
+    }
+
+    /// The transport for a new connection: plain, or TLS from the configuration in force.
+    fn link(&self, stream: mio::net::TcpStream, tls: bool) -> Option<Link> {
+        if !tls {
+            return Some(Link::Plain(Plain::new(stream)));
+        }
+        #[cfg(feature = "tls")]
+        {
+            let config = self.tls.clone().expect("a TLS listener has a TLS configuration");
+            match crate::transport::Tls::new(stream, config) {
+                Ok(tls) => Some(Link::Tls(Box::new(tls))),
+                Err(e) => {
+                    warn!("starting a TLS connection failed: {e}");
+                    None
+                }
+            }
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            unreachable!("a TLS listener exists only with the `tls` feature ({:?})", stream.peer_addr())
+        }
+    }
+
     // ----- reading and requests -----
 
     pub(super) fn handle_readable(&mut self, key: Key) {
         let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.transport.handshaking() {
+            // A handshake's first step is public-key work: rationed per turn (HANDSHAKES_PER_TURN)
+            // so that a flood of them cannot hold up the fan-out to open streams.
+            if self.handshakes_left == 0 {
+                if !conn.handshake_deferred {
+                    conn.handshake_deferred = true;
+                    self.handshakes_deferred.push_back(key);
+                }
+                return;
+            }
+            self.handshakes_left -= 1;
+        }
         match conn.conn.state() {
             State::Requests(_) => self.read_requests(key),
             // An answer is owed and the connection ends after it: a half-close must not cut it

@@ -205,6 +205,10 @@ impl Loop {
         if conn.transport.close_write().is_err() {
             return self.close(key, CloseReason::Done);
         }
+        if conn.transport.wants_write() {
+            // TLS: the socket did not take all of `close_notify`; flushing comes back here.
+            return self.flush(key);
+        }
         if self.stopping_by.is_some() {
             // Shutting down: the answer is out and nothing more will be read.
             return self.close(key, CloseReason::Done);
@@ -255,6 +259,11 @@ impl Loop {
                 debug!("conn={} reached --max-lifetime", key.slot);
                 self.flush(key);
             }
+            Expired::RequestTimeout(_) if conn.transport.handshaking() => {
+                // A TLS handshake still unfinished: there is no channel to answer 408 on.
+                debug!("conn={} TLS handshake not complete within --header-timeout", key.slot);
+                self.close(key, CloseReason::IdleTimeout)
+            }
             Expired::RequestTimeout(meta) => {
                 self.refuse(key, &meta, &Refusal::Timeout);
                 self.flush(key);
@@ -304,7 +313,7 @@ impl Loop {
             supervisor.send("STOPPING=1\nSTATUS=shutting down");
         }
         self.stopping_by = Some(deadline_after(self.now, self.config.shutdown_timeout));
-        if let Some(mut listener) = self.listener.take() {
+        for mut listener in [self.listener.take(), self.tls_listener.take()].into_iter().flatten() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         for key in self.conns.keys() {

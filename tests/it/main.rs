@@ -20,3 +20,5 @@ mod mercure;
 mod regressions;
 mod service;
 mod soak;
+#[cfg(feature = "tls")]
+mod tls;

@@ -17,21 +17,21 @@ use super::{program, repo_path, Proc, Record, SteadyPublisher, CLIENT_DEADLINE};
 use crate::support::{TempDir, TestServer};
 
 /// Serves `GET /page.html` and takes `POST /report` bodies into a channel, one thread per connection.
-pub(super) struct PageServer {
-    pub(super) addr: SocketAddr,
-    pub(super) reports: Receiver<String>,
+pub(crate) struct PageServer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) reports: Receiver<String>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl PageServer {
-    fn start(page: String) -> PageServer {
+    pub(crate) fn start(page: String) -> PageServer {
         PageServer::start_with_headers(page, String::new())
     }
 
     /// Like [`PageServer::start`], with header lines (each ending in CRLF) added to the page's
     /// response: a `Set-Cookie`, say.
-    pub(super) fn start_with_headers(page: String, page_headers: String) -> PageServer {
+    pub(crate) fn start_with_headers(page: String, page_headers: String) -> PageServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let addr = listener.local_addr().unwrap();
         let (tx, reports) = mpsc::channel();

@@ -8,7 +8,7 @@
 //! bounded time (the whole group is killed if it overruns, and always on drop), and asserts on what
 //! the client printed. The client scripts live in `tests/clients/`.
 
-mod chromium;
+pub(crate) mod chromium;
 mod curl;
 #[cfg(feature = "mercure")]
 mod mercure;
