@@ -16,11 +16,11 @@ use crate::support::*;
 mod keys;
 
 /// The secret of the Mercure conformance suite and of these tests.
-const SECRET: &str = "!ChangeThisMercureHubJWTSecretKey!";
+pub(crate) const SECRET: &str = "!ChangeThisMercureHubJWTSecretKey!";
 /// The audience a request with `Host: test` stands for.
 const AUD: &str = "https://test/.well-known/mercure";
 const ISS: &str = "https://localhost";
-const HUB: &str = "/.well-known/mercure";
+pub(crate) const HUB: &str = "/.well-known/mercure";
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
@@ -31,43 +31,43 @@ fn hub_config() -> Config {
 }
 
 /// An authorization detail granting `actions` on `topics` (each `(match, match_type)`).
-fn detail(actions: &[&str], topics: &[(&str, &str)]) -> Value {
+pub(crate) fn detail(actions: &[&str], topics: &[(&str, &str)]) -> Value {
     let topics: Vec<Value> = topics.iter().map(|(m, t)| json!({"match": m, "match_type": t})).collect();
     json!({"type": "https://mercure.rocks/authorization-detail", "actions": actions, "topics": topics})
 }
 
 /// Current-revision claims with `details`, valid for an hour.
-fn claims(details: Vec<Value>) -> Value {
+pub(crate) fn claims(details: Vec<Value>) -> Value {
     json!({"iss": ISS, "aud": AUD, "sub": "test", "exp": now() + 3600, "iat": now(), "authorization_details": details})
 }
 
 /// A token of `claims`, HS256 with the hub's secret and `typ: at+jwt`.
-fn token(claims: &Value) -> String {
+pub(crate) fn token(claims: &Value) -> String {
     let header = Header { typ: Some("at+jwt".into()), ..Header::new(Algorithm::HS256) };
     jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(SECRET.as_bytes()).unwrap()).unwrap()
 }
 
-fn publisher_token() -> String {
+pub(crate) fn publisher_token() -> String {
     token(&claims(vec![detail(&["publish"], &[("*", "exact")])]))
 }
 
-fn bearer(token: &str) -> String {
+pub(crate) fn bearer(token: &str) -> String {
     format!("Authorization: Bearer {token}\r\n")
 }
 
 /// A form with `pairs`, encoded as `URLSearchParams` would.
-fn form(pairs: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn form(pairs: &[(&str, &str)]) -> Vec<u8> {
     url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish().into_bytes()
 }
 
 /// Publishes `pairs` to the hub with `token`; the response.
-fn hub_post(addr: std::net::SocketAddr, token: &str, pairs: &[(&str, &str)]) -> Response {
+pub(crate) fn hub_post(addr: std::net::SocketAddr, token: &str, pairs: &[(&str, &str)]) -> Response {
     let headers = format!("{}Content-Type: application/x-www-form-urlencoded\r\n", bearer(token));
     post(addr, HUB, &headers, &form(pairs))
 }
 
 /// Publishes and checks the answer: `200`, `text/plain; charset=utf-8`, the id alone.
-fn hub_publish(addr: std::net::SocketAddr, pairs: &[(&str, &str)]) -> String {
+pub(crate) fn hub_publish(addr: std::net::SocketAddr, pairs: &[(&str, &str)]) -> String {
     let response = hub_post(addr, &publisher_token(), pairs);
     assert_eq!(response.status, 200, "publish answered {response:?}");
     assert_eq!(response.header("content-type"), Some("text/plain; charset=utf-8"));
@@ -75,7 +75,7 @@ fn hub_publish(addr: std::net::SocketAddr, pairs: &[(&str, &str)]) -> String {
 }
 
 /// The hub's subscription URL with `params`.
-fn hub_url(params: &[(&str, &str)]) -> String {
+pub(crate) fn hub_url(params: &[(&str, &str)]) -> String {
     format!("{HUB}?{}", String::from_utf8(form(params)).unwrap())
 }
 
