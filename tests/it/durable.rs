@@ -639,6 +639,7 @@ fn hub_events_keep_their_custom_ids_and_privacy_across_a_restart() {
 /// doc: `[0x8000_0000 | payload length u32][CRC-32 of that word and the payload u32][id u64]
 /// [topic count u16][per topic: length u16, bytes][type length u16, bytes][retry flag u8]
 /// [data length u32, bytes]`, little endian; no type, no retry.
+#[cfg(feature = "mercure")]
 fn v2_record(id: u64, topic: &str, data: &str) -> Vec<u8> {
     let mut payload = Vec::new();
     payload.extend_from_slice(&id.to_le_bytes());
@@ -660,6 +661,7 @@ fn v2_record(id: u64, topic: &str, data: &str) -> Vec<u8> {
 }
 
 /// The format bits (top two of the first word) of each record in `bytes`, walked by their lengths.
+#[cfg(feature = "mercure")]
 fn record_formats(bytes: &[u8]) -> Vec<u32> {
     let mut formats = Vec::new();
     let mut at = 0;
