@@ -10,6 +10,8 @@
 //! live at random points, drain at random points, leave at random points, and replay from the
 //! earliest retained event or from an id at the end. What each receives must be exactly the
 //! oracle's list, in order, each once, with the id the publisher gave (or the hub's `urn:ssed:`).
+//! Events are held, committed and rolled back as the durable history does; a reader's socket may
+//! fill mid-write, and it must then be cut exactly when an event it still needs leaves the history.
 //!
 //! The oracle does not use the code under test: its matchers are hand-written for the few
 //! patterns generated, and it computes retention from the event limit alone (the byte limits are
