@@ -26,5 +26,7 @@ pub mod grant;
 pub mod hub;
 pub mod jwt;
 #[cfg(test)]
+mod oracle_tests;
+#[cfg(test)]
 mod test_keys;
 pub mod token;

@@ -422,3 +422,71 @@ fn the_library_s_publisher_goes_through_redis_too() {
     let err = last.unwrap().unwrap_err();
     assert_eq!(err.kind(), ssed::ErrorKind::Unavailable, "{err}");
 }
+
+#[test]
+#[cfg(feature = "mercure")]
+#[ignore = "needs redis-server: run by .ci/run"]
+fn hub_updates_cross_nodes_with_their_id_their_privacy_and_their_topics_intact() {
+    use crate::mercure::{bearer, claims, detail, hub_publish, hub_url, token, SECRET};
+
+    let redis = Redis::start();
+    let (_a, a) = node(&redis, &["--jwt-key", SECRET]);
+    let (_b, b) = node(&redis, &["--jwt-key", SECRET]);
+    let books = hub_url(&[("match_urlpattern", "https://example.com/books/:id")]);
+    let own =
+        token(&claims(vec![detail(&["subscribe"], &[("https://example.com/users/42/*", "urlpattern")])]));
+    let mut owner = Subscriber::open(b, &books, &bearer(&own));
+    let mut anonymous = Subscriber::open(b, &books, "");
+    // A space (the separator of /events topics in the stream's `topics` field) and non-ASCII.
+    let odd = "https://example.com/a b/é?q=ü&r=✓";
+    let mut exact = Subscriber::open(b, &hub_url(&[("match", odd)]), "");
+
+    let secret = [
+        ("topic", "https://example.com/books/1"),
+        ("topic", "https://example.com/users/42/books/1"),
+        ("private", "on"),
+        ("data", "secret"),
+        ("id", "urn:uuid:private-1"),
+    ];
+    assert_eq!(hub_publish(a, &secret), "urn:uuid:private-1", "A answers with the publisher's id");
+    let event = owner.next_event();
+    assert_eq!(
+        (event.id.as_deref(), event.data.as_str()),
+        (Some("urn:uuid:private-1"), "secret"),
+        "B delivers it to the token that covers its alternate topic, with the publisher's id"
+    );
+    let after = hub_publish(a, &[("topic", "https://example.com/books/2"), ("data", "after")]);
+    assert!(after.starts_with("urn:ssed:"), "{after}");
+    let event = anonymous.next_event();
+    assert_eq!(
+        (event.id.as_deref(), event.data.as_str()),
+        (Some(after.as_str()), "after"),
+        "the anonymous subscriber on B never saw the private update"
+    );
+    assert_eq!(owner.next_event().id.as_deref(), Some(after.as_str()));
+
+    let spaced = hub_publish(a, &[("topic", odd), ("data", "odd topic"), ("id", "urn:uuid:ödd")]);
+    assert_eq!(spaced, "urn:uuid:ödd");
+    let event = exact.next_event();
+    assert_eq!(
+        (event.id.as_deref(), event.data.as_str()),
+        (Some("urn:uuid:ödd"), "odd topic"),
+        "an exact match on B: the topic came through byte for byte"
+    );
+
+    // Resuming on B from the custom id A's publisher gave: exactly what followed, on its routes.
+    let mut resumed =
+        Subscriber::open(b, &books, &format!("{}Last-Event-ID: urn:uuid:private-1\r\n", bearer(&own)));
+    assert_eq!(resumed.response.header("mercure-last-event-id"), Some("urn:uuid:private-1"));
+    let last = hub_publish(a, &[("topic", "https://example.com/books/3"), ("data", "last")]);
+    let got: Vec<(Option<String>, String)> = (0..2)
+        .map(|_| {
+            let e = resumed.next_event();
+            (e.id, e.data)
+        })
+        .collect();
+    assert_eq!(got, [(Some(after.clone()), "after".to_string()), (Some(last), "last".to_string())]);
+    let mut resumed_odd =
+        Subscriber::open(b, &hub_url(&[("match", odd)]), "Last-Event-ID: urn:uuid:private-1\r\n");
+    assert_eq!(resumed_odd.next_event().data, "odd topic", "the odd topic is in B's history too");
+}

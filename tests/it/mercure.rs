@@ -16,11 +16,11 @@ use crate::support::*;
 mod keys;
 
 /// The secret of the Mercure conformance suite and of these tests.
-const SECRET: &str = "!ChangeThisMercureHubJWTSecretKey!";
+pub(crate) const SECRET: &str = "!ChangeThisMercureHubJWTSecretKey!";
 /// The audience a request with `Host: test` stands for.
 const AUD: &str = "https://test/.well-known/mercure";
 const ISS: &str = "https://localhost";
-const HUB: &str = "/.well-known/mercure";
+pub(crate) const HUB: &str = "/.well-known/mercure";
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
@@ -31,43 +31,43 @@ fn hub_config() -> Config {
 }
 
 /// An authorization detail granting `actions` on `topics` (each `(match, match_type)`).
-fn detail(actions: &[&str], topics: &[(&str, &str)]) -> Value {
+pub(crate) fn detail(actions: &[&str], topics: &[(&str, &str)]) -> Value {
     let topics: Vec<Value> = topics.iter().map(|(m, t)| json!({"match": m, "match_type": t})).collect();
     json!({"type": "https://mercure.rocks/authorization-detail", "actions": actions, "topics": topics})
 }
 
 /// Current-revision claims with `details`, valid for an hour.
-fn claims(details: Vec<Value>) -> Value {
+pub(crate) fn claims(details: Vec<Value>) -> Value {
     json!({"iss": ISS, "aud": AUD, "sub": "test", "exp": now() + 3600, "iat": now(), "authorization_details": details})
 }
 
 /// A token of `claims`, HS256 with the hub's secret and `typ: at+jwt`.
-fn token(claims: &Value) -> String {
+pub(crate) fn token(claims: &Value) -> String {
     let header = Header { typ: Some("at+jwt".into()), ..Header::new(Algorithm::HS256) };
     jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(SECRET.as_bytes()).unwrap()).unwrap()
 }
 
-fn publisher_token() -> String {
+pub(crate) fn publisher_token() -> String {
     token(&claims(vec![detail(&["publish"], &[("*", "exact")])]))
 }
 
-fn bearer(token: &str) -> String {
+pub(crate) fn bearer(token: &str) -> String {
     format!("Authorization: Bearer {token}\r\n")
 }
 
 /// A form with `pairs`, encoded as `URLSearchParams` would.
-fn form(pairs: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn form(pairs: &[(&str, &str)]) -> Vec<u8> {
     url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish().into_bytes()
 }
 
 /// Publishes `pairs` to the hub with `token`; the response.
-fn hub_post(addr: std::net::SocketAddr, token: &str, pairs: &[(&str, &str)]) -> Response {
+pub(crate) fn hub_post(addr: std::net::SocketAddr, token: &str, pairs: &[(&str, &str)]) -> Response {
     let headers = format!("{}Content-Type: application/x-www-form-urlencoded\r\n", bearer(token));
     post(addr, HUB, &headers, &form(pairs))
 }
 
 /// Publishes and checks the answer: `200`, `text/plain; charset=utf-8`, the id alone.
-fn hub_publish(addr: std::net::SocketAddr, pairs: &[(&str, &str)]) -> String {
+pub(crate) fn hub_publish(addr: std::net::SocketAddr, pairs: &[(&str, &str)]) -> String {
     let response = hub_post(addr, &publisher_token(), pairs);
     assert_eq!(response.status, 200, "publish answered {response:?}");
     assert_eq!(response.header("content-type"), Some("text/plain; charset=utf-8"));
@@ -75,7 +75,7 @@ fn hub_publish(addr: std::net::SocketAddr, pairs: &[(&str, &str)]) -> String {
 }
 
 /// The hub's subscription URL with `params`.
-fn hub_url(params: &[(&str, &str)]) -> String {
+pub(crate) fn hub_url(params: &[(&str, &str)]) -> String {
     format!("{HUB}?{}", String::from_utf8(form(params)).unwrap())
 }
 
@@ -372,4 +372,203 @@ fn ten_reconnects_with_one_token_verify_one_signature() {
         drop(sub);
     }
     assert_eq!(metric(server.addr, "ssed_jwt_signature_checks_total"), Some(1.0));
+}
+
+/// The delivery rules over sockets, a few random cases against an oracle of the spec's rules (the
+/// library's `mercure::oracle_tests` runs many more without sockets): a subscriber gets an update
+/// iff one of its matchers selects one of the update's topics and, for a private update, its
+/// token grants `subscribe` on one of them; live, on replay from `earliest`, and resumed from a
+/// publisher's id.
+mod delivery_oracle {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as Cases, TestCaseError, TestRunner};
+
+    use super::*;
+
+    const TOPICS: [&str; 6] = [
+        "https://example.com/books/1",
+        "https://example.com/books/2",
+        "https://example.com/users/42/1",
+        "https://example.com/users/42/2",
+        "https://example.com/users/41/1",
+        "https://example.com/users/41/2",
+    ];
+    const IDS: [&str; 2] = ["urn:uuid:a", "urn:uuid:b"];
+    /// Every subscriber also routes this topic, which no update carries: the end of a read.
+    const MARKER: &str = "https://example.com/marker";
+
+    /// A matcher: its query parameter and value, its `match_type` in a token, and the oracle.
+    #[derive(Debug, Clone, Copy)]
+    enum M {
+        Exact(usize),
+        BooksById,
+        UserFortyTwo,
+        EveryUsersFirst,
+        Wildcard,
+    }
+
+    impl M {
+        fn param(self) -> (&'static str, &'static str) {
+            match self {
+                M::Exact(i) => ("match", TOPICS[i]),
+                M::BooksById => ("match_urlpattern", "https://example.com/books/:id"),
+                M::UserFortyTwo => ("match_urlpattern", "https://example.com/users/42/*"),
+                M::EveryUsersFirst => ("match_urlpattern", "https://example.com/users/:user/1"),
+                M::Wildcard => ("match", "*"),
+            }
+        }
+
+        fn grant(self) -> (&'static str, &'static str) {
+            let (param, value) = self.param();
+            (value, if param == "match" { "exact" } else { "urlpattern" })
+        }
+
+        fn selects(self, topic: &str) -> bool {
+            let segment = |s: &str| !s.is_empty() && !s.contains('/');
+            match self {
+                M::Exact(i) => topic == TOPICS[i],
+                M::BooksById => topic.strip_prefix("https://example.com/books/").is_some_and(segment),
+                M::UserFortyTwo => topic.starts_with("https://example.com/users/42/"),
+                M::EveryUsersFirst => topic
+                    .strip_prefix("https://example.com/users/")
+                    .and_then(|r| r.strip_suffix("/1"))
+                    .is_some_and(segment),
+                M::Wildcard => true,
+            }
+        }
+    }
+
+    fn matcher() -> impl Strategy<Value = M> {
+        prop_oneof![
+            3 => (0..TOPICS.len()).prop_map(M::Exact),
+            2 => Just(M::BooksById),
+            2 => Just(M::UserFortyTwo),
+            2 => Just(M::EveryUsersFirst),
+            1 => Just(M::Wildcard),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    struct Sub {
+        routes: Vec<M>,
+        /// `None`: anonymous.
+        grant: Option<Vec<M>>,
+    }
+
+    #[derive(Debug, Clone)]
+    struct Up {
+        topics: Vec<usize>,
+        private: bool,
+        id: Option<usize>,
+    }
+
+    impl Sub {
+        fn receives(&self, up: &Up) -> bool {
+            let selected = |ms: &[M]| up.topics.iter().any(|&t| ms.iter().any(|m| m.selects(TOPICS[t])));
+            selected(&self.routes) && (!up.private || self.grant.as_deref().is_some_and(selected))
+        }
+
+        fn open(&self, addr: std::net::SocketAddr, extra: &[(&str, &str)], header: &str) -> Subscriber {
+            let mut params: Vec<(&str, &str)> = self.routes.iter().map(|m| m.param()).collect();
+            params.push(("match", MARKER));
+            params.extend_from_slice(extra);
+            let auth = self.grant.as_ref().map_or(String::new(), |grant| {
+                let topics: Vec<(&str, &str)> = grant.iter().map(|m| m.grant()).collect();
+                bearer(&token(&claims(vec![detail(&["subscribe"], &topics)])))
+            });
+            Subscriber::open(addr, &hub_url(&params), &format!("{auth}{header}"))
+        }
+    }
+
+    fn sub() -> impl Strategy<Value = Sub> {
+        let grant = prop_oneof![
+            1 => Just(None),
+            1 => Just(Some(vec![M::Wildcard])),
+            3 => vec(matcher(), 1..3).prop_map(Some),
+        ];
+        (vec(matcher(), 1..3), grant).prop_map(|(routes, grant)| Sub { routes, grant })
+    }
+
+    fn up() -> impl Strategy<Value = Up> {
+        (vec(0..TOPICS.len(), 1..4), any::<bool>(), proptest::option::weighted(0.5, 0..IDS.len()))
+            .prop_map(|(topics, private, id)| Up { topics, private, id })
+    }
+
+    /// `(id, data)` of the events up to and including the marker.
+    fn until_marker(sub: &mut Subscriber) -> Vec<(String, String)> {
+        let mut got = Vec::new();
+        loop {
+            let event = sub.next_event();
+            got.push((event.id.unwrap_or_default(), event.data));
+            if got.last().is_some_and(|(_, data)| data == "marker") {
+                return got;
+            }
+        }
+    }
+
+    #[test]
+    fn what_each_subscriber_gets_follows_the_spec() {
+        let input = (vec(up(), 1..10), vec(sub(), 1..5), any::<usize>());
+        let mut runner = TestRunner::new(Cases { cases: 40, failure_persistence: None, ..Cases::default() });
+        runner
+            .run(&input, |(ups, subs, resume_at)| {
+                let server = TestServer::start(Config { heartbeat: Duration::ZERO, ..hub_config() });
+                let mut live: Vec<Subscriber> = subs.iter().map(|s| s.open(server.addr, &[], "")).collect();
+                let ids: Vec<String> = ups
+                    .iter()
+                    .enumerate()
+                    .map(|(i, up)| {
+                        let data = format!("u{i}");
+                        let mut pairs: Vec<(&str, &str)> =
+                            up.topics.iter().map(|&t| ("topic", TOPICS[t])).collect();
+                        pairs.push(("data", &data));
+                        if up.private {
+                            pairs.push(("private", "on"));
+                        }
+                        if let Some(id) = up.id {
+                            pairs.push(("id", IDS[id]));
+                        }
+                        hub_publish(server.addr, &pairs)
+                    })
+                    .collect();
+                let marker = hub_publish(server.addr, &[("topic", MARKER), ("data", "marker")]);
+                let expect = |sub: &Sub, from: usize| -> Vec<(String, String)> {
+                    (from..ups.len())
+                        .filter(|&i| sub.receives(&ups[i]))
+                        .map(|i| (ids[i].clone(), format!("u{i}")))
+                        .chain([(marker.clone(), "marker".to_string())])
+                        .collect()
+                };
+                for (spec, stream) in subs.iter().zip(&mut live) {
+                    prop_assert_eq!(until_marker(stream), expect(spec, 0), "live: {:?}", spec);
+                }
+                for spec in &subs {
+                    let mut replay = spec.open(server.addr, &[("last_event_id", "earliest")], "");
+                    prop_assert_eq!(until_marker(&mut replay), expect(spec, 0), "replay: {:?}", spec);
+                }
+                // A publisher's id resumes after the earliest update that carries it.
+                let at = resume_at % ups.len();
+                let (text, from) = match ups[at].id {
+                    Some(c) => {
+                        let first = ups.iter().position(|u| u.id == Some(c)).expect("at carries it");
+                        (IDS[c].to_string(), first + 1)
+                    }
+                    None => (ids[at].clone(), at + 1),
+                };
+                for spec in &subs {
+                    let mut resumed = spec.open(server.addr, &[], &format!("Last-Event-ID: {text}\r\n"));
+                    prop_assert_eq!(resumed.response.header("mercure-last-event-id"), Some(text.as_str()));
+                    prop_assert_eq!(
+                        until_marker(&mut resumed),
+                        expect(spec, from),
+                        "from {}: {:?}",
+                        text,
+                        spec
+                    );
+                }
+                Ok::<(), TestCaseError>(())
+            })
+            .unwrap();
+    }
 }
