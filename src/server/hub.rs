@@ -297,6 +297,13 @@ mod enabled {
                     return self.refuse(key, meta, &Refusal::Route(route::RouteError::Unauthorized));
                 }
             }
+            if update.id.as_deref().is_some_and(|id| id.starts_with(URN_PREFIX)) {
+                // The hub's own form: `urn:ssed:N` resolves to the number N, so a publisher's id
+                // of that form would name another event.
+                let refusal =
+                    Refusal::Hub(400, format!("an id starting with {URN_PREFIX} is the hub's own form"));
+                return self.refuse(key, meta, &refusal);
+            }
             let draft = Draft {
                 topics: update.topics,
                 event_type: update.event_type,

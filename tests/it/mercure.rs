@@ -190,6 +190,7 @@ fn the_hubs_publication_rules_refuse_with_400_and_413() {
         (vec![("topic", "t"), ("retry", "1s")], "a retry that is not digits"),
         (vec![("topic", "t"), ("id", "#1")], "an id starting with #"),
         (vec![("topic", "t"), ("id", "earliest")], "the reserved id"),
+        (vec![("topic", "t"), ("id", "urn:ssed:1")], "the hub's own id form"),
         (vec![("topic", "a\u{202e}b")], "a format character"),
     ] {
         let response = hub_post(server.addr, &publisher_token(), &pairs);
