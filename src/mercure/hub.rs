@@ -248,3 +248,127 @@ impl Hub {
         Ok(rights)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mercure::jwt::tests::{claims, sign, NOW, SECRET};
+    use crate::mercure::MatcherKind::{Exact, Legacy, UrlPattern};
+
+    fn base() -> Url {
+        Url::parse("https://localhost/.well-known/mercure").unwrap()
+    }
+
+    fn hub(config: Config) -> Hub {
+        Hub::new(&config).expect("a hub")
+    }
+
+    fn with_key() -> Config {
+        Config { jwt_key: Some(SECRET.into()), ..Config::default() }
+    }
+
+    fn bearer(token: &str) -> Credentials {
+        Credentials {
+            authorization: vec![format!("Bearer {token}").into_bytes()],
+            host: Some("localhost".into()),
+            ..Credentials::default()
+        }
+    }
+
+    fn authorize(hub: &mut Hub, credentials: &Credentials, role: Role) -> Result<Access, TokenError> {
+        hub.authorize(credentials, Method::Get, None, &[], role, NOW)
+    }
+
+    #[test]
+    fn a_matcher_list_has_one_key_whatever_its_order_and_repeats() {
+        let a = key_of([(UrlPattern, "https://e/:x"), (Exact, "b"), (Exact, "b")]);
+        let b = key_of([(Exact, "b"), (UrlPattern, "https://e/:x")]);
+        assert_eq!(a, b);
+        assert_eq!(a, "eb\nuhttps://e/:x\n");
+        assert_ne!(key_of([(Exact, "x")]), key_of([(Legacy, "x")]), "the kind is part of the key");
+        assert_ne!(key_of([(Exact, "a\nb")]), key_of([(Exact, "a"), (Exact, "b")]));
+    }
+
+    #[test]
+    fn rights_say_which_topics_they_take_and_whether_they_need_a_derived_topic() {
+        let exact = Rights::compile([(Exact, "a"), (Exact, "b")], &base()).unwrap();
+        assert_eq!(exact.exact_topics(), Some(vec!["a", "b"]));
+        assert!(exact.allows("a") && exact.allows("b") && !exact.allows("c"));
+        assert!(!exact.is_any() && !exact.is_empty());
+        let pattern = Rights::compile([(Exact, "a"), (UrlPattern, "https://e.com/b/:id")], &base()).unwrap();
+        assert_eq!(pattern.exact_topics(), None, "a pattern needs a derived topic");
+        assert!(
+            pattern.allows("https://e.com/b/1")
+                && pattern.allows("a")
+                && !pattern.allows("https://e.com/c/1")
+        );
+        let any = Rights::compile([(UrlPattern, "*")], &base()).unwrap();
+        assert!(any.is_any() && any.allows("anything at all"));
+        let none = Rights::compile(std::iter::empty(), &base()).unwrap();
+        assert!(none.is_empty() && !none.allows("a"));
+        assert!(Rights::compile([(UrlPattern, "https://e.com/(unclosed")], &base()).is_err());
+    }
+
+    #[test]
+    fn without_keys_everyone_is_anonymous_and_with_them_a_publisher_needs_a_token() {
+        let mut open = hub(Config::default());
+        assert!(!open.verifies());
+        let access = authorize(&mut open, &bearer("not even a jwt"), Role::Publisher).unwrap();
+        assert!(access.grant.is_none(), "no keys: tokens are not looked at");
+
+        let mut checked = hub(with_key());
+        let nobody = Credentials { host: Some("localhost".into()), ..Credentials::default() };
+        assert!(authorize(&mut checked, &nobody, Role::Subscriber).unwrap().grant.is_none());
+        assert_eq!(authorize(&mut checked, &nobody, Role::Publisher).err(), Some(TokenError::Missing));
+        let mut strict = hub(Config { deny_anonymous: true, ..with_key() });
+        assert_eq!(authorize(&mut strict, &nobody, Role::Subscriber).err(), Some(TokenError::Missing));
+        let token = sign(&claims(&["publish"]));
+        let grant = authorize(&mut checked, &bearer(&token), Role::Publisher).unwrap().grant.unwrap();
+        assert_eq!(grant.publish.len(), 1);
+        assert!(matches!(
+            authorize(&mut checked, &bearer("x.y.z"), Role::Publisher),
+            Err(TokenError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn the_audience_is_the_hosts_hub_url_unless_one_is_configured() {
+        let token = sign(&claims(&["subscribe"]));
+        let elsewhere = Credentials { host: Some("other.example".into()), ..bearer(&token) };
+        let mut derived = hub(with_key());
+        assert!(authorize(&mut derived, &bearer(&token), Role::Subscriber).is_ok());
+        assert!(authorize(&mut derived, &elsewhere, Role::Subscriber).is_err(), "aud names localhost");
+        let mut fixed =
+            hub(Config { jwt_audiences: vec!["https://localhost/.well-known/mercure".into()], ..with_key() });
+        assert!(authorize(&mut fixed, &elsewhere, Role::Subscriber).is_ok(), "the configured audience");
+    }
+
+    #[test]
+    fn a_token_is_verified_once_and_its_rights_compiled_once() {
+        let mut hub = hub(with_key());
+        let token = sign(&claims(&["subscribe"]));
+        for _ in 0..10 {
+            authorize(&mut hub, &bearer(&token), Role::Subscriber).unwrap();
+        }
+        assert_eq!(hub.signature_checks(), 1);
+        let raw = vec![RawMatcher { kind: UrlPattern, value: "https://e.com/:id".into() }];
+        let first = hub.rights(&raw).unwrap();
+        let second = hub.rights(&raw).unwrap();
+        assert!(Arc::ptr_eq(&first, &second), "compiled once, shared");
+        let bad = vec![RawMatcher { kind: UrlPattern, value: "https://e.com/(".into() }];
+        assert!(matches!(hub.rights(&bad), Err(TokenError::Invalid(_))), "a grant that does not compile");
+    }
+
+    #[test]
+    fn a_bad_key_or_hub_url_stops_the_start_naming_the_flag() {
+        let missing = Config {
+            jwt_key: Some("/nonexistent/key.pem".into()),
+            jwt_alg: "RS256".into(),
+            ..Config::default()
+        };
+        let e = Hub::new(&missing).err().expect("refused").to_string();
+        assert!(e.contains("--jwt-key") && e.contains("/nonexistent/key.pem"), "{e}");
+        let url = Config { hub_url: "not a url".into(), ..Config::default() };
+        assert!(Hub::new(&url).err().expect("refused").to_string().contains("--hub-url"));
+    }
+}
