@@ -317,6 +317,7 @@ mod tests {
         assert!(access.grant.is_none(), "no keys: tokens are not looked at");
 
         let mut checked = hub(with_key());
+        assert!(checked.verifies());
         let nobody = Credentials { host: Some("localhost".into()), ..Credentials::default() };
         assert!(authorize(&mut checked, &nobody, Role::Subscriber).unwrap().grant.is_none());
         assert_eq!(authorize(&mut checked, &nobody, Role::Publisher).err(), Some(TokenError::Missing));
@@ -346,15 +347,26 @@ mod tests {
     #[test]
     fn a_token_is_verified_once_and_its_rights_compiled_once() {
         let mut hub = hub(with_key());
+        assert_eq!(hub.signature_checks(), 0);
         let token = sign(&claims(&["subscribe"]));
         for _ in 0..10 {
             authorize(&mut hub, &bearer(&token), Role::Subscriber).unwrap();
         }
         assert_eq!(hub.signature_checks(), 1);
+        let other = sign(&claims(&["subscribe", "publish"]));
+        authorize(&mut hub, &bearer(&other), Role::Subscriber).unwrap();
+        assert_eq!(hub.signature_checks(), 2, "another token is checked");
         let raw = vec![RawMatcher { kind: UrlPattern, value: "https://e.com/:id".into() }];
         let first = hub.rights(&raw).unwrap();
+        let next = vec![RawMatcher { kind: Exact, value: "x".into() }];
+        hub.rights(&next).unwrap();
         let second = hub.rights(&raw).unwrap();
-        assert!(Arc::ptr_eq(&first, &second), "compiled once, shared");
+        assert!(Arc::ptr_eq(&first, &second), "compiled once, shared, beside others");
+        // Bounded: past MAX_COMPILED distinct grants the table starts over.
+        for i in 0..MAX_COMPILED + 1 {
+            hub.rights(&[RawMatcher { kind: Exact, value: format!("t{i}") }]).unwrap();
+        }
+        assert!(hub.compiled.len() <= MAX_COMPILED);
         let bad = vec![RawMatcher { kind: UrlPattern, value: "https://e.com/(".into() }];
         assert!(matches!(hub.rights(&bad), Err(TokenError::Invalid(_))), "a grant that does not compile");
     }
