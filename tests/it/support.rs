@@ -11,32 +11,19 @@ use ssed::{Config, Publisher, Server, Shutdown};
 /// How long any single wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
-/// A server running on its own thread for the length of a test; stopped and joined on drop.
-pub struct TestServer {
-    pub addr: SocketAddr,
-    pub publisher: Publisher,
-    pub shutdown: Shutdown,
+/// A server's loop on a thread of its own, and the handle that stops it: stopped and joined on
+/// drop, waiting at most [`DEADLINE`], so a server that fails to stop fails (or at worst leaks) one
+/// test instead of hanging the whole run.
+pub struct ServerThread {
+    shutdown: Shutdown,
     thread: Option<JoinHandle<Result<(), ssed::Error>>>,
 }
 
-impl TestServer {
-    /// Starts a server with `config` (its `listen` is ignored: the server gets a fresh loopback port).
-    ///
-    /// `Server::bind` asks for the large listen backlog (std's `TcpListener::bind` asks for 128, and
-    /// a burst of connects past it waits out one-second SYN retransmits).
-    pub fn start(config: Config) -> TestServer {
-        let config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..config };
-        let server = Server::bind(config).expect("server starts");
-        let addr = server.local_addr();
-        let publisher = server.publisher();
+impl ServerThread {
+    /// Runs `server` on a new thread.
+    pub fn spawn(server: Server) -> ServerThread {
         let shutdown = server.shutdown_handle();
-        let thread = std::thread::spawn(move || server.run());
-        TestServer { addr, publisher, shutdown, thread: Some(thread) }
-    }
-
-    /// A server with the default configuration.
-    pub fn with_defaults() -> TestServer {
-        TestServer::start(Config::default())
+        ServerThread { shutdown, thread: Some(std::thread::spawn(move || server.run())) }
     }
 
     /// Stops the server and waits for `run()` to return, failing the test if it returned an error.
@@ -48,9 +35,7 @@ impl TestServer {
     }
 }
 
-impl Drop for TestServer {
-    /// Stops the server; waits for it at most [`DEADLINE`], so a server that fails to stop fails
-    /// (or at worst leaks) one test instead of hanging the whole run.
+impl Drop for ServerThread {
     fn drop(&mut self) {
         self.shutdown.shutdown();
         if let Some(thread) = self.thread.take() {
@@ -64,6 +49,39 @@ impl Drop for TestServer {
                 panic!("the server did not stop within {DEADLINE:?} of shutdown()");
             }
         }
+    }
+}
+
+/// A server running on its own thread for the length of a test; stopped and joined on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub publisher: Publisher,
+    pub shutdown: Shutdown,
+    running: ServerThread,
+}
+
+impl TestServer {
+    /// Starts a server with `config` (its `listen` is ignored: the server gets a fresh loopback port).
+    ///
+    /// `Server::bind` asks for the large listen backlog (std's `TcpListener::bind` asks for 128, and
+    /// a burst of connects past it waits out one-second SYN retransmits).
+    pub fn start(config: Config) -> TestServer {
+        let config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..config };
+        let server = Server::bind(config).expect("server starts");
+        let addr = server.local_addr();
+        let publisher = server.publisher();
+        let shutdown = server.shutdown_handle();
+        TestServer { addr, publisher, shutdown, running: ServerThread::spawn(server) }
+    }
+
+    /// A server with the default configuration.
+    pub fn with_defaults() -> TestServer {
+        TestServer::start(Config::default())
+    }
+
+    /// Stops the server and waits for `run()` to return, failing the test if it returned an error.
+    pub fn stop(self) {
+        self.running.stop();
     }
 }
 

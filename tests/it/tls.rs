@@ -9,16 +9,15 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
-use ssed::{Config, Event, Publisher, Reload, Server, Shutdown};
+use ssed::{Config, Event, Publisher, Reload, Server};
 
 use crate::child::{base_command, Proc};
-use crate::support::{get, TempDir, DEADLINE};
+use crate::support::{get, ServerThread, TempDir, DEADLINE};
 
 mod external;
 
@@ -78,9 +77,8 @@ pub struct TlsServer {
     pub addr: SocketAddr,
     pub tls_addr: SocketAddr,
     pub publisher: Publisher,
-    pub shutdown: Shutdown,
     pub reload: Reload,
-    thread: Option<JoinHandle<Result<(), ssed::Error>>>,
+    running: ServerThread,
     pub dir: TempDir,
 }
 
@@ -97,34 +95,12 @@ impl TlsServer {
         let server = Server::bind(config).expect("server starts");
         let addr = server.local_addr();
         let tls_addr = server.tls_local_addr().expect("serves TLS");
-        let (publisher, shutdown, reload) =
-            (server.publisher(), server.shutdown_handle(), server.reload_handle());
-        let thread = Some(std::thread::spawn(move || server.run()));
-        TlsServer { addr, tls_addr, publisher, shutdown, reload, thread, dir }
+        let (publisher, reload) = (server.publisher(), server.reload_handle());
+        TlsServer { addr, tls_addr, publisher, reload, running: ServerThread::spawn(server), dir }
     }
 
-    pub fn stop(mut self) {
-        self.shutdown.shutdown();
-        if let Some(thread) = self.thread.take() {
-            thread.join().expect("server thread panicked").expect("run() returned an error");
-        }
-    }
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        self.shutdown.shutdown();
-        if let Some(thread) = self.thread.take() {
-            let deadline = Instant::now() + DEADLINE;
-            while !thread.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if thread.is_finished() {
-                let _ = thread.join();
-            } else if !std::thread::panicking() {
-                panic!("the server did not stop within {DEADLINE:?} of shutdown()");
-            }
-        }
+    pub fn stop(self) {
+        self.running.stop();
     }
 }
 
