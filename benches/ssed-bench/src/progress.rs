@@ -96,7 +96,7 @@ impl ProgressDisplay {
         let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new((total_secs * SCALE).ceil() as u64);
             let style = ProgressStyle::with_template(
-                "[{elapsed_precise}] {bar:30.cyan/blue} {percent:>3}% {wide_msg}",
+                "[{elapsed_precise}] {bar:20.cyan/blue} {percent:>3}% {wide_msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);

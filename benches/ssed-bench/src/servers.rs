@@ -201,6 +201,7 @@ pub fn start(
     let _ = writeln!(out, "== {}: {line}", spec.name);
     let from = out.metadata().map_or(0, |m| m.len());
     let err = out.try_clone().map_err(|e| format!("the servers' log: {e}"))?;
+    let mut note = out.try_clone().map_err(|e| format!("the servers' log: {e}"))?;
     let child = Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())
@@ -209,6 +210,7 @@ pub fn start(
         .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot run {:?}: {e}", argv[0]))?;
+    let _ = writeln!(note, "== {} is pid {} (its process group)", spec.name, child.id());
     started.pid = Some(child.id());
     started.child = Some(child);
 

@@ -243,3 +243,72 @@ fn sweep_of_two_servers_reports_json_markdown_and_html_with_charts() {
     assert!(blue > 1000, "ssed's lines and points are drawn: {blue} pixels of its colour");
     assert!(vermillion > 1000, "tiny's lines and points are drawn: {vermillion} pixels of its colour");
 }
+
+/// The PIDs the sweep gave its started servers named `name`, from its servers' log.
+fn server_pids(log: &Path, name: &str) -> Vec<u32> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let prefix = format!("== {name} is pid ");
+    text.lines().filter_map(|l| l.strip_prefix(&prefix)?.split(' ').next()?.parse().ok()).collect()
+}
+
+#[test]
+#[ignore = "needs target/debug/ssed: run by .ci/run"]
+fn ctrl_c_stops_the_started_server_and_writes_what_was_measured() {
+    let ssed = ssed_binary();
+    let scratch = Scratch::new("sweep-interrupt");
+    let report = scratch.0.join("cut.html");
+    // A quick burst run, then a paced one that would take 50 s: Ctrl-C comes during the second.
+    let mut sweep = Command::new(env!("CARGO_BIN_EXE_ssed-bench"))
+        .arg("sweep")
+        .arg("--server")
+        .arg(format!("ssed={} --listen 127.0.0.1:{{port}} --heartbeat 0", ssed.display()))
+        .args(["--connections", "200", "--patterns", "burst,paced", "--events", "100", "--rate", "2"])
+        .args(["--reps", "1", "--no-floor", "--no-pin", "--settle", "0.2"])
+        .arg("--report")
+        .arg(&report)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run ssed-bench sweep");
+    let log = scratch.0.join("cut.servers.log");
+    let until = Instant::now() + SWEEP_DEADLINE;
+    let paced_server = loop {
+        if let [_, second] = server_pids(&log, "ssed")[..] {
+            break second;
+        }
+        if Instant::now() >= until || sweep.try_wait().unwrap().is_some() {
+            let _ = sweep.kill();
+            panic!(
+                "the second run's server never started: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(Path::new(&format!("/proc/{paced_server}")).exists(), "the paced run's server is up");
+    // What a terminal's Ctrl-C sends; the servers lead process groups of their own, so only the
+    // sweep gets it, and it is the sweep's job to stop them.
+    let kill = Command::new("kill").args(["-INT", &sweep.id().to_string()]).status().expect("run kill");
+    assert!(kill.success());
+    let status = wait_bounded(&mut sweep, Duration::from_secs(30), "the interrupted sweep");
+    assert_eq!(status.code(), Some(130), "interrupted");
+    let gone = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+    };
+    assert!(gone(paced_server), "the server the sweep started ({paced_server}) was stopped");
+
+    // The burst run, finished before Ctrl-C, is in the report; the cut paced run is not.
+    let markdown = std::fs::read_to_string(scratch.0.join("cut.md")).expect("the table was written");
+    let row = markdown.lines().find(|l| l.starts_with("| ssed | 200 |")).expect("a row for ssed");
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert!(
+        cells[7].chars().next().is_some_and(|c| c.is_ascii_digit()),
+        "burst deliveries/s measured: {row}"
+    );
+    assert_eq!(cells[4], "-", "no paced CPU figure from the interrupted run: {row}");
+    let html = std::fs::read_to_string(&report).expect("the report was written");
+    assert!(html.contains("Interrupted (Ctrl-C)"), "the report says it was cut short");
+}
