@@ -21,7 +21,8 @@ const SCALE: f64 = 10.0;
 /// The run under way.
 struct Current {
     label: String,
-    connections: usize,
+    /// Connections a load run holds at most (none for a floor run, which reports no progress).
+    connections: Option<usize>,
     expected_secs: f64,
     started: Instant,
 }
@@ -66,11 +67,12 @@ fn duration_text(secs: f64) -> String {
 fn status(state: &State, live: &Live) -> String {
     let left = duration_text(state.left_secs());
     match &state.current {
+        Some(Current { label, connections: None, .. }) => format!("{label}; about {left} left"),
         Some(c) => format!(
             "{}: {}/{} held, {} deliveries; about {left} left",
             c.label,
             live.held.load(Ordering::Relaxed),
-            c.connections,
+            c.connections.unwrap_or(0),
             live.deliveries.load(Ordering::Relaxed),
         ),
         None => format!("about {left} left"),
@@ -137,8 +139,8 @@ impl ProgressDisplay {
         }
     }
 
-    /// A run begins.
-    pub fn begin(&self, label: String, connections: usize, expected_secs: f64) {
+    /// A run begins; `connections` for a load run, whose held streams are shown.
+    pub fn begin(&self, label: String, connections: Option<usize>, expected_secs: f64) {
         let Ok(mut state) = self.state.lock() else { return };
         if self.enabled && self.bar.is_none() {
             eprintln!("[{}] {label}: starting", duration_text(state.started.elapsed().as_secs_f64()));

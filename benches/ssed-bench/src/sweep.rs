@@ -590,7 +590,7 @@ fn measure(config: &SweepConfig, stop: &Arc<AtomicBool>, log: &Path) -> Finished
             Step::Floor { connections, rep } => {
                 progress.begin(
                     format!("floor at {connections} (rep {rep}/{})", config.reps),
-                    connections,
+                    None,
                     *estimate,
                 );
                 let (measured, json) = run_floor(config, connections);
@@ -600,7 +600,7 @@ fn measure(config: &SweepConfig, stop: &Arc<AtomicBool>, log: &Path) -> Finished
                 let spec = &config.servers[server];
                 progress.begin(
                     format!("{} {} at {connections} (rep {rep}/{})", spec.name, pattern.name(), config.reps),
-                    connections,
+                    Some(connections),
                     *estimate,
                 );
                 live.reset();
