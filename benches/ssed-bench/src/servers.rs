@@ -23,6 +23,8 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:{port}/events?topic=bench";
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often a starting server is probed.
 const PROBE_EVERY: Duration = Duration::from_millis(50);
+/// How long one readiness probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Lines of the server's log quoted when it fails to start.
 const LOG_TAIL_LINES: usize = 6;
 
@@ -143,6 +145,19 @@ fn log_tail(log: &Path, from: u64) -> String {
     }
 }
 
+/// Whether the server answers an HTTP request (`GET /`, whatever the status). Accepting a connection
+/// is not enough: nginx's master listens before its worker, which answers, is up, and a memory
+/// sample taken in between would miss the worker.
+fn answers(target: &target::Target) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&target.addr, PROBE_TIMEOUT) else { return false };
+    let request = format!("GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", target.host);
+    let mut first = [0u8; 1];
+    stream.set_write_timeout(Some(PROBE_TIMEOUT)).is_ok()
+        && stream.set_read_timeout(Some(PROBE_TIMEOUT)).is_ok()
+        && stream.write_all(request.as_bytes()).is_ok()
+        && matches!(stream.read(&mut first), Ok(1))
+}
+
 /// One number per scratch directory made by this process.
 static SCRATCH: AtomicU32 = AtomicU32::new(0);
 
@@ -214,10 +229,10 @@ pub fn start(
     started.pid = Some(child.id());
     started.child = Some(child);
 
-    let addr = target::parse(&started.url, false)?.addr;
+    let target = target::parse(&started.url, false)?;
     let until = Instant::now() + wait;
     loop {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        if answers(&target) {
             return Ok(started);
         }
         let child = started.child.as_mut().expect("set above");
@@ -229,7 +244,11 @@ pub fn start(
             return Err("interrupted while starting".into());
         }
         if Instant::now() >= until {
-            return Err(format!("did not listen within {:.1} s{}", wait.as_secs_f64(), log_tail(log, from)));
+            return Err(format!(
+                "did not answer HTTP on its port within {:.1} s{}",
+                wait.as_secs_f64(),
+                log_tail(log, from)
+            ));
         }
         std::thread::sleep(PROBE_EVERY);
     }
@@ -304,12 +323,40 @@ mod tests {
         let silent = ServerSpec::parse("silent=sleep 30 {port}").unwrap();
         let began = Instant::now();
         let err = start(&silent, None, &log, Duration::from_millis(300), &stop).unwrap_err();
-        assert!(err.contains("did not listen"), "{err}");
+        assert!(err.contains("did not answer HTTP"), "{err}");
         assert!(began.elapsed() < Duration::from_secs(10), "the sleeping server was stopped, not waited for");
         let missing = ServerSpec::parse("missing=/nonexistent/server {port}").unwrap();
         assert!(start(&missing, None, &log, Duration::from_secs(1), &stop)
             .unwrap_err()
             .contains("cannot run"));
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    /// Ready means answering HTTP, not only accepting connections (nginx's master accepts before its
+    /// worker answers): a listener that never answers times out, one that answers is ready.
+    #[test]
+    fn ready_when_it_answers_http() {
+        let dir = std::env::temp_dir().join(format!("ssed-bench-ready-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("servers.log");
+        let stop = AtomicBool::new(false);
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut spec = ServerSpec::parse("mute=sleep 30 {port}").unwrap();
+        spec.url = format!("http://{}/events", silent.local_addr().unwrap());
+        let err = start(&spec, None, &log, Duration::from_millis(700), &stop).unwrap_err();
+        assert!(err.contains("did not answer HTTP"), "a listener that accepts but never answers: {err}");
+
+        let answering = TcpListener::bind("127.0.0.1:0").unwrap();
+        spec.url = format!("http://{}/events", answering.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = answering.accept().unwrap();
+            let mut head = [0u8; 256];
+            let _ = conn.read(&mut head);
+            conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").unwrap();
+        });
+        let mut started = start(&spec, None, &log, Duration::from_secs(10), &stop).unwrap();
+        server.join().unwrap();
+        started.stop();
         let _ = fs::remove_dir_all(dir);
     }
 }
