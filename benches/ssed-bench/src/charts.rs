@@ -127,7 +127,11 @@ fn draw_panel<DB: DrawingBackend>(
             let style = ShapeStyle::from(&legend_colour).stroke_width(if dashed { 1 } else { 2 });
             PathElement::new(vec![(x, y), (x + 22, y)], style)
         });
-        if !s.dashed {
+        if s.dashed {
+            chart
+                .draw_series(line.iter().map(|&(x, y)| Cross::new((x, y), 4, s.colour.stroke_width(2))))
+                .map_err(err)?;
+        } else {
             chart
                 .draw_series(line.iter().map(|&(x, y)| Circle::new((x, y), 4, s.colour.filled())))
                 .map_err(err)?;
