@@ -204,7 +204,7 @@ impl Summary {
         }
     }
 
-    /// The table of medians [ranges], one row per server and connection count, the floor first.
+    /// The table of medians with their ranges, one row per server and connection count, the floor first.
     pub fn markdown(&self) -> String {
         let mut t = String::new();
         let latency = self.latency_pattern.map_or("-", Pattern::name);
@@ -319,7 +319,7 @@ pub fn num(value: f64, decimals: usize) -> String {
     }
 }
 
-/// "8.51 µs [7.90–9.02]", or without the range for a single run.
+/// `8.51 µs [7.90–9.02]`, or without the range for a single run.
 pub fn stat_text(s: &Stat, unit: &str, decimals: usize) -> String {
     let unit = if unit.is_empty() { String::new() } else { format!(" {unit}") };
     if s.runs > 1 {
