@@ -224,7 +224,7 @@ sweep options:
   --ramp RATE                 new connections per second [default: 5000]
   --settle SECS               wait before sampling idle memory [default: 2]
   --drain SECS                wait for late deliveries [default: 10]
-  --start-wait SECS           how long a server may take to listen [default: 10]
+  --start-wait SECS           how long a started server may take to answer HTTP [default: 10]
   --quiet                     no progress display
 Exit status: 0 done, 1 a delivery was lost, doubled or reordered, or a server failed to start,
 2 a usage error, 130 interrupted (Ctrl-C; the report holds what was measured).
