@@ -376,8 +376,26 @@ fn parse_args() -> Result<Command, String> {
                 Some("floor") => parse_floor(parser, false),
                 Some("floor-reader") => parse_floor(parser, true),
                 Some("sweep") => {
-                    let args = std::env::args().collect();
-                    Ok(sweep::parse(parser, args)?.map_or(Command::Help, |c| Command::Sweep(Box::new(c))))
+                    // The raw arguments after `sweep`, with any --config file's flags spliced in.
+                    let raw: Vec<String> = parser
+                        .raw_args()
+                        .map_err(|e| e.to_string())?
+                        .map(|a| a.into_string().map_err(|_| "sweep: an argument is not UTF-8".to_string()))
+                        .collect::<Result<_, _>>()?;
+                    let expanded = sweep::expand_config(raw.clone())?;
+                    // The report quotes the command as typed and, for a --config, the flags it meant.
+                    let mut command_line = sweep::quote_command(std::env::args());
+                    if expanded != raw {
+                        let program = std::env::args().next().unwrap_or_else(|| "ssed-bench".into());
+                        let flags = sweep::quote_command(
+                            [program, "sweep".into()].into_iter().chain(expanded.clone()),
+                        );
+                        command_line
+                            .push_str(&format!("\n# with the --config file's flags spliced in:\n{flags}"));
+                    }
+                    let parser = lexopt::Parser::from_args(expanded);
+                    let config = sweep::parse(parser, command_line)?;
+                    Ok(config.map_or(Command::Help, |c| Command::Sweep(Box::new(c))))
                 }
                 _ => Err(format!("unknown subcommand {sub:?} (see --help)")),
             }

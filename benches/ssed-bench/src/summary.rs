@@ -400,7 +400,7 @@ pub(crate) mod tests {
             ["--server", "a=a {port}", "--server", "b=b {port}", "--connections", "100,200", "--reps", "1"];
         let config = crate::sweep::parse(
             lexopt::Parser::from_args(args.iter().copied()),
-            args.iter().map(|s| s.to_string()).collect(),
+            crate::sweep::quote_command(args.iter().map(|s| s.to_string())),
         )
         .unwrap()
         .unwrap();

@@ -226,9 +226,145 @@ sweep options:
   --drain SECS                wait for late deliveries [default: 10]
   --start-wait SECS           how long a started server may take to answer HTTP [default: 10]
   --quiet                     no progress display
+  --config FILE.toml          the flags from a file: keys named like the flags (body_size for
+                              --body-size; floor = false, pin = false, quiet = true), lists for the
+                              lists, and each server as [[server]] with name and command, or url
+                              and pid, and optionally url and publish_url
 Exit status: 0 done, 1 a delivery was lost, doubled or reordered, or a server failed to start,
 2 a usage error, 130 interrupted (Ctrl-C; the report holds what was measured).
 ";
+
+/// The keys of a sweep file that take a value, each the flag of the same name (`_` for `-`).
+const CONFIG_VALUE_KEYS: &[&str] = &[
+    "connections",
+    "patterns",
+    "events",
+    "rate",
+    "body_size",
+    "reps",
+    "report",
+    "svg_dir",
+    "bench_cpu",
+    "server_cpu",
+    "ramp",
+    "settle",
+    "drain",
+    "start_wait",
+];
+
+/// A TOML value as a flag's value: numbers and strings as written, arrays joined by commas.
+fn config_value(key: &str, value: &toml::Value) -> Result<String, String> {
+    match value {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(|v| config_value(key, v)).collect::<Result<_, _>>()?;
+            Ok(items.join(","))
+        }
+        other => Err(format!("{key}: {} is not a number, a string or a list", other.type_str())),
+    }
+}
+
+/// The flags a sweep file stands for, in the order written; flags given after `--config` on the
+/// command line come later, so they win. `text` is the file's content, `path` its name for messages.
+///
+/// ```toml
+/// connections = [1000, 5000, 10000]
+/// patterns = ["paced", "burst"]
+/// events = 200
+/// rate = 5
+/// reps = 3
+/// report = "density.html"
+///
+/// [[server]]
+/// name = "ssed"
+/// command = "target/release/ssed --listen 127.0.0.1:{port} --heartbeat 0"
+///
+/// [[server]]
+/// name = "any"
+/// url = "http://127.0.0.1:9000/stream"
+/// pid = 4242
+/// ```
+pub fn config_flags(path: &str, text: &str) -> Result<Vec<String>, String> {
+    let table: toml::Table = text.parse().map_err(|e| format!("{path}: {e}"))?;
+    let mut flags = Vec::new();
+    for (key, value) in &table {
+        let key = key.as_str();
+        match (key, value) {
+            ("server", toml::Value::Array(servers)) => {
+                for server in servers {
+                    flags.extend(server_flags(path, server)?);
+                }
+            }
+            ("floor", toml::Value::Boolean(on)) => flags.extend((!on).then(|| "--no-floor".to_string())),
+            ("pin", toml::Value::Boolean(on)) => flags.extend((!on).then(|| "--no-pin".to_string())),
+            ("quiet", toml::Value::Boolean(on)) => flags.extend(on.then(|| "--quiet".to_string())),
+            (key, value) if CONFIG_VALUE_KEYS.contains(&key) => {
+                flags.push(format!("--{}", key.replace('_', "-")));
+                flags.push(config_value(key, value).map_err(|e| format!("{path}: {e}"))?);
+            }
+            (key, _) => {
+                return Err(format!(
+                    "{path}: unknown key {key:?} (known: [[server]], floor, pin, quiet, {})",
+                    CONFIG_VALUE_KEYS.join(", ")
+                ))
+            }
+        }
+    }
+    Ok(flags)
+}
+
+/// The flags of one `[[server]]`: `name` and `command` (started) or `url` (running, with `pid`).
+fn server_flags(path: &str, server: &toml::Value) -> Result<Vec<String>, String> {
+    let table = server.as_table().ok_or_else(|| format!("{path}: server must be a [[server]] table"))?;
+    let text = |key: &str| -> Result<Option<String>, String> {
+        table.get(key).map(|v| config_value(key, v).map_err(|e| format!("{path}: server {e}"))).transpose()
+    };
+    for key in table.keys() {
+        if !["name", "command", "url", "publish_url", "pid"].contains(&key.as_str()) {
+            return Err(format!("{path}: unknown server key {key:?} (name, command, url, publish_url, pid)"));
+        }
+    }
+    let name = text("name")?.ok_or_else(|| format!("{path}: a [[server]] without a name"))?;
+    let mut flags = Vec::new();
+    match (text("command")?, text("url")?) {
+        (Some(command), url) => {
+            flags.extend(["--server".to_string(), format!("{name}={command}")]);
+            if let Some(url) = url {
+                flags.extend(["--url".to_string(), format!("{name}={url}")]);
+            }
+        }
+        (None, Some(url)) => flags.extend(["--server".to_string(), format!("{name}={url}")]),
+        (None, None) => return Err(format!("{path}: server {name} needs a command or a url")),
+    }
+    if let Some(publish) = text("publish_url")? {
+        flags.extend(["--publish-url".to_string(), format!("{name}={publish}")]);
+    }
+    if let Some(pid) = text("pid")? {
+        flags.extend(["--server-pid".to_string(), format!("{name}={pid}")]);
+    }
+    Ok(flags)
+}
+
+/// The sweep's arguments with every `--config FILE` replaced by the flags the file stands for.
+pub fn expand_config(args: Vec<String>) -> Result<Vec<String>, String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let path = match arg.strip_prefix("--config") {
+            Some("") => args.next().ok_or("--config: a file is needed")?,
+            Some(rest) if rest.starts_with('=') => rest[1..].to_string(),
+            _ => {
+                out.push(arg);
+                continue;
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("--config {path}: {e}"))?;
+        out.extend(config_flags(&path, &text)?);
+    }
+    Ok(out)
+}
 
 fn parse_named<'a>(flag: &str, text: &'a str) -> Result<(&'a str, &'a str), String> {
     text.split_once('=').ok_or_else(|| format!("--{flag}: expected NAME=VALUE, got {text:?}"))
@@ -243,8 +379,8 @@ fn list<T>(flag: &str, text: &str, parse: impl Fn(&str) -> Result<T, String>) ->
     Ok(items)
 }
 
-/// Parses the sweep's flags; `args` are the whole command line (for the report).
-pub fn parse(mut parser: lexopt::Parser, args: Vec<String>) -> Result<Option<SweepConfig>, String> {
+/// Parses the sweep's flags; `command_line` is what the report quotes.
+pub fn parse(mut parser: lexopt::Parser, command_line: String) -> Result<Option<SweepConfig>, String> {
     use lexopt::Arg::{Long, Short};
     use lexopt::ValueExt;
     let value = |parser: &mut lexopt::Parser, name: &str| -> Result<String, String> {
@@ -283,7 +419,7 @@ pub fn parse(mut parser: lexopt::Parser, args: Vec<String>) -> Result<Option<Swe
         drain: Duration::from_secs(10),
         start_wait: Duration::from_secs(10),
         progress: true,
-        command_line: quote_command(args),
+        command_line,
     };
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
@@ -517,6 +653,10 @@ pub fn run(config: SweepConfig) -> Result<u8, String> {
     if let Some(cpu) = config.bench_cpu {
         sys::pin_current_thread(cpu).map_err(|e| format!("pinning the bench to CPU {cpu}: {e}"))?;
     }
+    // The report's directory first: the JSON lines and the servers' log go there as the runs go.
+    if let Some(dir) = config.report.as_ref().and_then(|r| r.parent()).filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
     let log = match &config.report {
         Some(report) => beside(report, "servers.log"),
         None => std::env::temp_dir().join(format!("ssed-bench-sweep-{}.servers.log", std::process::id())),
@@ -736,8 +876,11 @@ mod tests {
     use super::*;
 
     fn parse_args(args: &[&str]) -> Result<SweepConfig, String> {
-        parse(lexopt::Parser::from_args(args.iter().copied()), args.iter().map(|s| s.to_string()).collect())
-            .map(|c| c.expect("not --help"))
+        parse(
+            lexopt::Parser::from_args(args.iter().copied()),
+            quote_command(args.iter().map(|s| s.to_string())),
+        )
+        .map(|c| c.expect("not --help"))
     }
 
     #[test]
@@ -789,6 +932,51 @@ mod tests {
         assert!(parse_args(&[&one[..], &["--patterns", "fast"]].concat()).is_err());
         assert!(parse_args(&[&one[..], &["--connections", "0"]].concat()).is_err());
         assert!(parse_args(&["--server", "r=http://192.0.2.1/"]).unwrap_err().contains("loopback"));
+    }
+
+    /// The example sweep file stands for the flags compare.sh passes; later flags win; mistakes
+    /// are named.
+    #[test]
+    fn a_sweep_file_is_its_flags() {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/sweep.toml");
+        let args: Vec<String> =
+            ["--reps", "1", "--config", file, "--events", "20"].iter().map(|s| s.to_string()).collect();
+        let expanded = expand_config(args).unwrap();
+        let c = parse(lexopt::Parser::from_args(expanded.clone()), quote_command(expanded)).unwrap().unwrap();
+        let names: Vec<&str> = c.servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["ssed", "nchan", "axum"], "in the file's order");
+        assert_eq!(c.servers[1].publish_url, "http://127.0.0.1:{port}/pub?topic=bench");
+        assert!(matches!(&c.servers[1].launch, Launch::Command(cmd) if cmd.contains("exec nginx -p {dir}")));
+        assert_eq!(c.connections, [1000, 5000, 10_000]);
+        assert_eq!(
+            (c.reps, c.events, c.rate),
+            (3, 20, 5.0),
+            "the file's reps win over the earlier flag, the later --events over the file"
+        );
+        assert_eq!((c.bench_cpu, c.server_cpu), (Some(0), Some(1)));
+        assert_eq!(c.svg_dir.as_deref(), Some(Path::new("target/sweep/svg")));
+
+        let running = config_flags(
+            "f",
+            "floor = false\n[[server]]\nname = \"any\"\nurl = \"http://127.0.0.1:9000/s\"\npid = 42\n",
+        )
+        .unwrap();
+        assert_eq!(
+            running,
+            ["--no-floor", "--server", "any=http://127.0.0.1:9000/s", "--server-pid", "any=42"]
+        );
+        assert!(config_flags("f", "conections = [1]").unwrap_err().contains("unknown key \"conections\""));
+        assert!(config_flags("f", "[[server]]\nname = \"a\"")
+            .unwrap_err()
+            .contains("needs a command or a url"));
+        assert!(
+            config_flags("f", "events = ").unwrap_err().starts_with("f: "),
+            "a TOML error names the file"
+        );
+        assert!(expand_config(vec!["--config".into()]).unwrap_err().contains("a file is needed"));
+        assert!(expand_config(vec!["--config=/nonexistent.toml".into()])
+            .unwrap_err()
+            .contains("/nonexistent.toml"));
     }
 
     #[test]

@@ -119,7 +119,9 @@ fn sweep_of_two_servers_reports_json_markdown_and_html_with_charts() {
     let python = program("python3");
     let chromium = program("chromium");
     let scratch = Scratch::new("sweep-test");
-    let report = scratch.0.join("density.html");
+    // In a directory that does not exist yet: the sweep makes it.
+    let out_dir = scratch.0.join("out");
+    let report = out_dir.join("density.html");
     let tiny = repo().join("benches/ssed-bench/tests/tiny_sse_server.py");
     let mut sweep = Command::new(env!("CARGO_BIN_EXE_ssed-bench"))
         .arg("sweep")
@@ -152,8 +154,7 @@ fn sweep_of_two_servers_reports_json_markdown_and_html_with_charts() {
     // One JSON line per run: 2 counts x (floor + 2 patterns x 3 servers).
     let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with('{')).collect();
     assert_eq!(lines.len(), 2 * (1 + 2 * 3), "{context}");
-    let jsonl =
-        std::fs::read_to_string(scratch.0.join("density.jsonl")).expect("the .jsonl beside the report");
+    let jsonl = std::fs::read_to_string(out_dir.join("density.jsonl")).expect("the .jsonl beside the report");
     assert_eq!(jsonl.lines().collect::<Vec<_>>(), lines, "the .jsonl holds the same lines");
     for n in ["100", "300"] {
         let at_n: Vec<&&str> = lines.iter().filter(|l| field(l, "n") == Some(n)).collect();
@@ -186,7 +187,7 @@ fn sweep_of_two_servers_reports_json_markdown_and_html_with_charts() {
     }
 
     // The Markdown table: a row per server and count, the floor's, and the failure as a failure.
-    let markdown = std::fs::read_to_string(scratch.0.join("density.md")).expect("the .md beside the report");
+    let markdown = std::fs::read_to_string(out_dir.join("density.md")).expect("the .md beside the report");
     for n in ["100", "300"] {
         assert!(markdown.contains(&format!("| floor (bare writes) | {n} |")), "{markdown}");
         for server in ["ssed", "tiny"] {
@@ -217,7 +218,7 @@ fn sweep_of_two_servers_reports_json_markdown_and_html_with_charts() {
         assert!(text.contains("subscribers (connections held)"), "{svg} has its x axis");
     }
     // None of the servers the sweep started is left behind.
-    let servers_log = std::fs::read_to_string(scratch.0.join("density.servers.log")).unwrap();
+    let servers_log = std::fs::read_to_string(out_dir.join("density.servers.log")).unwrap();
     assert_eq!(servers_log.matches("== ssed:").count(), 4, "a fresh ssed for each of the 4 runs");
 
     // Headless Chromium renders the report; the screenshot shows the charts in the servers' colours.
