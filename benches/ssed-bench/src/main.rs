@@ -189,9 +189,9 @@ impl Default for LoadFlags {
 }
 
 /// Most events one run publishes (each takes a few bytes of timing in the bench).
-const MAX_EVENTS: u32 = 1_000_000;
+pub(crate) const MAX_EVENTS: u32 = 1_000_000;
 /// Most bits the per-stream bitsets of received events may take together.
-const MAX_TRACKING_BITS: u64 = 1 << 31;
+pub(crate) const MAX_TRACKING_BITS: u64 = 1 << 31;
 
 impl LoadFlags {
     fn validate(self) -> Result<Command, String> {

@@ -527,12 +527,26 @@ pub fn parse(mut parser: lexopt::Parser, command_line: String) -> Result<Option<
     if config.connections.contains(&0) {
         return Err("--connections: every count must be at least 1".into());
     }
-    config.patterns.dedup();
+    let mut patterns = Vec::new();
+    for p in std::mem::take(&mut config.patterns) {
+        if !patterns.contains(&p) {
+            patterns.push(p);
+        }
+    }
+    config.patterns = patterns;
     if config.reps == 0 {
         return Err("--reps must be at least 1".into());
     }
-    if config.events == 0 {
-        return Err("--events must be at least 1".into());
+    if !(1..=crate::MAX_EVENTS).contains(&config.events) {
+        return Err(format!("--events must be 1 to {}", crate::MAX_EVENTS));
+    }
+    let most = config.connections.last().copied().unwrap_or(0) as u64;
+    if u64::from(config.events) * most > crate::MAX_TRACKING_BITS {
+        return Err(format!(
+            "--events x the largest --connections over {}: the per-stream record of received events \
+             would take more than 256 MiB",
+            crate::MAX_TRACKING_BITS
+        ));
     }
     if config.rate <= 0.0 {
         return Err("--rate must be above 0".into());
@@ -931,6 +945,9 @@ mod tests {
             .contains("started by"));
         assert!(parse_args(&[&one[..], &["--patterns", "fast"]].concat()).is_err());
         assert!(parse_args(&[&one[..], &["--connections", "0"]].concat()).is_err());
+        assert!(parse_args(&[&one[..], &["--events", "2000000"]].concat()).unwrap_err().contains("--events"));
+        let c = parse_args(&[&one[..], &["--patterns", "paced,burst,paced"]].concat()).unwrap();
+        assert_eq!(c.patterns, [Pattern::Paced, Pattern::Burst], "each pattern once");
         assert!(parse_args(&["--server", "r=http://192.0.2.1/"]).unwrap_err().contains("loopback"));
     }
 
