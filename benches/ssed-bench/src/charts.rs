@@ -75,6 +75,79 @@ fn err(e: impl std::fmt::Display) -> String {
     format!("drawing a chart: {e}")
 }
 
+/// The y axis of a panel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Scale {
+    /// From 0 to this, or to a little above the largest value.
+    Linear(Option<f64>),
+    /// Logarithmic, from a power of ten below the smallest value to one above the largest: for
+    /// figures that differ between servers by orders of magnitude.
+    Log,
+}
+
+/// Fills a chart built by [`draw_panel`], whichever its y coordinate: mesh, series, legend.
+macro_rules! fill_chart {
+    ($chart:ident, $y_desc:expr, $y_label:expr, $series:expr, $legend:expr) => {{
+        $chart
+            .configure_mesh()
+            .x_desc("subscribers (connections held)")
+            .y_desc($y_desc)
+            .x_labels(8)
+            .y_labels(8)
+            .x_label_formatter(&|x| num(*x, 0))
+            .y_label_formatter(&$y_label)
+            .axis_desc_style((FONT, 14))
+            .label_style((FONT, 12))
+            .light_line_style(WHITE)
+            .bold_line_style(RGBColor(0xe8, 0xe8, 0xe8))
+            .draw()
+            .map_err(err)?;
+        for s in $series {
+            let style = ShapeStyle::from(&s.colour).stroke_width(2);
+            let line: Vec<(f64, f64)> = s.points.iter().map(|&(x, st)| (x, st.median)).collect();
+            let label = match &s.note {
+                Some(note) => format!("{}: {note}", s.name),
+                None => s.name.clone(),
+            };
+            let drawn = if s.dashed {
+                $chart.draw_series(DashedLineSeries::new(line.clone(), 8, 5, style)).map_err(err)?
+            } else {
+                $chart.draw_series(LineSeries::new(line.clone(), style)).map_err(err)?
+            };
+            let legend_colour = s.colour;
+            let dashed = s.dashed;
+            drawn.label(label).legend(move |(x, y)| {
+                let style = ShapeStyle::from(&legend_colour).stroke_width(if dashed { 1 } else { 2 });
+                PathElement::new(vec![(x, y), (x + 22, y)], style)
+            });
+            if s.dashed {
+                $chart
+                    .draw_series(line.iter().map(|&(x, y)| Cross::new((x, y), 4, s.colour.stroke_width(2))))
+                    .map_err(err)?;
+            } else {
+                $chart
+                    .draw_series(line.iter().map(|&(x, y)| Circle::new((x, y), 4, s.colour.filled())))
+                    .map_err(err)?;
+            }
+            $chart
+                .draw_series(s.points.iter().filter(|(_, st)| st.runs > 1).map(|&(x, st)| {
+                    ErrorBar::new_vertical(x, st.min, st.median, st.max, s.colour.filled(), 10)
+                }))
+                .map_err(err)?;
+        }
+        if $legend && !$series.is_empty() {
+            $chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .label_font((FONT, 13))
+                .background_style(WHITE.mix(0.85))
+                .border_style(RGBColor(0xbb, 0xbb, 0xbb))
+                .draw()
+                .map_err(err)?;
+        }
+    }};
+}
+
 /// Draws `series` on `area` against connections; `y_desc` names the y axis with its unit.
 fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
@@ -82,79 +155,44 @@ fn draw_panel<DB: DrawingBackend>(
     y_desc: &str,
     series: &[Series],
     x_max: f64,
-    y_max: Option<f64>,
+    scale: Scale,
     legend: bool,
 ) -> Result<(), String> {
-    let data_max = series.iter().flat_map(|s| s.points.iter().map(|(_, st)| st.max)).fold(0.0_f64, f64::max);
-    let y_top = y_max.unwrap_or(if data_max > 0.0 { data_max * 1.15 } else { 1.0 });
+    let values = || series.iter().flat_map(|s| s.points.iter().flat_map(|(_, st)| [st.min, st.max]));
+    let data_max = values().fold(0.0_f64, f64::max);
     let x_top = x_max * 1.06;
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption, (FONT, 17))
-        .margin(12)
-        .x_label_area_size(44)
-        .y_label_area_size(72)
-        .build_cartesian_2d(0.0..x_top, 0.0..y_top)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("subscribers (connections held)")
-        .y_desc(y_desc)
-        .x_labels(8)
-        .y_labels(8)
-        .x_label_formatter(&|x| num(*x, 0))
-        .y_label_formatter(&|y| axis_number(*y, y_top))
-        .axis_desc_style((FONT, 14))
-        .label_style((FONT, 12))
-        .light_line_style(WHITE)
-        .bold_line_style(RGBColor(0xe8, 0xe8, 0xe8))
-        .draw()
-        .map_err(err)?;
-    for s in series {
-        let style = ShapeStyle::from(&s.colour).stroke_width(2);
-        let line: Vec<(f64, f64)> = s.points.iter().map(|&(x, st)| (x, st.median)).collect();
-        let label = match &s.note {
-            Some(note) => format!("{}: {note}", s.name),
-            None => s.name.clone(),
-        };
-        let drawn = if s.dashed {
-            chart.draw_series(DashedLineSeries::new(line.clone(), 8, 5, style)).map_err(err)?
-        } else {
-            chart.draw_series(LineSeries::new(line.clone(), style)).map_err(err)?
-        };
-        let legend_colour = s.colour;
-        let dashed = s.dashed;
-        drawn.label(label).legend(move |(x, y)| {
-            let style = ShapeStyle::from(&legend_colour).stroke_width(if dashed { 1 } else { 2 });
-            PathElement::new(vec![(x, y), (x + 22, y)], style)
-        });
-        if s.dashed {
-            chart
-                .draw_series(line.iter().map(|&(x, y)| Cross::new((x, y), 4, s.colour.stroke_width(2))))
-                .map_err(err)?;
-        } else {
-            chart
-                .draw_series(line.iter().map(|&(x, y)| Circle::new((x, y), 4, s.colour.filled())))
-                .map_err(err)?;
+    let mut builder = ChartBuilder::on(area);
+    builder.caption(caption, (FONT, 17)).margin(12).x_label_area_size(44).y_label_area_size(72);
+    match scale {
+        Scale::Linear(y_max) => {
+            let y_top = y_max.unwrap_or(if data_max > 0.0 { data_max * 1.15 } else { 1.0 });
+            let mut chart = builder.build_cartesian_2d(0.0..x_top, 0.0..y_top).map_err(err)?;
+            fill_chart!(chart, y_desc, |y: &f64| axis_number(*y, y_top), series, legend);
         }
-        chart
-            .draw_series(
-                s.points.iter().filter(|(_, st)| st.runs > 1).map(|&(x, st)| {
-                    ErrorBar::new_vertical(x, st.min, st.median, st.max, s.colour.filled(), 10)
-                }),
-            )
-            .map_err(err)?;
-    }
-    if legend && !series.is_empty() {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .label_font((FONT, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(0xbb, 0xbb, 0xbb))
-            .draw()
-            .map_err(err)?;
+        Scale::Log => {
+            let data_min = values().filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
+            let (low, high) = if data_min.is_finite() {
+                (10f64.powf(data_min.log10().floor()), 10f64.powf((data_max * 1.01).log10().ceil()))
+            } else {
+                (1.0, 10.0)
+            };
+            let mut chart = builder.build_cartesian_2d(0.0..x_top, (low..high).log_scale()).map_err(err)?;
+            let y_desc = format!("{y_desc} (log scale)");
+            fill_chart!(chart, &y_desc, |y: &f64| log_axis_number(*y), series, legend);
+        }
     }
     Ok(())
+}
+
+/// A log axis' numbers: 100 / 10,000 / 1.5M / 0.1.
+fn log_axis_number(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{}M", num(v / 1e6, if (v / 1e6).fract() == 0.0 { 0 } else { 1 }))
+    } else if v >= 1.0 {
+        num(v, 0)
+    } else {
+        format!("{v}")
+    }
 }
 
 /// One series per server from `figure` of each point.
@@ -210,12 +248,18 @@ fn x_max(summary: &Summary) -> f64 {
         .unwrap_or(1) as f64
 }
 
-fn single(summary: &Summary, title: &str, y_desc: &str, series: &[Series]) -> Result<String, String> {
+fn single(
+    summary: &Summary,
+    title: &str,
+    y_desc: &str,
+    series: &[Series],
+    scale: Scale,
+) -> Result<String, String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        draw_panel(&root, title, y_desc, series, x_max(summary), None, true)?;
+        draw_panel(&root, title, y_desc, series, x_max(summary), scale, true)?;
         root.present().map_err(err)?;
     }
     Ok(svg)
@@ -232,7 +276,7 @@ fn rss(summary: &Summary) -> Result<Chart, String> {
                   subscribers, summed over the server's process tree. Points: medians; bars: min–max over \
                   the repetitions; every run of every pattern samples it."
             .into(),
-        svg: single(summary, title, "bytes per subscriber", &series)?,
+        svg: single(summary, title, "bytes per subscriber", &series, Scale::Log)?,
     })
 }
 
@@ -243,7 +287,7 @@ fn cpu(summary: &Summary) -> Result<Chart, String> {
     series.extend(floor_series(summary, "floor: one bare write() per subscriber", |f| f.cpu_us_per_write));
     Ok(Chart {
         file: "cpu-per-delivery",
-        svg: single(summary, &title, "CPU µs per delivery (user + system)", &series)?,
+        svg: single(summary, &title, "CPU µs per delivery (user + system)", &series, Scale::Linear(None))?,
         title,
         caption: "The server's utime + stime from just before the first publish to the last delivery, \
                   divided by the deliveries. Dashed: the floor, a bare loopback write() of the same size \
@@ -283,7 +327,7 @@ fn latency(summary: &Summary) -> Result<Chart, String> {
                 "ms from publish to delivery",
                 series,
                 x_max(summary),
-                Some(y_max),
+                Scale::Linear(Some(y_max)),
                 i == 0,
             )?;
         }
@@ -307,7 +351,7 @@ fn throughput(summary: &Summary) -> Result<Chart, String> {
     let series = server_series(summary, |p| p.deliveries_per_s);
     Ok(Chart {
         file: "deliveries-per-second",
-        svg: single(summary, &title, "deliveries per second", &series)?,
+        svg: single(summary, &title, "deliveries per second", &series, Scale::Log)?,
         title,
         caption: "Deliveries (events × subscribers) from the first publish to the last delivery, divided by \
                   that time, with the events published back to back."
