@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,31 @@ pub struct LoadConfig {
     /// Extra header lines of each stream request, connection `n` taking `headers[n % len]` (one
     /// token per group of subscribers); empty: none.
     pub headers: Vec<String>,
+    /// Set from elsewhere (Ctrl-C in a sweep) to end the run as soon as possible; what was measured
+    /// until then is reported, with [`Outcome::interrupted`] set.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Counters updated as the run goes, for a progress display running on another thread.
+    pub live: Option<Arc<Live>>,
+}
+
+/// What a run has reached so far, published by its loop once per turn.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Streams up now.
+    pub held: AtomicUsize,
+    /// Events delivered so far.
+    pub deliveries: AtomicU64,
+    /// Events the publisher has had accepted so far.
+    pub accepted: AtomicU64,
+}
+
+impl Live {
+    /// Back to nothing, for the next run.
+    pub fn reset(&self) {
+        self.held.store(0, Ordering::Relaxed);
+        self.deliveries.store(0, Ordering::Relaxed);
+        self.accepted.store(0, Ordering::Relaxed);
+    }
 }
 
 /// Everything a run measured, for the report.
@@ -138,6 +163,8 @@ pub struct Outcome {
     pub bench_wait_secs: Option<f64>,
     /// The run hit `--duration`.
     pub timed_out: bool,
+    /// The run was stopped through [`LoadConfig::stop`].
+    pub interrupted: bool,
     /// Seconds the whole run took.
     pub run_secs: f64,
 }
@@ -350,6 +377,17 @@ pub fn run(config: LoadConfig) -> Result<Outcome, String> {
         if now >= deadline {
             outcome.timed_out = true;
             break;
+        }
+        if bench.config.stop.as_ref().is_some_and(|stop| stop.load(Ordering::Relaxed)) {
+            outcome.interrupted = true;
+            break;
+        }
+        if let Some(live) = &bench.config.live {
+            live.held.store(bench.stats.up, Ordering::Relaxed);
+            live.deliveries.store(bench.stats.deliveries, Ordering::Relaxed);
+            if let Some((shared, _)) = &publisher {
+                live.accepted.store(u64::from(shared.ok.load(Ordering::Relaxed)), Ordering::Relaxed);
+            }
         }
         match phase {
             Phase::Ramping => {
@@ -871,6 +909,8 @@ mod tests {
             duration: Duration::from_secs(5),
             progress: false,
             headers: vec!["Authorization: Bearer a".into(), "Authorization: Bearer b".into()],
+            stop: None,
+            live: None,
         };
         let mut bench = Bench::new(config, None).unwrap();
         bench.open_due(Duration::ZERO);

@@ -3,20 +3,27 @@
 //! It holds `--connections` event streams open from one mio loop on one thread, publishes stamped
 //! events from a second thread, and reports what the server's memory and CPU paid for them, how
 //! long each delivery took, and whether any event went missing or arrived twice. `ssed-bench floor`
-//! measures the bare cost of the writes a fan-out needs, with no server at all.
+//! measures the bare cost of the writes a fan-out needs, with no server at all. `ssed-bench sweep`
+//! runs both against several servers at several connection counts and draws the report.
 //!
 //! Safety: it only connects to the URLs it is given, and only on loopback unless `--allow-remote`;
 //! every run stops by itself after `--duration`.
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+mod charts;
 mod floor;
 mod histogram;
+mod html;
 mod load;
 mod procfs;
+mod progress;
 mod publish;
 mod report;
+mod servers;
 mod sse;
+mod summary;
+mod sweep;
 mod sys;
 mod target;
 
@@ -96,16 +103,18 @@ fn help() -> String {
     format!(
         "ssed-bench: load generator for Server-Sent Events servers\n\n\
          Usage: ssed-bench --url URL [--url URL...] [OPTIONS]\n       \
-         ssed-bench floor [--connections N] [OPTIONS]\n\n\
+         ssed-bench floor [--connections N] [OPTIONS]\n       \
+         ssed-bench sweep --server NAME=COMMAND [--server NAME=URL...] [OPTIONS]\n\n\
          Holds N event streams, optionally publishes stamped events, and reports the server's memory per\n\
          subscriber, delivery latency, missing or duplicated events and the server's CPU per delivery.\n\
          Loopback only unless --allow-remote. Exit status: 0 clean, 1 an event went missing, came twice\n\
          or out of order, 2 a usage or setup error, 3 the run was cut short by --duration, 4 fewer\n\
          streams were held than asked for.\n\nOptions:\n{}\n\
          floor: times writing to N loopback sockets with no server: the floor every server is measured\n\
-         against.\n\nfloor options:\n{}\n  -h, --help                print this help\n  -V, --version             print the version\n",
+         against.\n\nfloor options:\n{}\n{}\n  -h, --help                print this help\n  -V, --version             print the version\n",
         flag_lines(LOAD_FLAGS),
-        flag_lines(FLOOR_FLAGS)
+        flag_lines(FLOOR_FLAGS),
+        sweep::SWEEP_HELP
     )
 }
 
@@ -114,6 +123,7 @@ enum Command {
     Load { config: Box<LoadConfig>, json: bool },
     Floor { config: FloorConfig, json: bool },
     FloorReader { connections: usize, cpu: Option<usize> },
+    Sweep(Box<sweep::SweepConfig>),
     Help,
     Version,
 }
@@ -191,9 +201,9 @@ impl Default for LoadFlags {
 }
 
 /// Most events one run publishes (each takes a few bytes of timing in the bench).
-const MAX_EVENTS: u32 = 1_000_000;
+pub(crate) const MAX_EVENTS: u32 = 1_000_000;
 /// Most bits the per-stream bitsets of received events may take together.
-const MAX_TRACKING_BITS: u64 = 1 << 31;
+pub(crate) const MAX_TRACKING_BITS: u64 = 1 << 31;
 
 impl LoadFlags {
     fn validate(self) -> Result<Command, String> {
@@ -282,6 +292,8 @@ impl LoadFlags {
                     .collect(),
                 None => Vec::new(),
             },
+            stop: None,
+            live: None,
         };
         Ok(Command::Load { config: Box::new(config), json: self.json })
     }
@@ -398,6 +410,28 @@ fn parse_args() -> Result<Command, String> {
             match sub.to_str() {
                 Some("floor") => parse_floor(parser, false),
                 Some("floor-reader") => parse_floor(parser, true),
+                Some("sweep") => {
+                    // The raw arguments after `sweep`, with any --config file's flags spliced in.
+                    let raw: Vec<String> = parser
+                        .raw_args()
+                        .map_err(|e| e.to_string())?
+                        .map(|a| a.into_string().map_err(|_| "sweep: an argument is not UTF-8".to_string()))
+                        .collect::<Result<_, _>>()?;
+                    let expanded = sweep::expand_config(raw.clone())?;
+                    // The report quotes the command as typed and, for a --config, the flags it meant.
+                    let mut command_line = sweep::quote_command(std::env::args());
+                    if expanded != raw {
+                        let program = std::env::args().next().unwrap_or_else(|| "ssed-bench".into());
+                        let flags = sweep::quote_command(
+                            [program, "sweep".into()].into_iter().chain(expanded.clone()),
+                        );
+                        command_line
+                            .push_str(&format!("\n# with the --config file's flags spliced in:\n{flags}"));
+                    }
+                    let parser = lexopt::Parser::from_args(expanded);
+                    let config = sweep::parse(parser, command_line)?;
+                    Ok(config.map_or(Command::Help, |c| Command::Sweep(Box::new(c))))
+                }
                 _ => Err(format!("unknown subcommand {sub:?} (see --help)")),
             }
         }
@@ -417,6 +451,7 @@ fn run() -> Result<ExitCode, String> {
         Command::Help => print!("{}", help()),
         Command::Version => println!("ssed-bench {}", env!("CARGO_PKG_VERSION")),
         Command::FloorReader { connections, cpu } => floor::run_reader_process(connections, cpu)?,
+        Command::Sweep(config) => return Ok(ExitCode::from(sweep::run(*config)?)),
         Command::Floor { config, json } => {
             let outcome = floor::run(config)?;
             if json {

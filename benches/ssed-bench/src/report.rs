@@ -186,6 +186,43 @@ impl Figures {
     }
 }
 
+/// The figures of one run that a sweep compares across servers and connection counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Metrics {
+    /// Streams open at the end.
+    pub held: usize,
+    /// Server RSS before any subscriber, in bytes.
+    pub rss_before_bytes: Option<f64>,
+    /// (RSS with every subscriber idle − RSS before) / subscribers.
+    pub bytes_per_subscriber: Option<f64>,
+    /// Server CPU (user + system) over the fan-out per delivery, in µs.
+    pub cpu_us_per_delivery: Option<f64>,
+    /// Delivery latency p50, p90, p99 and max, in ms.
+    pub latency_ms: [Option<f64>; 4],
+    /// Deliveries per second from the first publish to the last delivery.
+    pub deliveries_per_s: Option<f64>,
+    /// Events delivered.
+    pub deliveries: u64,
+    /// Events lost (when the run was not cut short), doubled, reordered or not expected.
+    pub faults: u64,
+}
+
+/// The [`Metrics`] of a run.
+pub fn metrics(o: &Outcome) -> Metrics {
+    let f = Figures::of(o);
+    let missing = if o.timed_out || o.interrupted { 0 } else { o.missing };
+    Metrics {
+        held: o.held,
+        rss_before_bytes: o.server_before.map(|s| s.rss_bytes as f64),
+        bytes_per_subscriber: f.bytes_per_subscriber,
+        cpu_us_per_delivery: f.per_million(f.cpu_s, o.deliveries),
+        latency_ms: f.latency_us.map(|v| v.map(|us| us / 1e3)),
+        deliveries_per_s: f.deliveries_per_s,
+        deliveries: o.deliveries,
+        faults: missing + o.duplicates + o.out_of_order + o.id_regressions + o.unexpected,
+    }
+}
+
 /// The URLs as one string: the URL itself when there is one, all of them space-separated otherwise.
 fn url_text(urls: &[String]) -> String {
     urls.join(" ")
@@ -247,6 +284,7 @@ pub fn json(urls: &[String], o: &Outcome) -> String {
         .float("bench_cpu_s", o.bench_cpu_secs, 3)
         .float("bench_wait_s", o.bench_wait_secs, 3)
         .raw("timed_out", o.timed_out)
+        .raw("interrupted", o.interrupted)
         .float("run_s", Some(o.run_secs), 2);
     j.finish()
 }

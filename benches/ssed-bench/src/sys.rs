@@ -1,6 +1,6 @@
-//! The few system calls std does not offer: the descriptor limit, a thread's CPU time, CPU affinity
-//! and `IP_BIND_ADDRESS_NO_PORT`. This is the bench's only `unsafe` code; each call passes pointers
-//! to locals that outlive it.
+//! The few system calls std does not offer: the descriptor limit, a thread's CPU time, CPU affinity,
+//! `IP_BIND_ADDRESS_NO_PORT` and signalling a process group. This is the bench's only `unsafe`
+//! code; each call passes pointers to locals that outlive it.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -93,4 +93,19 @@ pub fn clock_ticks_per_second() -> u64 {
     } else {
         100
     }
+}
+
+/// Sends `signal` to every process of the process group `pgid` (a server the sweep started as the
+/// leader of a group of its own, so its workers and its wrapper shell go with it).
+pub fn signal_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pgid = libc::pid_t::try_from(pgid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    if pgid <= 1 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: kill has no memory effects; a negative pid names the group, never "every process"
+    // (pgid > 1 was checked).
+    if unsafe { libc::kill(-pgid, signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
