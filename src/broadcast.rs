@@ -1644,6 +1644,21 @@ mod tests {
     }
 
     #[test]
+    fn the_custom_id_map_gives_its_memory_back_when_its_events_leave() {
+        let mut log = log(Limits { events: 1000, bytes: 1 << 30 });
+        for i in 0..1000 {
+            publish_hub(&mut log, &["t"], "x", Some(&format!("id-{i}")), false);
+        }
+        assert_eq!(log.custom_ids.len(), 1000);
+        let grown = log.custom_ids.capacity();
+        for _ in 0..1000 {
+            publish_hub(&mut log, &["t"], "x", None, false);
+        }
+        assert!(log.custom_ids.is_empty());
+        assert!(log.custom_ids.capacity() <= 64, "{} of {grown} kept", log.custom_ids.capacity());
+    }
+
+    #[test]
     fn an_events_event_has_no_wire_id_of_its_own() {
         let mut log = log(BIG);
         let plain = publish(&mut log, &["t"], "numeric");
