@@ -30,7 +30,7 @@ const PIECE_SIZES: [usize; 8] = [1, 2, 3, 7, 16, 61, 256, 4096];
 
 // ----- request side -----
 
-/// Feeds `data` to a [`RequestReader`] all at once and again in pieces of varying sizes, polling
+/// Feeds `data` to a `RequestReader` all at once and again in pieces of varying sizes, polling
 /// after every read as the server does, and checks both give the same answers.
 ///
 /// Selector bits: 0 sets a publish token (`pub`), 1 a subscribe token (`sub`), 2 shrinks the body cap
@@ -111,6 +111,9 @@ fn ends_requests(incoming: &Incoming) -> Option<End> {
         Incoming::Interim(_) => None,
         Incoming::Refused(meta, refusal) => (!meta.keep_alive || refusal.closes()).then_some(End::Closed),
         Incoming::Request(_, Action::Subscribe(s)) if !s.head_only => Some(End::Streaming),
+        // As when its token is good: a refused one is answered and the connection read on, which
+        // only the loop (holding the keys) can know.
+        Incoming::Request(_, Action::HubSubscribe(s)) if !s.head_only => Some(End::Streaming),
         Incoming::Request(meta, _) => (!meta.keep_alive).then_some(End::Closed),
     }
 }
@@ -119,7 +122,7 @@ fn check_incoming(incoming: &Incoming, config: &Config) {
     match incoming {
         Incoming::Interim(bytes) => assert_eq!(*bytes, response::CONTINUE),
         Incoming::Request(meta, action) => match action {
-            Action::Publish(publish) => {
+            Action::Publish(publish, _) => {
                 assert!(
                     publish.data().len() <= config.max_body,
                     "published {} bytes of data over a cap of {}",
@@ -134,6 +137,11 @@ fn check_incoming(incoming: &Incoming, config: &Config) {
                     assert_eq!(topic::validate(name.as_bytes()), Ok(()), "subscribed to {name:?}");
                 }
                 assert_eq!(subscribe.head_only, meta.head_only);
+            }
+            Action::HubSubscribe(subscribe) => assert_eq!(subscribe.head_only, meta.head_only),
+            Action::HubPublish(publish) => {
+                assert!(publish.1.len() <= config.max_body, "a hub form of {} bytes", publish.1.len());
+                assert!(!meta.head_only);
             }
             Action::Health | Action::Metrics | Action::Preflight => {}
         },
@@ -162,7 +170,7 @@ fn check_publish(publish: &Event) {
 // ----- publish bodies -----
 
 /// Decodes `data` as a chunked body, all at once and in pieces, then reads the decoded body (or, by a
-/// selector bit, the raw bytes) with [`route::publish_body`] as raw data and as a form.
+/// selector bit, the raw bytes) with `route::publish_body` as raw data and as a form.
 ///
 /// Selector bits: 0 feeds the raw bytes to `publish_body` instead of the decoded ones, 1 gives the
 /// query an event type, 2–3 choose the decoder's cap (4096, 16, 1, 64 KiB), 5–7 the largest piece.
@@ -186,7 +194,8 @@ pub fn publish_body(data: &[u8]) {
     let event_type = (selector & 0b10 != 0).then(|| "t".to_string());
 
     // With topics in the query the body is the data, whatever it holds.
-    let target = PublishTarget { topics: vec!["q".into()], event_type: event_type.clone() };
+    let target =
+        PublishTarget { topics: vec!["q".into()], event_type: event_type.clone(), auth: None, hub: false };
     match route::publish_body(target, body.clone()) {
         Ok(publish) => {
             assert_eq!(publish.data().as_bytes(), &body[..]);
@@ -198,13 +207,15 @@ pub fn publish_body(data: &[u8]) {
     }
 
     // Without them it is a form.
-    let target = PublishTarget { topics: Vec::new(), event_type: event_type.clone() };
+    let target = PublishTarget { topics: Vec::new(), event_type: event_type.clone(), auth: None, hub: false };
     let Ok(publish) = route::publish_body(target, body) else { return };
     check_publish(&publish);
     // The same fields, percent-encoded afresh, must read back the same.
-    let again =
-        route::publish_body(PublishTarget { topics: Vec::new(), event_type: None }, form_of(&publish))
-            .expect("a re-encoded accepted form is refused");
+    let again = route::publish_body(
+        PublishTarget { topics: Vec::new(), event_type: None, auth: None, hub: false },
+        form_of(&publish),
+    )
+    .expect("a re-encoded accepted form is refused");
     assert_eq!(again, publish);
 }
 
@@ -608,5 +619,260 @@ impl TlsReadPath {
         let whole = crate::transport::feed(&self.0, input, input.len().max(1));
         let split = crate::transport::feed(&self.0, input, PIECE_SIZES[usize::from(selector & 7)]);
         assert_eq!(whole, split, "the verdict depends on how the records were split");
+    }
+}
+
+// ----- Mercure hub requests and tokens -----
+
+/// The hub's URL in the Mercure target: topics resolve against it, and its path is the reserved
+/// namespace.
+#[cfg(feature = "mercure")]
+const HUB_URL: &str = "https://localhost/.well-known/mercure";
+
+/// The HS256 secret the Mercure target verifies with, and signs with when the input asks it to.
+#[cfg(feature = "mercure")]
+const FUZZ_SECRET: &str = "fuzz-secret-of-at-least-thirty-two-bytes";
+
+/// The clock of the Mercure target, in Unix seconds: tokens carry `exp` and `nbf` around it.
+#[cfg(feature = "mercure")]
+const FUZZ_NOW: u64 = 1_800_000_000;
+
+/// Topics every compiled matcher is tried on, besides its own value and the input's last event id:
+/// a URL, a relative one, the reserved namespace, a URN, non-ASCII and the wildcard.
+#[cfg(feature = "mercure")]
+const FUZZ_TOPICS: [&str; 7] = [
+    "https://example.com/books/1",
+    "/books/1?x=y#z",
+    "https://localhost/.well-known/mercure/subscriptions",
+    "urn:isbn:0451450523",
+    "https://example.com/b\u{fc}cher/%C3%BC",
+    "*",
+    "",
+];
+
+/// What a Mercure hub does with client bytes before any event moves: the subscription query, the
+/// publication form, and a token (as sent, or signed here so its claims get past the signature).
+///
+/// Selector bits 0–1 say what the rest is: 0 a subscription query, 1 a publication form, 2 a token
+/// as it would come in `Authorization: Bearer`, 3 a token's claims (JSON) that the target signs
+/// with `FUZZ_SECRET` under an HS256 `at+jwt` header. Bit 2: tiny publication limits (3 topics,
+/// 32-byte topics and ids, 64-byte data) / legacy tokens refused. Bit 3: a token is checked for the
+/// publisher role rather than the subscriber's.
+///
+/// Checked besides no panic (a panic in a matcher compiler is a crash of the whole server, since
+/// release builds abort): an accepted query holds 1 to `MAX_MATCHERS` (64) distinct matchers whose
+/// values pass the value rules; its refusals are `400`. Every matcher that compiles gives the same
+/// answer twice, the wildcard matches everything, and exact and plain legacy matchers match their
+/// own value (exact ones nothing else). An accepted form has 1 to `max_topics` topics that pass the
+/// rules, none `*` or in the hub's namespace, an id neither `#`-led nor `earliest`, a type other
+/// than `mercure`, and no part over its limit; its refusals are `400` or `413`; what the tiny
+/// limits accept, the default ones accept the same. A verified token is unexpired and, unless
+/// legacy, has an `exp`; every matcher it grants either compiles or is refused, and compiled ones
+/// obey the same matcher rules.
+#[cfg(feature = "mercure")]
+pub fn mercure_request(data: &[u8]) {
+    use crate::mercure::request::{Subscribe, Update, UpdateLimits};
+    use crate::mercure::rules::{self, MAX_MATCHERS, MAX_TOPIC_BYTES};
+
+    let Some((&selector, rest)) = data.split_first() else { return };
+    let hub = url::Url::parse(HUB_URL).expect("the hub URL parses");
+    let flag = selector & 0b100 != 0;
+    match selector & 0b11 {
+        0 => match Subscribe::parse(rest) {
+            Ok(subscribe) => {
+                let n = subscribe.matchers.len();
+                assert!((1..=MAX_MATCHERS).contains(&n), "{n} matchers accepted");
+                for (i, (kind, value)) in subscribe.matchers.iter().enumerate() {
+                    assert!(
+                        rules::check(value, MAX_TOPIC_BYTES).is_ok(),
+                        "matcher {value:?} breaks the rules"
+                    );
+                    assert!(
+                        !subscribe.matchers[..i].contains(&(*kind, value.clone())),
+                        "matcher {value:?} kept twice"
+                    );
+                }
+                if let Ok(matchers) = subscribe.compile(&hub) {
+                    assert_eq!(matchers.len(), n);
+                    for matcher in &matchers {
+                        check_matcher(matcher, subscribe.last_event_id.as_deref());
+                    }
+                }
+            }
+            Err(e) => assert_eq!(e.status(), 400, "a subscription refused with {}: {e}", e.status()),
+        },
+        1 => {
+            let tiny =
+                UpdateLimits { max_topics: 3, max_topic_bytes: 32, max_id_bytes: 32, max_data_bytes: 64 };
+            let limits = if flag { tiny } else { UpdateLimits::default() };
+            match Update::parse(rest, &hub, &limits) {
+                Ok(update) => {
+                    assert!((1..=limits.max_topics).contains(&update.topics.len()));
+                    for topic in &update.topics {
+                        assert!(
+                            rules::check(topic, limits.max_topic_bytes).is_ok(),
+                            "topic {topic:?} accepted"
+                        );
+                        assert_ne!(topic, "*");
+                        assert!(
+                            !crate::mercure::request::in_reserved_namespace(topic, &hub),
+                            "topic {topic:?} in the hub's namespace accepted"
+                        );
+                    }
+                    if let Some(id) = &update.id {
+                        assert!(rules::check(id, limits.max_id_bytes).is_ok(), "id {id:?} accepted");
+                        assert!(!id.starts_with('#') && id != "earliest", "id {id:?} accepted");
+                    }
+                    if let Some(event_type) = &update.event_type {
+                        assert!(rules::check(event_type, rules::MAX_TYPE_BYTES).is_ok());
+                        assert_ne!(event_type, "mercure");
+                    }
+                    assert!(update.data.as_ref().is_none_or(|d| d.len() <= limits.max_data_bytes));
+                    if flag {
+                        assert_eq!(
+                            Update::parse(rest, &hub, &UpdateLimits::default()).as_ref(),
+                            Ok(&update),
+                            "the tiny limits accept what the default ones do not"
+                        );
+                    }
+                }
+                Err(e) => assert!(matches!(e.status(), 400 | 413), "a form refused with {}: {e}", e.status()),
+            }
+        }
+        mode => {
+            use crate::mercure::jwt::{host_audiences, Role};
+
+            let token = if mode == 2 {
+                match std::str::from_utf8(rest) {
+                    Ok(token) => token.to_owned(),
+                    Err(_) => return,
+                }
+            } else {
+                sign_claims(rest)
+            };
+            let verifier = fuzz_verifier(!flag);
+            let role = if selector & 0b1000 != 0 { Role::Publisher } else { Role::Subscriber };
+            let audiences = host_audiences("localhost");
+            let audiences: Vec<&str> = audiences.iter().map(String::as_str).collect();
+            if let Ok(grant) = verifier.verify(&token, role, &audiences, FUZZ_NOW) {
+                assert!(!grant.legacy || !flag, "a legacy token accepted with legacy tokens off");
+                assert!(grant.legacy || grant.expires_at.is_some(), "a current token without exp accepted");
+                assert!(grant.expires_at.is_none_or(|exp| exp > FUZZ_NOW), "an expired token accepted");
+                for raw in grant.publish.iter().chain(&grant.subscribe) {
+                    if let Ok(matcher) = crate::mercure::matcher::Matcher::new(raw.kind, &raw.value, &hub) {
+                        check_matcher(&matcher, None);
+                    }
+                }
+                let _ = grant.payload_for(|i| i % 2 == 0);
+            }
+        }
+    }
+}
+
+/// A token of `claims` (any bytes) under an HS256 `at+jwt` header, signed with [`FUZZ_SECRET`].
+#[cfg(feature = "mercure")]
+fn sign_claims(claims: &[u8]) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"at+jwt"}"#);
+    let message = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims));
+    let key = jsonwebtoken::EncodingKey::from_secret(FUZZ_SECRET.as_bytes()).expect("an HMAC key");
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+        .expect("HMAC signs anything");
+    format!("{message}.{signature}")
+}
+
+/// The hub's verifier as `ssed --jwt-key FUZZ_SECRET` builds it: one HS256 key for both roles,
+/// the default issuer, audiences from the request; `legacy`: pre-standardization tokens accepted.
+#[cfg(feature = "mercure")]
+fn fuzz_verifier(legacy: bool) -> crate::mercure::jwt::Verifier {
+    use crate::mercure::jwt::{KeySpec, Verifier};
+
+    let key = || KeySpec::parse("HS256", FUZZ_SECRET).expect("the fuzz secret is a key");
+    Verifier::new(vec![key()], vec![key()]).legacy(legacy)
+}
+
+/// The rules every compiled matcher obeys, on [`FUZZ_TOPICS`], its own value and `extra`.
+#[cfg(feature = "mercure")]
+fn check_matcher(matcher: &crate::mercure::matcher::Matcher, extra: Option<&str>) {
+    use crate::mercure::MatcherKind;
+
+    let source = matcher.source();
+    for topic in FUZZ_TOPICS.iter().copied().chain([source]).chain(extra) {
+        let matched = matcher.matches(topic);
+        assert_eq!(matched, matcher.matches(topic), "{source:?} on {topic:?} changed its answer");
+        if matcher.is_any() {
+            assert!(matched, "the wildcard missed {topic:?}");
+        } else if matcher.kind() == MatcherKind::Exact {
+            assert_eq!(matched, topic == source, "exact {source:?} on {topic:?}");
+        }
+    }
+    if matches!(matcher.kind(), MatcherKind::Exact | MatcherKind::Legacy) {
+        assert!(matcher.matches(source), "{source:?} does not match itself");
+    }
+}
+
+#[cfg(all(test, feature = "mercure"))]
+mod mercure_tests {
+    use super::*;
+
+    /// Current-revision claims granting two matchers (`EXP` stands for the expiry).
+    const CURRENT: &str = r#"{"iss":"https://localhost","aud":"https://localhost/.well-known/mercure",
+        "exp":EXP,"authorization_details":[{"type":"https://mercure.rocks/authorization-detail",
+        "actions":["subscribe","publish"],"topics":[{"match":"/books/:id","match_type":"urlpattern"},{"match":"*"}]}]}"#;
+
+    /// Pre-standardization claims granting two selectors.
+    const LEGACY: &str = r#"{"mercure":{"publish":["*"],"subscribe":["https://example.com/books/{id}","*"],"payload":{"a":1}}}"#;
+
+    fn run(mode: u8, rest: &[u8]) {
+        for flags in [0u8, 0b100, 0b1000, 0b1100] {
+            let mut input = vec![mode | flags];
+            input.extend_from_slice(rest);
+            mercure_request(&input);
+        }
+    }
+
+    #[test]
+    fn queries_forms_and_tokens_of_both_revisions_pass_the_checks() {
+        run(
+            0,
+            b"match=https%3A%2F%2Fexample.com%2Fbooks%2F1&match_urlpattern=/books/:id&topic=*&lastEventID=x",
+        );
+        run(
+            0,
+            b"topic=https://example.com/books/{id}&match_exact=urn:isbn:0451450523&last_event_id=earliest",
+        );
+        run(0, b"match_urlpattern=%3Aa%3A!%5D"); // a bracket urlpattern 0.6 panics on: refused first
+        run(0, b"matches=x");
+        run(1, b"topic=/books/1&topic=urn:x&data=hello&id=a&type=t&retry=10&private=on");
+        run(1, b"topic=/.well-known/%6Dercure/x&data=no");
+        run(2, b"not.a.token");
+        run(3, CURRENT.replace("EXP", &(FUZZ_NOW + 60).to_string()).as_bytes());
+        run(3, LEGACY.as_bytes());
+    }
+
+    #[test]
+    fn the_signed_mode_reaches_verified_grants_of_both_revisions() {
+        // The target's own signing must give tokens the hub accepts, or mode 3 fuzzes nothing past
+        // the signature.
+        use crate::mercure::jwt::{host_audiences, Role};
+        let audiences = host_audiences("localhost");
+        let audiences: Vec<&str> = audiences.iter().map(String::as_str).collect();
+        let current = CURRENT.replace("EXP", &(FUZZ_NOW + 60).to_string());
+        for (claims, legacy) in [(current.as_str(), false), (LEGACY, true)] {
+            let grant = fuzz_verifier(true)
+                .verify(&sign_claims(claims.as_bytes()), Role::Subscriber, &audiences, FUZZ_NOW)
+                .unwrap_or_else(|e| panic!("{claims}: {e}"));
+            assert_eq!(grant.legacy, legacy);
+            assert_eq!(grant.subscribe.len(), 2, "{claims}");
+        }
+        let refused = fuzz_verifier(false).verify(
+            &sign_claims(LEGACY.as_bytes()),
+            Role::Subscriber,
+            &audiences,
+            FUZZ_NOW,
+        );
+        assert!(refused.is_err(), "a legacy token with legacy tokens off");
     }
 }

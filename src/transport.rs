@@ -159,10 +159,10 @@ impl Transport for Link {
     }
 }
 
+#[cfg(all(feature = "tls", any(test, feature = "fuzzing")))]
+pub use self::tls::feed;
 #[cfg(feature = "tls")]
 pub use self::tls::Tls;
-#[cfg(all(feature = "tls", any(test, feature = "fuzzing")))]
-pub use self::tls::{feed, Fed, Pipe};
 
 #[cfg(feature = "tls")]
 mod tls {
@@ -515,6 +515,7 @@ mod tests {
 
 #[cfg(all(test, feature = "tls"))]
 mod tls_tests {
+    use super::tls::{Fed, Pipe};
     use super::*;
     use std::sync::Arc;
 
