@@ -435,10 +435,22 @@ mod tests {
             (&b"HEAD /health HTTP/1.1\r\nBad header\r\n\r\n"[..], true),
             (b"HEAD /health HTTP/2.0\r\n\r\n", true),
             (b"GET /health HTTP/2.0\r\n\r\n", false),
+            // Empty lines before the request line are skipped (RFC 9112 §2.2)...
+            (b"\r\n\nHEAD /health HTTP/2.0\r\n\r\n", true),
+            // ...but a lone CR is no empty line: the head is malformed there, before any method,
+            // and must not be taken for a HEAD (found by fuzzing: whether the method had arrived
+            // when the CR was refused depended on how the bytes were split into reads).
+            (b"\r\rHEAD /health HTTP/1.1\r\n\r\n", false),
+            (b"\r\n\rHEAD /health HTTP/1.1\r\n\r\n", false),
+            (b"\r\r\r\rHEAD \xee c\xee\xee=POP\r\n\r\n", false),
         ] {
+            // Byte by byte, and all in one read.
+            let bytewise = feed(&mut RequestReader::new(Instant::now()), raw, &config);
             let mut reader = RequestReader::new(Instant::now());
-            let got = feed(&mut reader, raw, &config);
-            match &got[..] {
+            reader.input.extend_from_slice(raw);
+            let whole = reader.poll_request(&config, Instant::now());
+            assert_eq!(whole.as_ref(), bytewise.first(), "{raw:?}: the answer depends on the split");
+            match &bytewise[..] {
                 [Incoming::Refused(meta, Refusal::Head(_))] => {
                     assert_eq!(meta.head_only, head_only, "{raw:?}");
                     assert!(!meta.keep_alive);

@@ -284,9 +284,16 @@ fn version_error(buf: &[u8]) -> Option<HeadError> {
 
 /// Whether the request in `buf` (complete or not, parsed or not) uses the method `HEAD`, so that even
 /// the answer to a head that does not parse or never completes carries no body (RFC 9110 §9.3.2).
+///
+/// Empty lines before the request line are skipped as the parser skips them (RFC 9112 §2.2: CRLF or
+/// a bare LF). A bare CR is not one: the head is malformed at that byte, before any method, so it is
+/// no `HEAD`, and the answer does not depend on whether the method had arrived when it was refused.
 pub fn names_head(buf: &[u8]) -> bool {
-    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
-    buf[start..].starts_with(b"HEAD ")
+    let mut rest = buf;
+    while let [b'\r', b'\n', tail @ ..] | [b'\n', tail @ ..] = rest {
+        rest = tail;
+    }
+    rest.starts_with(b"HEAD ")
 }
 
 /// Reduces a request target to path and query: origin-form as is, absolute-form without its scheme
