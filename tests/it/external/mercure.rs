@@ -8,8 +8,6 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -17,7 +15,7 @@ use serde_json::{json, Value};
 use ssed::Config;
 
 use super::chromium::{describe, headless, PageServer};
-use super::{program, repo_path, Json, Proc, Record, CLIENT_DEADLINE};
+use super::{node_client_dir, program, repo_path, Json, Paced, Proc, Record, CLIENT_DEADLINE};
 use crate::support::{post, Subscriber, TempDir, TestServer};
 
 /// The hub's HS256 secret in these tests.
@@ -352,73 +350,35 @@ struct Sent {
     visible: bool,
 }
 
-/// Publishes to [`ROOM`] through the hub every `interval` on a thread of its own until finished,
-/// with ids of the publisher's (not in any order the hub could rely on). Of every four updates one
-/// is private with a topic the subscriber's token grants, and one private with a topic it does not.
-struct ChatPublisher {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<Sent>>>,
-}
-
-impl ChatPublisher {
-    fn start(backend: Backend, interval: Duration) -> ChatPublisher {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let started = Instant::now();
-            let mut sent = Vec::new();
-            // Bounded in count and time whatever happens to the test.
-            while !flag.load(Ordering::Acquire) && sent.len() < 2000 && started.elapsed() < CLIENT_DEADLINE {
-                let n = sent.len() as u32;
-                let id = format!("urn:example:chat:{:08x}", n.wrapping_mul(2_654_435_761));
-                let data = format!("tick {n}");
-                let mut pairs = vec![("topic", ROOM), ("id", id.as_str()), ("data", data.as_str())];
-                let visible = match n % 4 {
-                    1 => {
-                        pairs.extend([("topic", "https://example.com/users/42/inbox"), ("private", "on")]);
-                        true
-                    }
-                    3 => {
-                        pairs.extend([("topic", "https://example.com/users/41/inbox"), ("private", "on")]);
-                        false
-                    }
-                    _ => true,
-                };
-                assert_eq!(backend.publish(&pairs), id);
-                sent.push(Sent { id, data, visible });
-                // Pacing, not synchronisation: spreads the updates over the reconnects.
-                std::thread::sleep(interval);
+/// Publishes to [`ROOM`] through the hub every `interval` until finished, with ids of the
+/// publisher's (not in any order the hub could rely on). Of every four updates one is private with a
+/// topic the subscriber's token grants, and one private with a topic it does not.
+fn chat_publisher(backend: Backend, interval: Duration) -> Paced<Sent> {
+    Paced::run(interval, 2000, move |n| {
+        let id = format!("urn:example:chat:{:08x}", (n as u32).wrapping_mul(2_654_435_761));
+        let data = format!("tick {n}");
+        let mut pairs = vec![("topic", ROOM), ("id", id.as_str()), ("data", data.as_str())];
+        let visible = match n % 4 {
+            1 => {
+                pairs.extend([("topic", "https://example.com/users/42/inbox"), ("private", "on")]);
+                true
             }
-            sent
-        });
-        ChatPublisher { stop, thread: Some(thread) }
-    }
-
-    /// Stops publishing and returns every update published, in order.
-    fn finish(mut self) -> Vec<Sent> {
-        self.stop.store(true, Ordering::Release);
-        self.thread.take().unwrap().join().expect("publishing thread panicked")
-    }
-}
-
-impl Drop for ChatPublisher {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+            3 => {
+                pairs.extend([("topic", "https://example.com/users/41/inbox"), ("private", "on")]);
+                false
+            }
+            _ => true,
+        };
+        assert_eq!(backend.publish(&pairs), id);
+        Sent { id, data, visible }
+    })
 }
 
 #[test]
 #[ignore = "needs node and the npm eventsource package: run by .ci/run"]
 fn node_eventsource_resumes_hub_streams_right_after_the_last_custom_id() {
     let node = program("node");
-    let dir = repo_path("tests/clients/node");
-    assert!(
-        dir.join("node_modules/eventsource/package.json").is_file(),
-        "needs tests/clients/node/node_modules: run .ci/external-deps.sh"
-    );
+    let dir = node_client_dir();
     // Each stream ends after about a second; the client comes back 100 ms later with Last-Event-ID.
     // Anonymous subscribers are refused: every request must carry the token.
     let server = TestServer::start(Config {
@@ -448,7 +408,7 @@ fn node_eventsource_resumes_hub_streams_right_after_the_last_custom_id() {
 
     // Publish continuously (also while the client is between two streams) until it has come back at
     // least three times with a Last-Event-ID.
-    let mut chat = Some(ChatPublisher::start(Backend::new(server.addr), Duration::from_millis(10)));
+    let mut chat = Some(chat_publisher(Backend::new(server.addr), Duration::from_millis(10)));
     let mut received: Vec<(String, String)> = Vec::new();
     // For every request after the first: the Last-Event-ID it sent and the last id received before it.
     let mut resumes: Vec<(Option<String>, Option<String>)> = Vec::new();

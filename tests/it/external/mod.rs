@@ -37,6 +37,16 @@ pub fn repo_path(relative: &str) -> PathBuf {
 
 /// Finds `name` on `PATH` (and in the sbin directories, where Debian puts nginx), or fails the test
 /// with a hint about how to install it.
+/// `tests/clients/node`, where the Node clients and their pinned `eventsource` package are.
+pub fn node_client_dir() -> PathBuf {
+    let dir = repo_path("tests/clients/node");
+    assert!(
+        dir.join("node_modules/eventsource/package.json").is_file(),
+        "needs tests/clients/node/node_modules: run .ci/external-deps.sh"
+    );
+    dir
+}
+
 pub fn program(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
@@ -274,11 +284,54 @@ pub fn run(what: &str, command: Command, stdin: Option<&[u8]>) -> (ExitStatus, S
     (status, std::mem::take(&mut proc.transcript), stderr)
 }
 
-/// Publishes `"{prefix} {n}"` to `topic` every `interval` on a thread of its own until finished.
-pub struct SteadyPublisher {
+/// Calls `step` with 0, 1, 2... every `interval` on a thread of its own until finished, and keeps
+/// what each call returns: the publishers the client tests run while clients reconnect.
+pub struct Paced<T: Send + 'static> {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<(u64, String)>>>,
+    thread: Option<std::thread::JoinHandle<Vec<T>>>,
 }
+
+impl<T: Send + 'static> Paced<T> {
+    /// Starts calling `step`, at most `max` times and for at most [`CLIENT_DEADLINE`].
+    pub fn run(
+        interval: Duration,
+        max: usize,
+        mut step: impl FnMut(usize) -> T + Send + 'static,
+    ) -> Paced<T> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut done = Vec::new();
+            // Bounded in count and time whatever happens to the test.
+            while !flag.load(Ordering::Acquire) && done.len() < max && started.elapsed() < CLIENT_DEADLINE {
+                done.push(step(done.len()));
+                // Pacing, not synchronisation: spreads the events over the reconnects.
+                std::thread::sleep(interval);
+            }
+            done
+        });
+        Paced { stop, thread: Some(thread) }
+    }
+
+    /// Stops and returns what every call returned, in order.
+    pub fn finish(mut self) -> Vec<T> {
+        self.stop.store(true, Ordering::Release);
+        self.thread.take().unwrap().join().expect("publishing thread panicked")
+    }
+}
+
+impl<T: Send + 'static> Drop for Paced<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Publishes `"{prefix} {n}"` to `topic` every `interval`; finishing returns every (id, data).
+pub type SteadyPublisher = Paced<(u64, String)>;
 
 impl SteadyPublisher {
     pub fn start(
@@ -287,39 +340,12 @@ impl SteadyPublisher {
         prefix: &str,
         interval: Duration,
     ) -> SteadyPublisher {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (publisher, topic, prefix, flag) =
-            (publisher.clone(), topic.to_string(), prefix.to_string(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let started = Instant::now();
-            let mut sent = Vec::new();
-            // Bounded in count and time whatever happens to the test.
-            while !flag.load(Ordering::Acquire) && sent.len() < 5000 && started.elapsed() < CLIENT_DEADLINE {
-                let data = format!("{prefix} {}", sent.len());
-                let id =
-                    publisher.publish(ssed::Event::new(data.clone()).topic(topic.clone())).expect("publish");
-                sent.push((id.get(), data));
-                // Pacing, not synchronisation: spreads the events over the reconnects.
-                std::thread::sleep(interval);
-            }
-            sent
-        });
-        SteadyPublisher { stop, thread: Some(thread) }
-    }
-
-    /// Stops publishing and returns every (id, data) published, in order.
-    pub fn finish(mut self) -> Vec<(u64, String)> {
-        self.stop.store(true, Ordering::Release);
-        self.thread.take().unwrap().join().expect("publishing thread panicked")
-    }
-}
-
-impl Drop for SteadyPublisher {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        let (publisher, topic, prefix) = (publisher.clone(), topic.to_string(), prefix.to_string());
+        Paced::run(interval, 5000, move |n| {
+            let data = format!("{prefix} {n}");
+            let id = publisher.publish(ssed::Event::new(data.clone()).topic(topic.clone())).expect("publish");
+            (id.get(), data)
+        })
     }
 }
 

@@ -6,18 +6,14 @@ use std::time::{Duration, Instant};
 
 use ssed::{Config, Event};
 
-use super::{program, repo_path, Proc, SteadyPublisher, CLIENT_DEADLINE};
+use super::{node_client_dir, program, Proc, SteadyPublisher, CLIENT_DEADLINE};
 use crate::support::TestServer;
 
 #[test]
 #[ignore = "needs node and the npm eventsource package: run by .ci/run"]
 fn node_eventsource_reconnects_and_resumes_without_loss() {
     let node = program("node");
-    let dir = repo_path("tests/clients/node");
-    assert!(
-        dir.join("node_modules/eventsource/package.json").is_file(),
-        "needs tests/clients/node/node_modules: run .ci/external-deps.sh"
-    );
+    let dir = node_client_dir();
     // Each stream ends after about a second; the client comes back 100 ms later with Last-Event-ID.
     let server = TestServer::start(Config {
         max_lifetime: Duration::from_secs(1),

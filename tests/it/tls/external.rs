@@ -10,7 +10,7 @@ use ssed::{Config, Event};
 
 use super::{Pki, TlsServer};
 use crate::external::chromium::PageServer;
-use crate::external::{program, repo_path, run, Proc, Record, CLIENT_DEADLINE};
+use crate::external::{node_client_dir, program, repo_path, run, Proc, Record, CLIENT_DEADLINE};
 use crate::support::TempDir;
 
 /// The `https://localhost:PORT` base of a TLS server.
@@ -90,11 +90,7 @@ fn python_httpx_sse_receives_events_over_tls() {
 #[test]
 #[ignore = "needs node and the npm eventsource package: run by .ci/run"]
 fn node_eventsource_resumes_over_tls() {
-    let dir = repo_path("tests/clients/node");
-    assert!(
-        dir.join("node_modules/eventsource/package.json").is_file(),
-        "needs tests/clients/node/node_modules: run .ci/external-deps.sh"
-    );
+    let dir = node_client_dir();
     let pki = Pki::new();
     // Streams end after about a second; the client comes back with Last-Event-ID over a new handshake.
     let server = TlsServer::start(
