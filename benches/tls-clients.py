@@ -51,6 +51,22 @@ async def stream(port, ctx, path, ready, counts=None, index=0, until=None):
     writer.transport.abort()
 
 
+async def open_streams(n, open_one):
+    """Opens n streams (open_one(i, ready) each), 200 at a time, and prints `ready N` once every one
+    has its response head; returns their tasks."""
+    ready = asyncio.Semaphore(0)
+    tasks = []
+    for i in range(n):
+        tasks.append(asyncio.ensure_future(open_one(i, ready)))
+        if i % 200 == 199:
+            for _ in range(200):
+                await ready.acquire()
+    for _ in range(n % 200):
+        await ready.acquire()
+    print(f"ready {n}", flush=True)
+    return tasks
+
+
 async def flood(port, n, ca):
     ctx = context(ca)
     gate = asyncio.Semaphore(500)
@@ -76,16 +92,7 @@ async def flood(port, n, ca):
 async def deliver(port, n, ca, k, pubport):
     ctx = context(ca)
     counts = [0] * n + [k]
-    ready = asyncio.Semaphore(0)
-    tasks = []
-    for i in range(n):
-        tasks.append(asyncio.ensure_future(stream(port, ctx, "/events?topic=d", ready, counts, i)))
-        if i % 200 == 199:
-            for _ in range(200):
-                await ready.acquire()
-    for _ in range(n % 200):
-        await ready.acquire()
-    print(f"ready {n}", flush=True)
+    tasks = await open_streams(n, lambda i, ready: stream(port, ctx, "/events?topic=d", ready, counts, i))
     await asyncio.sleep(0.5)
     # The shell samples the server's CPU when it reads this line and when the run ends.
     print("publishing", flush=True)
@@ -154,16 +161,7 @@ def main():
 async def hold(port, n, ca):
     ctx = context(ca)
     until = asyncio.Event()
-    ready = asyncio.Semaphore(0)
-    tasks = []
-    for i in range(n):
-        tasks.append(asyncio.ensure_future(stream(port, ctx, "/events?topic=idle", ready, until=until)))
-        if i % 200 == 199:
-            for _ in range(200):
-                await ready.acquire()
-    for _ in range(n % 200):
-        await ready.acquire()
-    print(f"ready {n}", flush=True)
+    tasks = await open_streams(n, lambda i, ready: stream(port, ctx, "/events?topic=idle", ready, until=until))
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     until.set()
     await asyncio.gather(*tasks, return_exceptions=True)
