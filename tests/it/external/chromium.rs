@@ -16,7 +16,8 @@ use ssed::{Config, Event};
 use super::{program, repo_path, Proc, Record, SteadyPublisher, CLIENT_DEADLINE};
 use crate::support::{TempDir, TestServer};
 
-/// Serves `GET /page.html` and takes `POST /report` bodies into a channel, one thread per connection.
+/// Serves `GET /page.html` (and the pages' `/report.js`) and takes `POST /report` bodies into a
+/// channel, one thread per connection.
 pub(crate) struct PageServer {
     pub(crate) addr: SocketAddr,
     pub(crate) reports: Receiver<String>,
@@ -102,6 +103,15 @@ fn serve(mut stream: TcpStream, (page, page_headers): &(String, String), reports
              {page_headers}Content-Length: {}\r\nConnection: close\r\n\r\n{page}",
             page.len()
         ),
+        ("GET", "/report.js") => {
+            let script = std::fs::read_to_string(super::repo_path("tests/clients/chromium/report.js"))
+                .expect("read report.js");
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/javascript; charset=utf-8\r\nCache-Control: no-store\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{script}",
+                script.len()
+            )
+        }
         ("POST", "/report") => {
             let _ = reports.send(body);
             "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_string()
