@@ -129,38 +129,39 @@ pub fn route(head: &Head, config: &Config) -> Result<Route, RouteError> {
                 Ok(route)
             }
             Method::Get | Method::Head => {
-                if let Some(token) = &config.subscribe_token {
-                    let offered = [head.bearer.as_deref(), head.cookie_token.as_deref()];
-                    if !offered.into_iter().flatten().any(|o| token_matches(o, token)) {
-                        return Err(RouteError::Unauthorized);
-                    }
-                }
+                static_token(head, config, Method::Get)?;
                 subscribe(head)
             }
             Method::Post => {
-                if let Some(token) = &config.publish_token {
-                    if !head.bearer.as_deref().is_some_and(|o| token_matches(o, token)) {
-                        return Err(RouteError::Unauthorized);
-                    }
-                }
+                static_token(head, config, Method::Post)?;
                 publish_target(head)
             }
             Method::Options => Ok(Route::Preflight),
             Method::Other => Err(RouteError::MethodNotAllowed(ALLOW_EVENTS)),
         },
         HUB_PATH if cfg!(feature = "mercure") => match head.method {
-            Method::Get | Method::Head => Ok(Route::HubSubscribe(Box::new(HubSubscribe {
-                query: head.query.clone(),
-                last_event_id: head.last_event_id.clone(),
-                head_only: head.method == Method::Head,
-                credentials: head.credentials.clone(),
-            }))),
-            Method::Post => Ok(Route::Publish(PublishTarget {
-                topics: Vec::new(),
-                event_type: None,
-                auth: Some(Box::new(head.credentials.clone())),
-                hub: true,
-            })),
+            Method::Get | Method::Head => {
+                if !config.jwt_enabled() {
+                    static_token(head, config, Method::Get)?;
+                }
+                Ok(Route::HubSubscribe(Box::new(HubSubscribe {
+                    query: head.query.clone(),
+                    last_event_id: head.last_event_id.clone(),
+                    head_only: head.method == Method::Head,
+                    credentials: head.credentials.clone(),
+                })))
+            }
+            Method::Post => {
+                if !config.jwt_enabled() {
+                    static_token(head, config, Method::Post)?;
+                }
+                Ok(Route::Publish(PublishTarget {
+                    topics: Vec::new(),
+                    event_type: None,
+                    auth: Some(Box::new(head.credentials.clone())),
+                    hub: true,
+                }))
+            }
             Method::Options => Ok(Route::Preflight),
             Method::Other => Err(RouteError::MethodNotAllowed(ALLOW_HUB)),
         },
@@ -170,6 +171,22 @@ pub fn route(head: &Head, config: &Config) -> Result<Route, RouteError> {
             _ => Err(RouteError::MethodNotAllowed(ALLOW_READ_ONLY)),
         },
         _ => Err(RouteError::NotFound),
+    }
+}
+
+/// The static tokens, where no JWT key is set (on `/events` and on the hub alike): `--subscribe-token`
+/// for `Get` (the bearer token or the `ssed_token` cookie), `--publish-token` for `Post` (the bearer
+/// token).
+fn static_token(head: &Head, config: &Config, method: Method) -> Result<(), RouteError> {
+    let (token, offered) = match method {
+        Method::Post => (&config.publish_token, [head.bearer.as_deref(), None]),
+        _ => (&config.subscribe_token, [head.bearer.as_deref(), head.cookie_token.as_deref()]),
+    };
+    match token {
+        Some(token) if !offered.into_iter().flatten().any(|o| token_matches(o, token)) => {
+            Err(RouteError::Unauthorized)
+        }
+        _ => Ok(()),
     }
 }
 

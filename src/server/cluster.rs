@@ -37,8 +37,8 @@ impl Loop {
     pub(super) fn handle_redis(&mut self) {}
 }
 
-/// What an HTTP publisher is answered with once its append is in.
-#[cfg_attr(not(feature = "cluster"), allow(dead_code))] // made, never read, without cluster mode
+/// What an HTTP publisher is answered with once its event is stored (in cluster mode, once its
+/// append is in).
 pub(super) enum Answer {
     /// ssed's: the numeric id and a line feed.
     Id,
@@ -47,8 +47,8 @@ pub(super) enum Answer {
 }
 
 impl Answer {
-    #[cfg_attr(not(feature = "cluster"), allow(dead_code))] // Redis answers only in cluster mode
-    fn body(&self, id: u64) -> String {
+    /// The answer's body for the event stored as `id`.
+    pub(super) fn body(&self, id: u64) -> String {
         match self {
             Answer::Id => format!("{id}\n"),
             Answer::Hub(Some(text)) => text.clone(),

@@ -142,9 +142,9 @@ mod enabled {
             Some(crate::timer::deadline_after(self.now, Duration::from_secs(left)))
         }
 
-        /// `/events` with JWT keys: the token must grant `subscribe` on every topic asked for
-        /// (`*` for an every-topic stream), or `publish` on every topic of the event. The rights
-        /// to private events (subscribe) and the token's end come back.
+        /// `/events` with JWT keys, and hub publications: the token must grant `subscribe` on
+        /// every topic asked for (`*` for an every-topic stream), or `publish` on every topic of
+        /// the event. The rights to private events (subscribe) and the token's end come back.
         pub(in crate::server) fn authorize_events(
             &mut self,
             credentials: &Credentials,
@@ -272,29 +272,11 @@ mod enabled {
                 Ok(update) => update,
                 Err(e) => return self.refuse(key, meta, &Refusal::Hub(e.status(), e.message().to_string())),
             };
+            // Without JWT keys the static publish token, if any, was checked with the route.
             if hub.verifies() {
-                let access = match self.access(&credentials, meta, &[], Role::Publisher) {
-                    Ok(access) => access,
-                    Err(refusal) => return self.refuse(key, meta, &refusal),
-                };
-                let Some(grant) = &access.grant else {
-                    return self.refuse(key, meta, &token_refusal(&TokenError::Missing));
-                };
-                let hub = self.hub.as_mut().expect("routed here only with a hub");
-                let rights = match hub.rights(&grant.publish) {
-                    Ok(rights) => rights,
-                    Err(e) => return self.refuse(key, meta, &token_refusal(&e)),
-                };
-                if !update.topics.iter().all(|t| rights.allows(t)) {
-                    return self.refuse(key, meta, &token_refusal(&TokenError::InsufficientScope));
-                }
-            } else if let Some(token) = &self.config.publish_token {
-                let offered = credentials.authorization.first().and_then(|v| {
-                    let v = std::str::from_utf8(v).ok()?;
-                    v.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| v[7..].trim())
-                });
-                if !offered.is_some_and(|o| route::token_matches(o, token)) {
-                    return self.refuse(key, meta, &Refusal::Route(route::RouteError::Unauthorized));
+                let topics: Vec<&str> = update.topics.iter().map(String::as_str).collect();
+                if let Err(refusal) = self.authorize_events(&credentials, meta, &topics, true) {
+                    return self.refuse(key, meta, &refusal);
                 }
             }
             if update.id.as_deref().is_some_and(|id| id.starts_with(URN_PREFIX)) {
@@ -319,18 +301,7 @@ mod enabled {
             }
         }
     }
-
-    /// The answer body of a hub publication: the id its subscribers see.
-    pub(in crate::server) fn hub_answer(event: &Event, id: u64) -> String {
-        match event.wire_id() {
-            Some(text) => text.to_string(),
-            None => format!("{URN_PREFIX}{id}"),
-        }
-    }
 }
-
-#[cfg(feature = "mercure")]
-pub(super) use enabled::hub_answer;
 
 use crate::http::request::Credentials;
 #[cfg(feature = "mercure")]

@@ -336,12 +336,9 @@ impl Loop {
     pub(super) fn carry_out_publish(&mut self, key: Key, meta: &Meta, event: Event, hub: bool) {
         let keep_alive = meta.keep_alive && !self.conns.get(key).is_some_and(|c| c.conn.over_capacity());
         let cors = self.cors(meta.origin.as_deref());
+        let answer =
+            if hub { cluster::Answer::Hub(event.wire_id().map(str::to_string)) } else { cluster::Answer::Id };
         if self.cluster.is_some() {
-            let answer = if hub {
-                cluster::Answer::Hub(event.wire_id().map(str::to_string))
-            } else {
-                cluster::Answer::Id
-            };
             return self.cluster_publish(cluster::Waiter::Http { key, keep_alive, cors, answer }, event);
         }
         match self.publish(&event) {
@@ -351,7 +348,7 @@ impl Loop {
                     let out_start = conn.conn.hold_answer();
                     self.pending_acks.push(Ack::Http { key, out_start });
                 }
-                let body = if hub { hub_answer(&event, id.get()) } else { format!("{id}\n") };
+                let body = answer.body(id.get());
                 let out = answer_buffer(&mut self.conns, key, keep_alive, self.now);
                 response::text(200, &body, keep_alive, false, &cors, out);
             }
@@ -359,15 +356,6 @@ impl Loop {
         }
     }
 }
-
-/// The answer to a hub publication without the hub (never called: nothing routes there).
-#[cfg(not(feature = "mercure"))]
-fn hub_answer(_: &Event, id: u64) -> String {
-    format!("{id}\n")
-}
-
-#[cfg(feature = "mercure")]
-use super::hub::hub_answer;
 
 /// The buffer a complete answer is queued in ([`Connection::answer`]).
 ///

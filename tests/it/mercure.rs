@@ -352,6 +352,40 @@ fn events_with_jwt_keys_need_rights_on_every_topic() {
 }
 
 #[test]
+fn without_jwt_keys_the_hub_takes_the_static_tokens_as_events_does() {
+    // --subscribe-token and --publish-token guard the whole server, the hub's path included: a
+    // hub subscription without the token must not stream what /events would refuse to.
+    let server = TestServer::start(Config {
+        publish_token: Some("pub-secret".into()),
+        subscribe_token: Some("sub-secret".into()),
+        ..Config::default()
+    });
+    let url = hub_url(&[("match", "chat")]);
+    assert_eq!(get(server.addr, &url, "").status, 401, "subscribing without the token");
+    assert_eq!(
+        get(server.addr, &url, &bearer("pub-secret")).status,
+        401,
+        "the publish token does not subscribe"
+    );
+    assert_eq!(
+        hub_post(server.addr, "sub-secret", &[("topic", "chat")]).status,
+        401,
+        "the subscribe token does not publish"
+    );
+    let headers = "Content-Type: application/x-www-form-urlencoded\r\n";
+    assert_eq!(
+        post(server.addr, HUB, headers, &form(&[("topic", "chat")])).status,
+        401,
+        "publishing without a token"
+    );
+    let mut sub = Subscriber::open(server.addr, &url, "Cookie: ssed_token=sub-secret\r\n");
+    let response = hub_post(server.addr, "pub-secret", &[("topic", "chat"), ("data", "hi")]);
+    assert_eq!(response.status, 200);
+    let event = sub.next_event();
+    assert_eq!((event.id, event.data.as_str()), (Some(response.body_text()), "hi"));
+}
+
+#[test]
 fn a_stream_ends_cleanly_when_its_token_expires() {
     let server = TestServer::start(hub_config());
     let mut short = claims(vec![detail(&["subscribe"], &[("*", "exact")])]);
