@@ -70,6 +70,8 @@ pub(super) enum Waiter {
 mod enabled {
     use std::collections::HashMap;
 
+    use crate::broadcast::TopicId;
+
     use super::*;
     use crate::cluster::bridge::{Bridge, BridgeConfig, FromRedis, RedisState};
     use crate::cluster::stream::EntryId;
@@ -189,11 +191,9 @@ mod enabled {
 
     /// Stores an event read back from the stream with the id Redis gave it; the log refuses one
     /// that is not above its newest (a repeat), which is logged and skipped.
-    fn insert(log: &mut Broadcast, id: u64, event: &Event, now_micros: u64) -> Option<Vec<List>> {
+    fn insert(log: &mut Broadcast, id: u64, event: &Event, now_micros: u64) -> Option<Vec<TopicId>> {
         match log.append(event, id, now_micros) {
-            Ok(topic_ids) => {
-                Some(topic_ids.iter().map(|&t| List::Topic(t)).chain(std::iter::once(List::All)).collect())
-            }
+            Ok(topic_ids) => Some(topic_ids.to_vec()),
             Err(e) => {
                 warn!("stream entry {} skipped: {e}", EntryId::of_event(id));
                 None
@@ -239,11 +239,9 @@ mod enabled {
                             cluster.read_lag_ms = (now / 1000).saturating_sub(EntryId::of_event(*id).ms);
                         }
                         for (id, event) in entries {
-                            if let Some(lists) = insert(&mut self.log, id, &event, now) {
+                            if let Some(topic_ids) = insert(&mut self.log, id, &event, now) {
                                 self.metrics.events_published += 1;
-                                for list in lists {
-                                    self.mark_list(list);
-                                }
+                                self.mark_event(&topic_ids, event.is_private());
                             }
                         }
                     }

@@ -1,6 +1,7 @@
 //! Publishing: storing an event, marking its subscribers, and the durable history's group commit.
 
 use super::*;
+use crate::broadcast::TopicId;
 
 /// What one loop turn holds for the durable history's commit: publishes, their wire bytes and their
 /// topic entries (an event of 64 new topics costs as much bookkeeping as 64 of one).
@@ -46,6 +47,11 @@ fn log_refusal(e: broadcast::PublishError) -> PublishError {
     }
 }
 
+/// The lists whose streams an event on `topic_ids` may concern: its topics' and the every-topic list.
+fn event_lists(topic_ids: &[TopicId]) -> impl Iterator<Item = List> + '_ {
+    topic_ids.iter().map(|&t| List::Topic(t)).chain(std::iter::once(List::All))
+}
+
 impl Loop {
     /// Stores an event and marks the streams of its topics; they are written at the end of the turn.
     ///
@@ -77,26 +83,35 @@ impl Loop {
             }
         }
         let id = encoded.id();
-        let topic_ids = self.log.insert(&topics, encoded, now).map_err(log_refusal)?;
+        let topic_ids = self.log.insert(&topics, encoded, now).map_err(log_refusal)?.to_vec();
         self.metrics.events_published += 1;
-        let lists: Vec<List> =
-            topic_ids.iter().map(|&t| List::Topic(t)).chain(std::iter::once(List::All)).collect();
         if held {
-            self.held_lists.extend(lists);
+            self.held_lists.extend(event_lists(&topic_ids));
         } else {
-            for list in lists {
-                self.mark_list(list);
-            }
+            self.mark_event(&topic_ids, event.is_private());
         }
         trace!("published {id} to {topics:?}");
         Ok(id)
     }
 
-    /// Marks every stream on `list` to be written at the end of the turn.
-    pub(super) fn mark_list(&mut self, list: List) {
+    /// Marks the streams that may read an event just made visible on `topic_ids`: those on its
+    /// topics' lists and the every-topic ones. A private event passes over the streams that may
+    /// read no private event (anonymous ones): marked, each would walk to the event and write
+    /// nothing, for every private update on a topic many anonymous subscribers follow.
+    pub(super) fn mark_event(&mut self, topic_ids: &[TopicId], private: bool) {
+        for list in event_lists(topic_ids) {
+            self.mark_list(list, private);
+        }
+    }
+
+    /// Marks the streams on `list` to be written at the end of the turn (with `private`, only
+    /// those that may read some private event).
+    pub(super) fn mark_list(&mut self, list: List, private: bool) {
         for &sub in self.registry.subscribers(list) {
             if let Some(conn) = self.conns.get_mut(sub) {
-                if !conn.dirty {
+                let public_only =
+                    || conn.conn.stream().is_some_and(|s| s.sub.rights() == broadcast::Rights::Public);
+                if !conn.dirty && !(private && public_only()) {
                     conn.dirty = true;
                     self.dirty.push_back(sub);
                 }
@@ -148,8 +163,9 @@ impl Loop {
             Ok(()) => {
                 self.metrics.history_commits += 1;
                 self.log.commit();
+                // Every stream of the turn's events, private or not: the turn's lists are a set.
                 for list in std::mem::take(&mut self.held_lists) {
-                    self.mark_list(list);
+                    self.mark_list(list, false);
                 }
                 for ack in acks {
                     match ack {
