@@ -109,9 +109,9 @@ impl Loop {
     pub(super) fn mark_list(&mut self, list: List, private: bool) {
         for &sub in self.registry.subscribers(list) {
             if let Some(conn) = self.conns.get_mut(sub) {
-                let public_only =
+                let reads_no_private =
                     || conn.conn.stream().is_some_and(|s| s.sub.rights() == broadcast::Rights::Public);
-                if !conn.dirty && !(private && public_only()) {
+                if !(conn.dirty || private && reads_no_private()) {
                     conn.dirty = true;
                     self.dirty.push_back(sub);
                 }
