@@ -787,6 +787,12 @@ impl Broadcast {
         }
     }
 
+    /// Lets go of what a subscription holds: its topics and its rights.
+    pub fn release_subscription(&mut self, sub: &Subscription) {
+        self.release(sub.selection());
+        self.release_rights(sub.rights());
+    }
+
     /// Lets go of the derived topic of [`Rights::Matching`].
     pub fn release_rights(&mut self, rights: Rights) {
         if let Rights::Matching(id) = rights {

@@ -236,11 +236,6 @@ fn subscribe(log: &mut Broadcast, sub: &Subscriber, last_event_id: Option<u64>) 
     Subscription::new(selection, Framing::Chunked, &resume).with_rights(rights)
 }
 
-fn leave(log: &mut Broadcast, sub: &Subscription) {
-    log.release(sub.selection());
-    log.release_rights(sub.rights());
-}
-
 /// Everything the subscription gets now, as wire bytes, written the way the loop writes (gather,
 /// advance, then catch up once nothing is owed).
 fn drain(log: &Broadcast, sub: &mut Subscription) -> Vec<u8> {
@@ -457,7 +452,7 @@ fn run(
                         let want = expected(&published, l.from..visible, &l.spec);
                         prop_assert_eq!(&got[..], &want[..got.len()], "what it got before the cut");
                         let l = live.swap_remove(i);
-                        leave(&mut log, &l.sub);
+                        log.release_subscription(&l.sub);
                         continue;
                     }
                     i += 1;
@@ -484,7 +479,7 @@ fn run(
                 let mut l = live.swap_remove(i % n);
                 l.drain(&log);
                 check_live(&l, &published, held_from.unwrap_or(published.len()))?;
-                leave(&mut log, &l.sub);
+                log.release_subscription(&l.sub);
             }
             Op::Drain(_) | Op::Block(..) | Op::Leave(_) => {}
             Op::Hold => {
@@ -549,14 +544,14 @@ fn run(
                 text,
                 spec
             );
-            leave(&mut log, &sub);
+            log.release_subscription(&sub);
         }
     }
     for (_, sub) in &replayed {
-        leave(&mut log, sub);
+        log.release_subscription(sub);
     }
     for l in &live {
-        leave(&mut log, &l.sub);
+        log.release_subscription(&l.sub);
     }
     // Every derived topic went with its last holder: what is left is the named topics of retained
     // events.

@@ -297,8 +297,7 @@ impl Loop {
                     }
                 }
             }
-            self.log.release(stream.sub.selection());
-            self.log.release_rights(stream.sub.rights());
+            self.log.release_subscription(&stream.sub);
             self.subscribers -= 1;
         }
         let _ = self.poll.registry().deregister(conn.transport.source());
