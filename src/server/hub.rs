@@ -120,11 +120,16 @@ mod enabled {
             )
         }
 
+        /// The subscribe rights of `access`, compiled (`None` for an anonymous subscriber).
+        fn subscribe_rights(&mut self, access: &Access) -> Result<Option<Arc<Rights>>, Refusal> {
+            let Some(grant) = &access.grant else { return Ok(None) };
+            let hub = self.hub.as_mut().expect("routed here only with a hub");
+            hub.rights(&grant.subscribe).map(Some).map_err(|e| token_refusal(&e))
+        }
+
         /// The private events `access` may read, held in the log (release with the stream).
         fn private_rights(&mut self, access: &Access) -> Result<LogRights, Refusal> {
-            let Some(grant) = &access.grant else { return Ok(LogRights::Public) };
-            let hub = self.hub.as_mut().expect("routed here only with a hub");
-            let rights = hub.rights(&grant.subscribe).map_err(|e| token_refusal(&e))?;
+            let Some(rights) = self.subscribe_rights(access)? else { return Ok(LogRights::Public) };
             Ok(if rights.is_any() {
                 LogRights::All
             } else if rights.is_empty() {
@@ -202,18 +207,22 @@ mod enabled {
                 Ok(access) => access,
                 Err(refusal) => return self.refuse(key, meta, &refusal),
             };
-            let rights = match self.private_rights(&access) {
-                Ok(rights) => rights,
-                Err(refusal) => return self.refuse(key, meta, &refusal),
-            };
-            let cors = self.cors(meta.origin.as_deref());
             if request.head_only {
-                self.log.release_rights(rights);
+                // The refusals a stream would get, without building its private index.
+                if let Err(refusal) = self.subscribe_rights(&access) {
+                    return self.refuse(key, meta, &refusal);
+                }
+                let cors = self.cors(meta.origin.as_deref());
                 let keep_alive = meta.keep_alive;
                 let conn = self.conns.get_mut(key).expect("caller holds a live key");
                 let out = conn.conn.answer(keep_alive, self.now);
                 return response::stream_head(meta.http10, keep_alive, &cors, out);
             }
+            let rights = match self.private_rights(&access) {
+                Ok(rights) => rights,
+                Err(refusal) => return self.refuse(key, meta, &refusal),
+            };
+            let cors = self.cors(meta.origin.as_deref());
             let selection = if routes.is_any() {
                 Selection::All
             } else if let Some(topics) = routes.exact_topics() {

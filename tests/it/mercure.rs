@@ -386,6 +386,31 @@ fn without_jwt_keys_the_hub_takes_the_static_tokens_as_events_does() {
 }
 
 #[test]
+fn head_on_the_hub_answers_as_a_stream_would_and_keeps_the_connection() {
+    let server = TestServer::start(Config { deny_anonymous: true, ..hub_config() });
+    let reader =
+        token(&claims(vec![detail(&["subscribe"], &[("https://example.com/books/:id", "urlpattern")])]));
+    let url = hub_url(&[("match", "https://example.com/books/1")]);
+    let mut conn = Conn::open(server.addr);
+    for (headers, status) in [(bearer(&reader), 200), (String::new(), 401), (bearer("not.a.token"), 401)] {
+        conn.send(format!("HEAD {url} HTTP/1.1\r\nHost: test\r\n{headers}\r\n").as_bytes());
+        let response = conn.head();
+        assert_eq!(response.status, status, "{headers:?}");
+        if status == 200 {
+            assert_eq!(response.header("content-type"), Some("text/event-stream"));
+        }
+        assert_eq!(conn.buf, b"", "HEAD carried a body");
+    }
+    // The HEAD held nothing: a stream with the same rights still gets a private update.
+    let mut sub = Subscriber::open(server.addr, &url, &bearer(&reader));
+    let id = hub_publish(
+        server.addr,
+        &[("topic", "https://example.com/books/1"), ("data", "p"), ("private", "on")],
+    );
+    assert_eq!(sub.next_event().id, Some(id));
+}
+
+#[test]
 fn a_stream_ends_cleanly_when_its_token_expires() {
     let server = TestServer::start(hub_config());
     let mut short = claims(vec![detail(&["subscribe"], &[("*", "exact")])]);
