@@ -450,9 +450,6 @@ pub struct Broadcast {
     custom_ids: HashMap<Box<str>, (u64, u32)>,
     /// Highest sequence number of an event that was not private and left the history.
     evicted_max_public_seq: Option<u64>,
-    /// Whether a private event was ever stored: until then no cursor can be left behind one, and
-    /// [`Broadcast::catch_up`] costs nothing on the fan-out's path.
-    seen_private: bool,
     /// Sequence number from which events await a commit (`u64::MAX`: everything is visible).
     visible_end: u64,
 }
@@ -468,8 +465,11 @@ pub struct Gathered {
     pub slices: usize,
     /// Bytes in them.
     pub bytes: usize,
-    /// Sequence number of the last event gathered.
-    last_seq: u64,
+    /// Where the cursor goes once all of it is written: past the last event gathered, or, when
+    /// the walk ran out, to the end of what is visible. So a stream's cursor never stays behind
+    /// events it may not read (a private event, or another topic's), whose eviction would then
+    /// look like a loss.
+    end: Cursor,
 }
 
 impl Broadcast {
@@ -496,7 +496,6 @@ impl Broadcast {
             visible_end: u64::MAX,
             derived: Vec::new(),
             custom_ids: HashMap::new(),
-            seen_private: false,
             evicted_max_public_seq: None,
         }
     }
@@ -914,7 +913,6 @@ impl Broadcast {
             frame_start: encoded.frame_start,
             flags: encoded.flags,
         });
-        self.seen_private |= encoded.flags & PRIVATE != 0;
         if encoded.flags & CUSTOM_ID != 0 {
             let entry = self.ring.back().expect("just pushed");
             if let Some(text) = entry.wire_id() {
@@ -1251,18 +1249,6 @@ impl Broadcast {
             }
     }
 
-    /// Moves a subscription with nothing left to send to the end of the log, past the events it
-    /// may not read: otherwise its cursor would stay behind them, and their eviction would look
-    /// like a loss. The caller does this once everything owed was written.
-    pub fn catch_up(&self, sub: &mut Subscription) {
-        if self.seen_private && self.pending(sub).next().is_none() {
-            let end = self.next_seq().min(self.visible_end);
-            if sub.cursor.seq < end {
-                sub.cursor = Cursor { seq: end, offset: 0 };
-            }
-        }
-    }
-
     /// The sequence numbers of the retained, visible events of `selection` from `from` on.
     fn walk(&self, selection: &Selection, from: u64) -> Walk<'_> {
         let from = from.max(self.first_seq);
@@ -1296,7 +1282,7 @@ impl Broadcast {
         slices: &mut [IoSlice<'a>],
         max_bytes: usize,
     ) -> Gathered {
-        let mut gathered = Gathered { slices: 0, bytes: 0, last_seq: sub.cursor.seq };
+        let mut gathered = Gathered { slices: 0, bytes: 0, end: sub.cursor };
         if slices.is_empty() {
             return gathered;
         }
@@ -1304,22 +1290,28 @@ impl Broadcast {
             slices[gathered.slices] = IoSlice::new(bytes);
             gathered.slices += 1;
             gathered.bytes += bytes.len();
-            gathered.last_seq = seq;
+            gathered.end = Cursor { seq: seq + 1, offset: 0 };
             if gathered.slices == slices.len() || gathered.bytes >= max_bytes {
-                break;
+                return gathered;
             }
+        }
+        // Nothing more it may read is visible.
+        let end = self.next_seq().min(self.visible_end);
+        if gathered.end.seq < end {
+            gathered.end = Cursor { seq: end, offset: 0 };
         }
         gathered
     }
 
     /// Moves the subscription's cursor past `written` bytes of what [`Broadcast::gather`] returned
-    /// as `gathered`.
+    /// as `gathered`. With all of it written (nothing, when nothing was gathered) the cursor goes
+    /// to the gathered end, past what the subscription may not read.
     pub fn advance(&self, sub: &mut Subscription, gathered: &Gathered, written: usize) {
-        if written == 0 {
+        if written >= gathered.bytes {
+            sub.cursor = gathered.end;
             return;
         }
-        if written >= gathered.bytes {
-            sub.cursor = Cursor { seq: gathered.last_seq + 1, offset: 0 };
+        if written == 0 {
             return;
         }
         // A short write: walk the same events again to find where it stopped.
@@ -1641,12 +1633,12 @@ mod tests {
         }
         assert!(!log.lost(&sub), "even before catching up, events it may not read are no loss");
         let behind = *sub.cursor();
-        log.catch_up(&mut sub);
+        // What the loop does when it finds nothing to write: the empty gather moves the cursor.
+        assert_eq!(drain_sub(&log, &mut sub), "");
         assert_ne!(*sub.cursor(), behind, "the cursor moved past them");
         assert!(!log.lost(&sub));
         assert_eq!(log.lag(&sub), 0);
         publish_hub(&mut log, &["t"], "next", None, false);
-        log.catch_up(&mut sub);
         assert_eq!(data_in(&drain_sub(&log, &mut sub)), ["next"], "catching up never skips what it may read");
     }
 
@@ -1754,13 +1746,13 @@ mod tests {
         loop {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let gathered = log.gather(sub, &mut slices, usize::MAX);
-            if gathered.slices == 0 {
-                break;
-            }
             for s in &slices[..gathered.slices] {
                 out.extend_from_slice(s);
             }
             log.advance(sub, &gathered, gathered.bytes);
+            if gathered.slices == 0 {
+                break;
+            }
         }
         String::from_utf8(out).unwrap()
     }

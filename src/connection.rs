@@ -394,13 +394,14 @@ impl Connection {
         Ok(Some(tx))
     }
 
-    /// Everything owed was written: the buffer goes back (an idle connection holds no heap), and a
-    /// stream's cursor moves past the events it may not read ([`Broadcast::catch_up`]). True when
-    /// the connection is closing, so its write side is to be shut.
-    pub(crate) fn handle_drained(&mut self, log: &Broadcast) -> bool {
+    /// `tx` found nothing to write: everything owed was written. The buffer goes back (an idle
+    /// connection holds no heap), and a stream's cursor moves past the events it may not read
+    /// ([`Broadcast::advance`] by nothing). True when the connection is closing, so its write side
+    /// is to be shut.
+    pub(crate) fn handle_drained(&mut self, log: &Broadcast, tx: &Transmit) -> bool {
         self.release_out();
-        if let State::Streaming(stream) = &mut self.state {
-            log.catch_up(&mut stream.sub);
+        if let (State::Streaming(stream), Some(g)) = (&mut self.state, &tx.gathered) {
+            log.advance(&mut stream.sub, g, 0);
         }
         self.is_closing()
     }
@@ -755,7 +756,7 @@ mod tests {
                     }
                 };
                 if tx.slices == 0 {
-                    if self.conn.handle_drained(&self.log) {
+                    if self.conn.handle_drained(&self.log, &tx) {
                         self.write_shut = true;
                         self.conn.handle_write_closed(self.now);
                     }

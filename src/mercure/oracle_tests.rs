@@ -236,8 +236,8 @@ fn subscribe(log: &mut Broadcast, sub: &Subscriber, last_event_id: Option<u64>) 
     Subscription::new(selection, Framing::Chunked, &resume).with_rights(rights)
 }
 
-/// Everything the subscription gets now, as wire bytes, written the way the loop writes (gather,
-/// advance, then catch up once nothing is owed).
+/// Everything the subscription gets now, as wire bytes, written the way the loop writes (gather and
+/// advance, the last time with nothing gathered).
 fn drain(log: &Broadcast, sub: &mut Subscription) -> Vec<u8> {
     assert!(!log.lost(sub), "nothing it needs left the history");
     let mut wire = Vec::new();
@@ -245,6 +245,8 @@ fn drain(log: &Broadcast, sub: &mut Subscription) -> Vec<u8> {
         let mut slices = [IoSlice::new(&[]); MAX_SLICES];
         let gathered = log.gather(sub, &mut slices, usize::MAX);
         if gathered.slices == 0 {
+            // As the loop does with nothing to write: the cursor moves past what it may not read.
+            log.advance(sub, &gathered, 0);
             break;
         }
         // Short writes too: cut the write at an odd size when it is large enough.
@@ -260,7 +262,6 @@ fn drain(log: &Broadcast, sub: &mut Subscription) -> Vec<u8> {
             log.advance(sub, &more, more.bytes);
         }
     }
-    log.catch_up(sub);
     wire
 }
 

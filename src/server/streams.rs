@@ -153,7 +153,7 @@ impl Loop {
             }
         };
         if tx.slices == 0 && !conn.transport.wants_write() {
-            if conn.conn.handle_drained(&self.log) {
+            if conn.conn.handle_drained(&self.log, &tx) {
                 self.finish_closing(key);
             }
             return Wrote::Finished;
