@@ -8,6 +8,7 @@ use std::ops::Range;
 use serde_json::Value;
 
 use super::jwt::InvalidReason;
+use super::rules::{self, RuleError};
 use super::MatcherKind;
 
 /// The `type` of a Mercure authorization detail (spec, "Authorization Details"), compared byte by
@@ -26,8 +27,10 @@ pub const MAX_DETAIL_TOPICS: usize = 100;
 /// pre-standardization token (the Mercure.rocks hub's value for that claim).
 pub const MAX_LEGACY_SELECTORS: usize = 1000;
 
-/// The longest matcher or selector value, in bytes (the Mercure.rocks hub's value).
-pub const MAX_PATTERN_BYTES: usize = 4096;
+/// The longest matcher or selector value, in bytes: the hub's one cap on matcher values, as for a
+/// subscription's (the matcher module refuses longer ones, so a larger cap here could only turn
+/// "too long" into "does not compile").
+pub const MAX_PATTERN_BYTES: usize = rules::MAX_TOPIC_BYTES;
 /// A matcher as a token states it; the matcher module compiles it, and a token with a matcher
 /// that does not compile is refused by the caller.
 ///
@@ -90,20 +93,20 @@ impl Grant {
         self.fallback_payload.as_ref()
     }
 }
-/// A matcher value's own rules: not empty (for the current revision), at most
-/// [`MAX_PATTERN_BYTES`], no control character (spec, "Terminology": no C0, DEL or C1; format
-/// characters are left to the matcher module, which knows Unicode's categories).
+/// A matcher value's own rules: not empty (for the current revision), and the value rules every
+/// matcher follows ([`rules::check`]: at most [`MAX_PATTERN_BYTES`], no control or format
+/// character).
 fn check_pattern(value: &str, allow_empty: bool) -> Result<(), InvalidReason> {
     if value.is_empty() && !allow_empty {
         return Err(InvalidReason::BadAuthorization("empty match"));
     }
-    if value.len() > MAX_PATTERN_BYTES {
-        return Err(InvalidReason::OverLimit("pattern too long"));
-    }
-    if value.chars().any(|c| c.is_control()) {
-        return Err(InvalidReason::BadAuthorization("control character in a matcher"));
-    }
-    Ok(())
+    rules::check(value, MAX_PATTERN_BYTES).map_err(|e| match e {
+        RuleError::TooLong { .. } => InvalidReason::OverLimit("pattern too long"),
+        RuleError::Format { .. } => InvalidReason::BadAuthorization("format character in a matcher"),
+        RuleError::Control { .. } | RuleError::NotUtf8 { .. } => {
+            InvalidReason::BadAuthorization("control character in a matcher")
+        }
+    })
 }
 
 /// A topic matcher object `{"match": ..., "match_type": ...}` (spec, "Topic Matcher List").

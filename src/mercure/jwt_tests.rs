@@ -398,6 +398,14 @@ fn the_attack_table_is_refused() {
             InvalidReason::BadAuthorization("control character in a matcher"),
         ),
         (
+            "a format character",
+            &hs,
+            detail(
+                json!({"type": DETAIL_TYPE, "actions": ["publish"], "topics": [{"match": "/a\u{200b}b"}]}),
+            ),
+            InvalidReason::BadAuthorization("format character in a matcher"),
+        ),
+        (
             "a pattern too long",
             &hs,
             detail(
