@@ -141,17 +141,12 @@ impl Hub {
                 key("subscriber-jwt-key", &config.subscriber_jwt_key, &config.subscriber_jwt_alg)?;
             let publisher_keys: Vec<KeySpec> = publisher.into_iter().chain(shared.clone()).collect();
             let subscriber_keys: Vec<KeySpec> = subscriber.into_iter().chain(shared).collect();
-            let issuers = if config.jwt_issuers.is_empty() {
-                vec!["https://localhost".to_string()]
-            } else {
-                config.jwt_issuers.clone()
-            };
-            Some(
-                Verifier::new(publisher_keys, subscriber_keys)
-                    .issuers(issuers)
-                    .audiences(config.jwt_audiences.clone())
-                    .legacy(!config.no_legacy_tokens),
-            )
+            let mut verifier = Verifier::new(publisher_keys, subscriber_keys);
+            // Without --jwt-issuer, the verifier's own default (jwt::DEFAULT_ISSUER).
+            if !config.jwt_issuers.is_empty() {
+                verifier = verifier.issuers(config.jwt_issuers.clone());
+            }
+            Some(verifier.audiences(config.jwt_audiences.clone()).legacy(!config.no_legacy_tokens))
         } else {
             None
         };

@@ -458,7 +458,8 @@ impl TokenError {
 /// The audiences a request's `Host` stands for when no resource identifier is configured: the hub's
 /// canonical URL under both schemes (a TLS terminator in front of ssed makes the scheme unknowable).
 pub fn host_audiences(host: &str) -> [String; 2] {
-    [format!("https://{host}/.well-known/mercure"), format!("http://{host}/.well-known/mercure")]
+    let path = crate::http::route::HUB_PATH;
+    [format!("https://{host}{path}"), format!("http://{host}{path}")]
 }
 
 /// Checks presented tokens against the hub's keys, issuers and audiences.
