@@ -51,8 +51,13 @@ impl Rights {
             .into_iter()
             .map(|(kind, value)| Matcher::new(kind, value, base))
             .collect::<Result<Vec<_>, _>>()?;
+        Ok(Rights::new(matchers, key))
+    }
+
+    /// Rights of matchers already compiled; `key` is [`key_of`] their kinds and values.
+    pub fn new(matchers: Vec<Matcher>, key: String) -> Rights {
         let any = matchers.iter().any(Matcher::is_any);
-        Ok(Rights { matchers, any, key })
+        Rights { matchers, any, key }
     }
 
     /// Whether one of the matchers takes `topic`.
@@ -233,9 +238,13 @@ impl Hub {
         if let Some(rights) = self.compiled.get(&key) {
             return Ok(Arc::clone(rights));
         }
-        let rights = Arc::new(Rights::compile(pairs, &self.base).map_err(|_| {
-            TokenError::Invalid(super::jwt::InvalidReason::BadClaim("a topic matcher does not compile"))
-        })?);
+        let matchers = pairs
+            .map(|(kind, value)| Matcher::new(kind, value, &self.base))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| {
+                TokenError::Invalid(super::jwt::InvalidReason::BadClaim("a topic matcher does not compile"))
+            })?;
+        let rights = Arc::new(Rights::new(matchers, key.clone()));
         if self.compiled.len() >= MAX_COMPILED {
             self.compiled.clear();
         }

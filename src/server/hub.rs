@@ -57,9 +57,9 @@ mod enabled {
     use super::*;
     use crate::broadcast::{Rights as LogRights, Selection, URN_PREFIX};
     use crate::event::Draft;
-    use crate::mercure::hub::{Access, Hub, Rights, SharedRights};
+    use crate::mercure::hub::{key_of, Access, Hub, Rights, SharedRights};
     use crate::mercure::jwt::{Role, TokenError};
-    use crate::mercure::request::{Subscribe as HubQuery, Update, UpdateLimits};
+    use crate::mercure::request::{RequestError, Subscribe as HubQuery, Update, UpdateLimits};
 
     /// The hub, when the server has one (always, with the feature: `/.well-known/mercure` answers
     /// even without JWT keys, with public updates only and publishing as open as on `/events`).
@@ -69,6 +69,11 @@ mod enabled {
     fn token_refusal(e: &TokenError) -> Refusal {
         let (status, challenge) = e.response(None);
         Refusal::Auth { status, challenge, reason: e.to_string() }
+    }
+
+    /// The refusal of a query or form that breaks the hub's rules (`400`, or `413` for a size).
+    fn request_refusal(e: &RequestError) -> Refusal {
+        Refusal::Hub(e.status(), e.message().to_string())
     }
 
     fn unix_secs() -> u64 {
@@ -186,17 +191,16 @@ mod enabled {
         ) {
             let query = match HubQuery::parse(request.query.as_bytes()) {
                 Ok(query) => query,
-                Err(e) => return self.refuse(key, meta, &Refusal::Hub(e.status(), e.message().to_string())),
+                Err(e) => return self.refuse(key, meta, &request_refusal(&e)),
             };
             let base = self.hub.as_ref().expect("routed here only with a hub").base().clone();
-            let routes = match Rights::compile(
-                query.matchers.iter().map(|(kind, value)| (*kind, value.as_str())),
-                &base,
-            ) {
-                Ok(routes) => routes,
-                Err(e) => {
-                    return self.refuse(key, meta, &Refusal::Hub(400, format!("bad topic matcher: {e}")))
-                }
+            // The request module's compile, whose refusals name the matcher (the one fuzzed).
+            let routes = match query.compile(&base) {
+                Ok(matchers) => Rights::new(
+                    matchers,
+                    key_of(query.matchers.iter().map(|(kind, value)| (*kind, value.as_str()))),
+                ),
+                Err(e) => return self.refuse(key, meta, &request_refusal(&e)),
             };
             let access = match self.access(
                 &request.credentials,
@@ -279,7 +283,7 @@ mod enabled {
             let limits = UpdateLimits { max_data_bytes: self.config.max_body, ..UpdateLimits::default() };
             let update = match Update::parse(&body, hub.base(), &limits) {
                 Ok(update) => update,
-                Err(e) => return self.refuse(key, meta, &Refusal::Hub(e.status(), e.message().to_string())),
+                Err(e) => return self.refuse(key, meta, &request_refusal(&e)),
             };
             // Without JWT keys the static publish token, if any, was checked with the route.
             if hub.verifies() {

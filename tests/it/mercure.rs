@@ -202,6 +202,10 @@ fn the_hubs_publication_rules_refuse_with_400_and_413() {
     assert_eq!(response.status, 400, "an unknown matcher type");
     let response = get(server.addr, HUB, "");
     assert_eq!(response.status, 400, "no matcher at all");
+    let response =
+        get(server.addr, &hub_url(&[("match", "a"), ("match_urlpattern", "https://e.com/(unclosed")]), "");
+    assert_eq!(response.status, 400, "a URL pattern that does not compile");
+    assert!(response.body_text().contains("topic matcher #2 (match_urlpattern)"), "{response:?}");
 }
 
 /// A token of `claims` with `header`, signed with HMAC `secret`, by hand (for headers jsonwebtoken
