@@ -1951,6 +1951,31 @@ mod tests {
     }
 
     #[test]
+    fn writes_cut_by_the_slice_array_or_the_byte_cap_resume_at_the_next_event() {
+        let mut log = log(BIG);
+        let sel = log.acquire(&["a"]);
+        let start = log.resume(&sel, None).cursor;
+        let ids: Vec<u64> =
+            (0..MAX_SLICES + 5).map(|i| publish(&mut log, &["a", "b"], &format!("e{i}"))).collect();
+        for (slices, max_bytes) in [(MAX_SLICES, usize::MAX), (3, usize::MAX), (MAX_SLICES, 1)] {
+            let mut sub = at(&sel, &start, Framing::Raw);
+            let mut out = String::new();
+            loop {
+                let mut array = [IoSlice::new(&[]); MAX_SLICES];
+                let gathered = log.gather(&sub, &mut array[..slices], max_bytes);
+                for s in &array[..gathered.slices] {
+                    out.push_str(std::str::from_utf8(s).unwrap());
+                }
+                log.advance(&mut sub, &gathered, gathered.bytes);
+                if gathered.slices == 0 {
+                    break;
+                }
+            }
+            assert_eq!(ids_in(&out), ids, "{slices} slices, {max_bytes} bytes: each event once, in order");
+        }
+    }
+
+    #[test]
     fn short_writes_over_several_topics_walk_the_events_gathered() {
         let mut log = log(BIG);
         let sel = log.acquire(&["a", "b"]);
