@@ -324,7 +324,16 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
 }
 
 fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    header.split(|&b| b == b';').find_map(|pair| {
+    cookie_values(header, name).next()
+}
+
+/// The values of cookie `name` in one `Cookie` header (RFC 6265 §4.2.1: `name=value` pairs
+/// separated by `;`), in order, without the optional double quotes.
+pub(crate) fn cookie_values<'a, 'n>(
+    header: &'a [u8],
+    name: &'n [u8],
+) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
+    header.split(|&b| b == b';').filter_map(move |pair| {
         let pair = trim(pair);
         let at = pair.iter().position(|&b| b == b'=')?;
         (trim(&pair[..at]) == name).then(|| {
@@ -334,7 +343,8 @@ fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     })
 }
 
-fn trim(bytes: &[u8]) -> &[u8] {
+/// `bytes` without leading and trailing white space.
+pub(crate) fn trim(bytes: &[u8]) -> &[u8] {
     let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
     let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
     &bytes[start..end]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::grant::Grant;
 use super::jwt::{RequestProblem, Role, TokenError, Verifier};
-use crate::http::request::Method;
+use crate::http::request::{cookie_values, trim, Method};
 
 /// The cookie name the spec recommends (spec, "Cookie"): the `__Secure-` prefix makes browsers
 /// refuse it over plain HTTP.
@@ -157,22 +157,10 @@ fn bearer(value: &[u8]) -> Result<&str, TokenError> {
 /// The first non-empty value of cookie `name` in the `Cookie` headers (RFC 6265 §4.2.1:
 /// `name=value` pairs separated by `;`), without the optional double quotes.
 fn cookie<'a>(headers: &[&'a [u8]], name: &[u8]) -> Option<&'a str> {
-    headers.iter().flat_map(|header| header.split(|&b| b == b';')).find_map(|pair| {
-        let pair = trim(pair);
-        let at = pair.iter().position(|&b| b == b'=')?;
-        if trim(&pair[..at]) != name {
-            return None;
-        }
-        let value = trim(&pair[at + 1..]);
-        let value = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value);
-        std::str::from_utf8(value).ok().filter(|v| !v.is_empty())
-    })
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |e| e + 1);
-    &bytes[start..end]
+    headers
+        .iter()
+        .flat_map(|header| cookie_values(header, name))
+        .find_map(|value| std::str::from_utf8(value).ok().filter(|v| !v.is_empty()))
 }
 
 /// The CSRF rule for a cookie token on an unsafe method (spec, "Security Considerations"; the
