@@ -74,6 +74,9 @@ pub struct Subscribe {
     /// value counts as absent, as for `EventSource`'s `Last-Event-ID`). The `Last-Event-ID` header
     /// takes precedence over both. `earliest` is one such value.
     pub last_event_id: Option<String>,
+    /// The pre-standardization `authorization` parameter's values (tokens), in order; the hub reads
+    /// them only with `--legacy-query-token`.
+    pub authorization: Vec<String>,
 }
 
 impl Subscribe {
@@ -89,8 +92,13 @@ impl Subscribe {
         let mut sent = 0usize;
         let mut last_event_id: Option<Cow<[u8]>> = None;
         let mut legacy_last_event_id: Option<Cow<[u8]>> = None;
+        let mut authorization = Vec::new();
         for (name, value) in pairs(query) {
             let kind = match &*name {
+                b"authorization" => {
+                    authorization.push(String::from_utf8_lossy(&value).into_owned());
+                    continue;
+                }
                 b"match" | b"match_exact" => MatcherKind::Exact,
                 b"match_urlpattern" => MatcherKind::UrlPattern,
                 b"topic" => MatcherKind::Legacy,
@@ -138,7 +146,7 @@ impl Subscribe {
                 None => None,
             },
         };
-        Ok(Subscribe { matchers, last_event_id })
+        Ok(Subscribe { matchers, last_event_id, authorization })
     }
 
     /// Compiles the matchers against the hub's URL; an invalid one (a malformed URL pattern or URI
@@ -528,6 +536,14 @@ mod tests {
             matchers("foo=1&Topic=x&topics=y&xmatch=z&matc=w&match=a&authorization=t"),
             [pair(Exact, "a")]
         );
+    }
+
+    #[test]
+    fn subscribe_keeps_the_legacy_query_tokens_in_order() {
+        let parsed =
+            Subscribe::parse(b"authorization=a.b.c&match=x&authorization=d%2Ee&Authorization=f").unwrap();
+        assert_eq!(parsed.authorization, ["a.b.c", "d.e"]);
+        assert!(Subscribe::parse(b"match=x").unwrap().authorization.is_empty());
     }
 
     #[test]

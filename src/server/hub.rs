@@ -80,14 +80,6 @@ mod enabled {
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
     }
 
-    /// The query's values of the pre-standardization `authorization` parameter, decoded.
-    fn query_tokens(query: &str) -> Vec<String> {
-        url::form_urlencoded::parse(query.as_bytes())
-            .filter(|(name, _)| name == "authorization")
-            .map(|(_, value)| value.into_owned())
-            .collect()
-    }
-
     impl HubState {
         pub(in crate::server) fn start(config: &Config) -> Result<Option<HubState>, Error> {
             Hub::new(config).map(Some)
@@ -202,12 +194,8 @@ mod enabled {
                 ),
                 Err(e) => return self.refuse(key, meta, &request_refusal(&e)),
             };
-            let access = match self.access(
-                &request.credentials,
-                meta,
-                &query_tokens(&request.query),
-                Role::Subscriber,
-            ) {
+            let access = match self.access(&request.credentials, meta, &query.authorization, Role::Subscriber)
+            {
                 Ok(access) => access,
                 Err(refusal) => return self.refuse(key, meta, &refusal),
             };
